@@ -1,0 +1,1 @@
+"""DICOM and file input/output: study inventory, images, RT structures, RT Dose, atomic export."""

@@ -1,0 +1,176 @@
+"""Shared pieces of every DICOM object LuDosimetry writes: identity modules, UIDs, atomic file writes.
+
+The writers (CT / PT / NM series, RTSTRUCT, RT Dose) build on :func:`new_dataset` so that each object
+carries complete Patient, General Study, General Series, Frame of Reference, General Equipment and SOP
+Common modules (DICOM PS3.3 C.7.1.1, C.7.2.1, C.7.3.1, C.7.4.1, C.7.5.1, C.12.1) and stands alone.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import pydicom
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from .. import __version__
+
+MANUFACTURER = "LuDosimetry"
+SOFTWARE_VERSIONS = f"LuDosimetry {__version__}"
+
+
+def new_uid(entropy: Optional[str] = None) -> str:
+    """A new DICOM UID (2.25 form). With ``entropy`` the UID is deterministic for that string."""
+    if entropy is None:
+        return generate_uid(prefix=None)
+    return generate_uid(prefix=None, entropy_srcs=[entropy])
+
+
+def dicom_date(dt: datetime) -> str:
+    """``YYYYMMDD``."""
+    return dt.strftime("%Y%m%d")
+
+
+def dicom_time(dt: datetime) -> str:
+    """``HHMMSS.ffffff`` (microseconds kept)."""
+    return dt.strftime("%H%M%S.%f")
+
+
+def dicom_datetime(dt: datetime) -> str:
+    """``YYYYMMDDHHMMSS.ffffff``."""
+    return dt.strftime("%Y%m%d%H%M%S.%f")
+
+
+@dataclass
+class PatientInfo:
+    """Patient module (PS3.3 C.7.1.1)."""
+
+    patient_id: str = "ANON"
+    patient_name: str = "Anonymous"
+    birth_date: str = ""
+    sex: str = ""  # 'M', 'F', 'O' or ''
+    age: str = ""  # DICOM AS, e.g. '064Y'
+    weight_kg: Optional[float] = None
+
+
+@dataclass
+class StudyInfo:
+    """General Study module (PS3.3 C.7.2.1)."""
+
+    study_instance_uid: str = field(default_factory=new_uid)
+    study_datetime: datetime = field(default_factory=datetime.now)
+    study_id: str = "1"
+    description: str = ""
+    accession_number: str = ""
+
+
+@dataclass
+class SeriesInfo:
+    """General Series + Frame of Reference modules (PS3.3 C.7.3.1, C.7.4.1)."""
+
+    modality: str
+    series_instance_uid: str = field(default_factory=new_uid)
+    series_number: int = 1
+    description: str = ""
+    frame_of_reference_uid: Optional[str] = None
+    series_datetime: Optional[datetime] = None
+
+
+def new_dataset(sop_class_uid: str, patient: PatientInfo, study: StudyInfo, series: SeriesInfo,
+                sop_instance_uid: Optional[str] = None, instance_number: int = 1,
+                content_datetime: Optional[datetime] = None) -> FileDataset:
+    """A dataset with file meta and the identity modules filled in.
+
+    Parameters
+    ----------
+    sop_class_uid : str
+        e.g. ``pydicom.uid.CTImageStorage``.
+    patient, study, series : PatientInfo, StudyInfo, SeriesInfo
+    sop_instance_uid : str, optional
+        New UID when omitted.
+    instance_number : int
+    content_datetime : datetime, optional
+        Content Date/Time; defaults to now.
+    """
+    sop_instance_uid = sop_instance_uid or new_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "LUDOSIM_" + __version__.replace(".", "")[:6]
+    ds = FileDataset("", Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
+    now = content_datetime or datetime.now()
+    ds.InstanceCreationDate = dicom_date(datetime.now())
+    ds.InstanceCreationTime = dicom_time(datetime.now())
+    # Patient
+    ds.PatientName = patient.patient_name
+    ds.PatientID = patient.patient_id
+    ds.PatientBirthDate = patient.birth_date
+    ds.PatientSex = patient.sex
+    if patient.age:
+        ds.PatientAge = patient.age
+    if patient.weight_kg is not None:
+        ds.PatientWeight = f"{patient.weight_kg:.1f}"
+    # General Study
+    ds.StudyInstanceUID = study.study_instance_uid
+    ds.StudyDate = dicom_date(study.study_datetime)
+    ds.StudyTime = dicom_time(study.study_datetime)
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = study.study_id
+    ds.AccessionNumber = study.accession_number
+    if study.description:
+        ds.StudyDescription = study.description
+    # General Series
+    ds.Modality = series.modality
+    ds.SeriesInstanceUID = series.series_instance_uid
+    ds.SeriesNumber = int(series.series_number)
+    if series.description:
+        ds.SeriesDescription = series.description
+    if series.series_datetime is not None:
+        ds.SeriesDate = dicom_date(series.series_datetime)
+        ds.SeriesTime = dicom_time(series.series_datetime)
+    # Frame of Reference
+    if series.frame_of_reference_uid:
+        ds.FrameOfReferenceUID = series.frame_of_reference_uid
+        ds.PositionReferenceIndicator = ""
+    # General Equipment
+    ds.Manufacturer = MANUFACTURER
+    ds.SoftwareVersions = SOFTWARE_VERSIONS
+    # Instance
+    ds.InstanceNumber = int(instance_number)
+    ds.ContentDate = dicom_date(now)
+    ds.ContentTime = dicom_time(now)
+    return ds
+
+
+def write_dataset(ds: Dataset, path: os.PathLike) -> Path:
+    """Write ``ds`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Returns the path written. A failure leaves no partial file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".dcm", dir=str(path.parent))
+    os.close(fd)
+    try:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True) if _has_enforce() else ds.save_as(
+            tmp, write_like_original=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _has_enforce() -> bool:
+    """pydicom >= 3 spells 'write a conformant file' ``enforce_file_format``; 2.x uses write_like_original."""
+    return int(pydicom.__version__.split(".")[0]) >= 3
