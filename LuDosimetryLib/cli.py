@@ -1,0 +1,279 @@
+"""``ludosimetry``: the command line.
+
+Subcommands: ``inspect`` (inventory of a study), ``run`` (the whole chain), ``dvh`` (statistics of any
+RT Dose with an RTSTRUCT), ``phantom`` (write the synthetic patient), ``demo`` (phantom + run).
+A user error prints one line ``ludosimetry: error: <file>: <problem>`` and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .errors import LuDosimetryError
+
+
+class TerminalProgress:
+    """A one-line progress bar on stderr (silent with ``quiet``)."""
+
+    def __init__(self, quiet: bool = False, width: int = 30):
+        self.quiet = quiet or not sys.stderr
+        self.width = width
+        self.t0 = time.monotonic()
+        self._last = ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.quiet:
+            return
+        n = int(round(fraction * self.width))
+        line = f"\r[{'#' * n}{'.' * (self.width - n)}] {fraction * 100:5.1f}% {time.monotonic() - self.t0:6.1f}s {message[:50]:<50}"
+        if line != self._last:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            self._last = line
+
+    def close(self) -> None:
+        if not self.quiet and self._last:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise LuDosimetryError(f"--injection-time {text!r} is not ISO 8601 (e.g. 2018-11-15T09:22)") from exc
+
+
+def _add_injection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--injected-activity-mbq", type=float, help="injected activity (MBq); overrides the headers")
+    p.add_argument("--injection-time", help="injection date/time, ISO 8601; overrides the headers")
+
+
+def _injection_kwargs(args) -> dict:
+    activity = None
+    if args.injected_activity_mbq is not None:
+        if args.injected_activity_mbq <= 0:
+            raise LuDosimetryError(f"--injected-activity-mbq must be positive, got {args.injected_activity_mbq}")
+        activity = args.injected_activity_mbq * 1e6
+    when = _parse_time(args.injection_time) if args.injection_time else None
+    return {"injected_activity_bq": activity, "injection_time": when}
+
+
+def cmd_inspect(args) -> int:
+    from .io.inventory import scan_study
+    inv = scan_study(args.study, **_injection_kwargs(args))
+    if args.json:
+        print(json.dumps(inv.to_json(), indent=2))
+        return 0
+    print(f"Study: {inv.root}")
+    act = f"{inv.injected_activity_bq / 1e6:.1f} MBq" if inv.injected_activity_bq else "unknown"
+    when = inv.injection_time.isoformat(sep=" ") if inv.injection_time else "unknown"
+    print(f"Injection: {act} at {when} ({inv.injection_source or 'not in headers'})")
+    print(f"Time points: {len(inv.time_points)}")
+    for tp in inv.time_points:
+        h = inv.hours_post_injection(tp.acquisition_time)
+        hs = f"{h:8.2f} h" if h is not None else "       ? h"
+        print(f"  TP{tp.index + 1}  {tp.acquisition_time.isoformat(sep=' ')}  {hs}  {tp.code or ''}")
+    print()
+    print(f"{'TP':>3} {'role':<18} {'mod':<8} {'files':>5}  {'code':<9} {'description':<40} series UID")
+    for s in sorted(inv.series, key=lambda s: (s.time_point if s.time_point is not None else 99, s.role)):
+        tp = "-" if s.time_point is None else str(s.time_point + 1)
+        role = s.role + (f"[{s.form}]" if s.form else "")
+        print(f"{tp:>3} {role:<18} {s.modality:<8} {len(s.files):>5}  {s.code or '':<9} "
+              f"{s.description[:40]:<40} {s.series_instance_uid}")
+    if inv.skipped:
+        print(f"\nSkipped {len(inv.skipped)} file(s):")
+        for item in inv.skipped[:20]:
+            print(f"  {item['file']}: {item['reason']}")
+        if len(inv.skipped) > 20:
+            print(f"  ... and {len(inv.skipped) - 20} more")
+    for w in inv.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def _print_table(results) -> None:
+    print(f"\nPatient {results.patient_id}: {results.injected_activity_bq / 1e9:.3f} GBq at "
+          f"{results.injection_time.isoformat(sep=' ')}, dose method {results.dose_method.upper()}")
+    print("  " + ", ".join(f"TP{t.index + 1} {t.hours_post_injection:.2f} h" for t in results.time_points))
+    hdr = f"{'VOI':<18}{'vol mL':>9}{'mass g':>9}{'TIA MBq·h':>12}{'TIAC h':>8}{'model':>17}{'Teff h':>8}" \
+          f"{'mean Gy':>9}{'D2':>7}{'D50':>7}{'D98':>7}{'Gy/GBq':>8}"
+    print(hdr)
+    for name, v in results.vois.items():
+        teff = f"{v.effective_half_life_h:8.1f}" if v.effective_half_life_h else f"{'-':>8}"
+        print(f"{name[:17]:<18}{v.volume_ml:9.1f}{v.mass_g:9.1f}{v.tia_bq_s / 3.6e9:12.1f}{v.tiac_h:8.3f}"
+              f"{v.fit_model:>17}{teff}{v.mean_dose_gy:9.3f}{v.d2_gy:7.2f}{v.d50_gy:7.2f}{v.d98_gy:7.2f}"
+              f"{v.gy_per_gbq:8.3f}")
+    for w in results.warnings:
+        print(f"warning: {w}")
+
+
+def _run(study, out, args, overwrite: bool) -> int:
+    from .io.export import check_output_dir
+    from .pipeline import RunOptions, run_study, write_outputs
+
+    check_output_dir(out, overwrite)
+    opts = RunOptions(dose_method=args.dose_method, spect_series_uid=args.spect_series or None,
+                      spect_calibration_bq_per_ml_per_unit=args.spect_calibration,
+                      density_correction=not args.no_density_correction, **_injection_kwargs(args))
+    bar = TerminalProgress(quiet=args.quiet)
+    try:
+        results = run_study(study, opts, progress=bar)
+        write_outputs(results, out, overwrite=overwrite)
+    finally:
+        bar.close()
+    if not args.quiet:
+        _print_table(results)
+        print(f"\nOutputs: {out}")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dose-method", choices=("dvk", "ldm"), default="dvk",
+                   help="dose-voxel-kernel convolution (default) or local energy deposition")
+    _add_injection(p)
+    p.add_argument("--spect-series", action="append", metavar="UID",
+                   help="reconstructed SPECT series to use where a time point has several (repeatable)")
+    p.add_argument("--spect-calibration", type=float, metavar="BQML_PER_UNIT",
+                   help="factor from stored SPECT values to Bq/mL, for images not in Bq/mL")
+    p.add_argument("--no-density-correction", action="store_true", help="ignore CT density in the dose")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing LuDosimetry output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+def cmd_run(args) -> int:
+    return _run(args.study, args.out, args, args.overwrite)
+
+
+def cmd_dvh(args) -> int:
+    from .dvh import dvh_from_files, plot_dvh, write_dvh_csv
+    from .io.export import atomic_output_dir, write_json
+    stats, dvhs = dvh_from_files(args.dose, args.structures, supersample=args.supersample)
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        write_json(tmp / "results.json", {"dose": str(args.dose), "structures": str(args.structures),
+                                          "vois": stats})
+        write_dvh_csv(tmp / "dvh.csv", dvhs)
+        plot_dvh(tmp / "dvh.png", dvhs, title=f"Cumulative DVH — {Path(args.dose).name}")
+    if not args.quiet:
+        print(f"{'VOI':<24}{'vol mL':>10}{'mean Gy':>10}{'D2':>8}{'D50':>8}{'D98':>8}{'max':>8}")
+        for name, s in stats.items():
+            print(f"{name[:23]:<24}{s['volume_ml']:10.2f}{s['mean_dose_gy']:10.3f}{s['d2_gy']:8.3f}"
+                  f"{s['d50_gy']:8.3f}{s['d98_gy']:8.3f}{s['max_dose_gy']:8.3f}")
+    return 0
+
+
+def cmd_phantom(args) -> int:
+    from .io.export import atomic_output_dir
+    from .phantom import write_synthetic_patient
+    bar = TerminalProgress(quiet=args.quiet)
+    try:
+        with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+            write_synthetic_patient(tmp, seed=args.seed, fast=args.fast, noise=not args.noise_free, progress=bar)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"Synthetic patient written to {args.out} (truth in {Path(args.out) / 'truth.json'})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .phantom import write_synthetic_patient
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ludosimetry-demo-"))
+    study = base / "study"
+    out = base / "results"
+    if not args.quiet:
+        print(f"Writing the synthetic patient to {study} ...")
+    bar = TerminalProgress(quiet=args.quiet)
+    try:
+        if not (study / "truth.json").exists():
+            from .io.export import atomic_output_dir
+            with atomic_output_dir(study, overwrite=args.overwrite) as tmp:
+                write_synthetic_patient(tmp, seed=args.seed, fast=args.fast, progress=bar)
+    finally:
+        bar.close()
+    rc = _run(study, out, args, overwrite=True if args.dir is None else args.overwrite)
+    if not args.quiet:
+        truth = json.loads((study / "truth.json").read_text())
+        res = json.loads((out / "results.json").read_text())
+        print(f"\nAgainst the phantom's truth ({study / 'truth.json'}):")
+        print(f"{'VOI':<18}{'TIA err %':>10}{'mean dose err % (vs electrons-only truth)':>44}")
+        for name, t in truth["vois"].items():
+            r = res["vois"].get(name)
+            if r is None:
+                continue
+            e_tia = 100 * (r["tia_bq_s"] / t["tia_bq_s"] - 1)
+            e_d = 100 * (r["mean_dose_gy"] / t["mean_dose_gy_electrons"] - 1)
+            print(f"{name[:17]:<18}{e_tia:10.1f}{e_d:44.1f}")
+    return rc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ludosimetry", description="Lu-177 patient-specific dosimetry "
+                                     "from post-therapy SPECT/CT")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="list the series, roles and time points of a study folder")
+    p.add_argument("study")
+    p.add_argument("--json", action="store_true", help="machine-readable inventory")
+    _add_injection(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("run", help="compute TIA and absorbed doses for a study")
+    p.add_argument("study")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("dvh", help="per-VOI statistics and DVH of any RT Dose with an RTSTRUCT")
+    p.add_argument("--dose", required=True, help="RT Dose file")
+    p.add_argument("--structures", required=True, help="RTSTRUCT file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--supersample", type=int, default=1, help="in-plane sub-samples per voxel edge")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_dvh)
+
+    p = sub.add_parser("phantom", help="write the synthetic patient (with truth.json)")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true", help="small grid, for tests")
+    p.add_argument("--noise-free", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("demo", help="synthetic patient + run, then the per-VOI table")
+    p.add_argument("--dir", help="folder for the study and results (default: a new temporary folder)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return int(args.func(args) or 0)
+    except LuDosimetryError as exc:
+        sys.stderr.write(f"ludosimetry: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("ludosimetry: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Write a run's outputs into a folder atomically: a temporary sibling folder, renamed into place.
+
+A half-written output folder never exists under the requested name; an existing folder is replaced only
+with ``overwrite=True`` and only when it holds nothing but a previous LuDosimetry output (so nothing a
+user made is lost).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import OutputError
+
+MARKER = ".ludosimetry-output"
+
+
+def _is_our_output(path: Path) -> bool:
+    return (path / MARKER).exists()
+
+
+def check_output_dir(out, overwrite: bool) -> Path:
+    """Refuse an unusable output folder before any work starts (OutputError naming it)."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError("output path exists and is not a folder", out)
+        if any(out.iterdir()):
+            if not overwrite:
+                raise OutputError("output folder exists and is not empty; use --overwrite", out)
+            if not _is_our_output(out):
+                raise OutputError("output folder holds files that LuDosimetry did not write; "
+                                  "refusing to overwrite it (choose another --out)", out)
+    parent = out.resolve().parent
+    if not parent.exists():
+        raise OutputError("parent folder of the output does not exist", parent)
+    if not os.access(str(parent), os.W_OK):
+        raise OutputError("parent folder of the output is not writable", parent)
+    return out
+
+
+@contextmanager
+def atomic_output_dir(out, overwrite: bool = False) -> Iterator[Path]:
+    """Context manager yielding a temporary folder that becomes ``out`` on success.
+
+    On an exception the temporary folder is removed and ``out`` is left as it was.
+    """
+    out = check_output_dir(out, overwrite)
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(parent)))
+    try:
+        yield tmp
+        (tmp / MARKER).write_text("written by LuDosimetry\n")
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=str(parent)))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf → None, numpy scalars → Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        try:
+            obj = obj.item()
+        except Exception:
+            pass
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, data) -> Path:
+    """Write ``data`` as indented JSON atomically (NaN written as null)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=str(path.parent))
+    with os.fdopen(fd, "w") as fh:
+        json.dump(_clean(data), fh, indent=2, allow_nan=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,464 @@
+"""``run_study``: the one entry point the CLI, the Slicer logic and headless scripts all call.
+
+Study folder → inventory → quantitative SPECT per time point (Bq/mL at acquisition) → VOI masks on
+each time point's SPECT grid → per-VOI time-activity curves and fits (AICc) → TIA per VOI →
+TIA map (Bq·s/mL) on the reference grid → absorbed dose map (DVK or LDM, CT density) → per-VOI
+dose statistics and DVH.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import FitError, StudyError, StructureError
+from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
+from .io.inventory import Inventory, SeriesEntry, scan_study
+from .progress import as_progress
+from .radionuclides import Radionuclide, radionuclide
+
+
+@dataclass
+class RunOptions:
+    """Options of one dosimetry run (all optional; defaults are what a physicist expects).
+
+    Attributes
+    ----------
+    dose_method : str
+        ``"dvk"`` (dose-voxel-kernel convolution, default) or ``"ldm"`` (local energy deposition).
+    injected_activity_bq : float, optional
+        Overrides RadionuclideTotalDose (Bq).
+    injection_time : datetime, optional
+        Overrides RadiopharmaceuticalStartDateTime.
+    spect_series_uid : list of str or str, optional
+        Chooses among several reconstructed SPECT series of one time point.
+    spect_calibration_bq_per_ml_per_unit : float, optional
+        For SPECT not stored in Bq/mL.
+    supersample : int
+        In-plane sub-samples per voxel edge when rasterising contours (fractional VOI masks).
+    density_correction : bool
+        Scale dose by CT density (HU → g/mL).
+    reference_time_point : int
+        Index of the time point whose grid carries the TIA and dose maps.
+    models : tuple of str
+        Candidate TAC models for the AICc selection.
+    nuclide : str
+    """
+
+    dose_method: str = "dvk"
+    injected_activity_bq: Optional[float] = None
+    injection_time: Optional[datetime] = None
+    spect_series_uid: Optional[object] = None
+    spect_calibration_bq_per_ml_per_unit: Optional[float] = None
+    supersample: int = 3
+    density_correction: bool = True
+    reference_time_point: int = 0
+    models: tuple = ("mono_exponential", "bi_exponential", "tri_exponential")
+    nuclide: str = "Lu-177"
+
+
+@dataclass
+class VoiResult:
+    """Per-VOI results; attribute names are the keys of ``results.json``."""
+
+    name: str
+    volume_ml: float
+    mass_g: float
+    activity_bq: List[float]
+    concentration_bq_per_ml: List[float]
+    tia_bq_s: float
+    tia_se_bq_s: Optional[float]
+    tiac_h: float
+    fit_model: str
+    fit_params: Dict[str, float]
+    fit_param_se: Dict[str, float]
+    effective_half_life_h: Optional[float]
+    mean_dose_gy: float
+    d2_gy: float
+    d50_gy: float
+    d98_gy: float
+    max_dose_gy: float
+    gy_per_gbq: float
+    structure_set: str = ""
+    fit_warnings: List[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d.pop("name")
+        return d
+
+
+@dataclass
+class TimePointResult:
+    index: int
+    acquisition_time: datetime
+    hours_post_injection: float
+    spect_series_uid: str
+    description: str
+
+
+@dataclass
+class StudyResults:
+    """Everything a run produced (in memory; :func:`write_outputs` writes it)."""
+
+    patient_id: str
+    injected_activity_bq: float
+    injection_time: datetime
+    time_points: List[TimePointResult]
+    dose_method: str
+    vois: Dict[str, VoiResult]
+    dose_gy: sitk.Image
+    tia_bq_s_per_ml: sitk.Image
+    reference_spect: sitk.Image
+    density_g_per_ml: Optional[sitk.Image]
+    dvhs: Dict[str, tuple]
+    fits: Dict[str, object]
+    frame_of_reference_uid: str
+    study_instance_uid: str
+    patient_name: str = ""
+    warnings: List[str] = field(default_factory=list)
+    inventory: Optional[Inventory] = None
+
+    def to_json(self) -> dict:
+        return {
+            "patient_id": self.patient_id,
+            "injected_activity_bq": self.injected_activity_bq,
+            "injection_time": self.injection_time.isoformat(),
+            "time_points": [{"index": t.index, "acquisition_time": t.acquisition_time.isoformat(),
+                             "hours_post_injection": t.hours_post_injection,
+                             "spect_series_uid": t.spect_series_uid, "description": t.description}
+                            for t in self.time_points],
+            "dose_method": self.dose_method,
+            "vois": {name: v.to_json() for name, v in self.vois.items()},
+            "warnings": self.warnings,
+        }
+
+
+def _choose_spect(inv: Inventory, options: RunOptions) -> List[SeriesEntry]:
+    """One reconstructed SPECT series per time point (refuse ambiguity without a choice)."""
+    wanted = options.spect_series_uid
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    wanted = set(wanted or [])
+    unknown = wanted - {s.series_instance_uid for s in inv.by_role("spect_recon")}
+    if unknown:
+        raise StudyError(f"--spect-series {', '.join(sorted(unknown))} is not a reconstructed SPECT series "
+                         "of this study (see 'ludosimetry inspect')", inv.root)
+    chosen = []
+    for tp in inv.time_points:
+        uids = [u for u in tp.spect_series_uids if not wanted or u in wanted] if wanted else tp.spect_series_uids
+        if wanted and not uids:
+            uids = tp.spect_series_uids
+        if len(uids) > 1:
+            listing = "; ".join(f"{u} ({inv.get(u).description})" for u in uids)
+            raise StudyError(f"time point {tp.index + 1} has {len(uids)} reconstructed SPECT series ({listing}); "
+                             "choose one with --spect-series UID", inv.root)
+        chosen.append(inv.get(uids[0]))
+    return chosen
+
+
+def _structure_sets_for(inv: Inventory, tp_index: int) -> List[SeriesEntry]:
+    return [s for s in inv.by_role("rtstruct") if s.time_point == tp_index]
+
+
+def _masks_for_time_point(inv: Inventory, tp_index: int, spect: SpectVolume, supersample: int):
+    """Fractional masks (z,y,x) of every ROI of the time point's structure sets, on the SPECT grid."""
+    from .io.rtstruct import read_rtstruct
+    from .vois import check_frame_of_reference, structure_set_masks
+
+    masks: Dict[str, np.ndarray] = {}
+    sources: Dict[str, str] = {}
+    for entry in _structure_sets_for(inv, tp_index):
+        for path in entry.files:
+            ss = read_rtstruct(path)
+            check_frame_of_reference(ss, spect.frame_of_reference_uid)
+            for name, m in structure_set_masks(ss, spect.image, supersample=supersample).items():
+                if name in masks:
+                    raise StructureError(f"ROI {name!r} is defined twice at time point {tp_index + 1} "
+                                         f"(also in {sources[name]})", path)
+                if not np.any(m > 0):
+                    warnings.warn(f"{path}: ROI {name!r} covers no voxel of the SPECT grid; it is reported "
+                                  "with zero volume")
+                masks[name] = m.astype(np.float32)
+                sources[name] = path
+    return masks, sources
+
+
+def _partition(masks: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Binary, non-overlapping regions: each voxel (≥ half covered) goes to the smallest VOI containing it.
+
+    Lesions inside an organ take their voxels from the organ, so the TIA map can be built region by
+    region without counting a voxel twice.
+    """
+    names = sorted(masks, key=lambda n: float(masks[n].sum()))
+    taken = None
+    regions = {}
+    for n in names:
+        m = masks[n] >= 0.5
+        if taken is None:
+            taken = np.zeros_like(m)
+        region = m & ~taken
+        regions[n] = region
+        taken |= region
+    return regions
+
+
+def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) -> StudyResults:
+    """Run the whole dosimetry chain on a study folder.
+
+    Parameters
+    ----------
+    study_dir : path-like
+        Folder of DICOM files (any layout).
+    options : RunOptions, optional
+    progress : callable ``(fraction, message)`` or Progress, optional
+        Raising :class:`~LuDosimetryLib.errors.CancelledError` (or ``Progress.cancel()``) stops the run.
+
+    Returns
+    -------
+    StudyResults
+
+    Raises
+    ------
+    LuDosimetryError
+        With a message naming the file or option and the problem.
+    """
+    from .dose import density_from_hu, dose_dvk, dose_ldm
+    from .dvh import cumulative_dvh, dose_statistics
+    from .kinetics import fit_time_activity_curve
+
+    options = options or RunOptions()
+    if options.dose_method not in ("dvk", "ldm"):
+        raise StudyError(f"unknown dose method {options.dose_method!r} (use dvk or ldm)")
+    progress = as_progress(progress)
+    nuclide: Radionuclide = radionuclide(options.nuclide)
+    run_warnings: List[str] = []
+
+    progress.report(0.0, "reading study")
+    inv = scan_study(study_dir, injected_activity_bq=options.injected_activity_bq,
+                     injection_time=options.injection_time, progress=progress.sub(0.0, 0.1))
+    run_warnings += inv.warnings
+    if not inv.time_points:
+        roles = sorted({s.role for s in inv.series})
+        raise StudyError(f"no reconstructed SPECT with an acquisition time (series found: {', '.join(roles)})",
+                         study_dir)
+    if inv.injected_activity_bq is None:
+        raise StudyError("no injected activity in the headers (RadionuclideTotalDose); "
+                         "give --injected-activity-mbq", study_dir)
+    if inv.injection_time is None:
+        raise StudyError("no injection time in the headers (RadiopharmaceuticalStartDateTime); "
+                         "give --injection-time", study_dir)
+    spect_entries = _choose_spect(inv, options)
+
+    # Quantitative SPECT per time point.
+    spects: List[SpectVolume] = []
+    for i, entry in enumerate(spect_entries):
+        progress.sub(0.1, 0.3).report(i / len(spect_entries), f"reading SPECT {i + 1}/{len(spect_entries)}")
+        spects.append(read_spect(entry.files, injection_time=inv.injection_time, nuclide=nuclide,
+                                 calibration_bq_per_ml_per_unit=options.spect_calibration_bq_per_ml_per_unit,
+                                 what=f"SPECT {entry.description or entry.series_instance_uid}"))
+    hours = []
+    for entry, sp in zip(spect_entries, spects):
+        h = (sp.acquisition_time - inv.injection_time).total_seconds() / 3600.0
+        if h <= 0:
+            raise StudyError(f"SPECT {entry.description or entry.series_instance_uid} was acquired "
+                             f"{sp.acquisition_time.isoformat()}, {-h:.2f} h before the injection "
+                             f"({inv.injection_time.isoformat()}); check --injection-time", entry.files[0])
+        hours.append(h)
+
+    # VOIs per time point.
+    per_tp_masks = []
+    for i, sp in enumerate(spects):
+        progress.sub(0.3, 0.45).report(i / len(spects), f"VOIs of time point {i + 1}")
+        masks, _ = _masks_for_time_point(inv, i, sp, options.supersample)
+        per_tp_masks.append(masks)
+    with_vois = [i for i, m in enumerate(per_tp_masks) if m]
+    if not with_vois:
+        raise StudyError("no RTSTRUCT matches any SPECT time point (same frame of reference or referenced "
+                         "series); nothing to report", study_dir)
+    missing = [i + 1 for i, m in enumerate(per_tp_masks) if not m]
+    if missing:
+        raise StudyError(f"time point(s) {missing} have no RTSTRUCT of their own; VOI propagation from a "
+                         "reference time point needs registration (not available in this version)", study_dir)
+    names = list(per_tp_masks[0])
+    for i, m in enumerate(per_tp_masks[1:], start=2):
+        if set(m) != set(names):
+            only_ref = sorted(set(names) - set(m))
+            only_here = sorted(set(m) - set(names))
+            raise StudyError(f"VOI names differ between time point 1 and {i}: missing at {i}: {only_ref}, "
+                             f"only at {i}: {only_here}; rename the ROIs so that every VOI is on every time point",
+                             study_dir)
+
+    # CT density on each SPECT grid (for masses) and on the reference grid (for dose).
+    ref = options.reference_time_point
+    if not 0 <= ref < len(spects):
+        raise StudyError(f"reference time point {ref + 1} does not exist (study has {len(spects)})")
+    densities: List[Optional[np.ndarray]] = []
+    for i, sp in enumerate(spects):
+        cts = [s for s in inv.by_role("ct") if s.time_point == i and
+               (not sp.frame_of_reference_uid or s.frame_of_reference_uid == sp.frame_of_reference_uid)]
+        if not cts:
+            densities.append(None)
+            run_warnings.append(f"time point {i + 1}: no CT in the SPECT's frame of reference; "
+                                "masses assume 1.04 g/mL (ICRU 46 soft tissue)")
+            continue
+        hu = read_ct(cts[0].files, what=f"CT {cts[0].description}")
+        hu_on_spect = mean_over_grid(hu, sp.image, default=-1000.0)
+        densities.append(density_from_hu(sitk.GetArrayFromImage(hu_on_spect)).astype(np.float32))
+        progress.sub(0.45, 0.55).report((i + 1) / len(spects), f"CT density {i + 1}/{len(spects)}")
+
+    # TACs and fits per VOI.
+    fits = {}
+    vois: Dict[str, VoiResult] = {}
+    spacing = spects[ref].image.GetSpacing()
+    for k, name in enumerate(names):
+        progress.sub(0.55, 0.65).report(k / len(names), f"fitting {name}")
+        acts, concs, vols, masses = [], [], [], []
+        for i, sp in enumerate(spects):
+            w = per_tp_masks[i][name]
+            vml = float(np.prod(sp.image.GetSpacing())) / 1000.0
+            arr = sitk.GetArrayViewFromImage(sp.image)
+            a = float(np.sum(w * arr)) * vml
+            v = float(w.sum()) * vml
+            acts.append(a)
+            vols.append(v)
+            concs.append(a / v if v > 0 else float("nan"))
+            dens = densities[i]
+            masses.append(float(np.sum(w * dens)) * vml if dens is not None else v * 1.04)
+        try:
+            fit = fit_time_activity_curve(np.array(hours), np.array(acts), models=options.models,
+                                          nuclide=nuclide, label=name)
+        except FitError as exc:
+            raise FitError(f"VOI {name!r}: {exc.problem}", study_dir) from exc
+        fits[name] = fit
+        run_warnings += [f"{name}: {w}" for w in fit.warnings]
+        vois[name] = dict(activity_bq=acts, concentration_bq_per_ml=concs,
+                          volume_ml=vols[ref], mass_g=masses[ref], fit=fit)
+
+    # TIA map on the reference grid: each (non-overlapping) region's TIA spread like its activity at the
+    # reference time point; outside the VOIs, voxel-wise trapezoid + physical tail.
+    progress.report(0.66, "TIA map")
+    ref_img = spects[ref].image
+    regions = _partition(per_tp_masks[ref])
+    tia_map = _tia_map(spects, hours, regions, ref, nuclide, options, fit_time_activity_curve, per_tp_masks)
+    vml_ref = float(np.prod(spacing)) / 1000.0
+    tia_voxel = tia_map * vml_ref  # Bq·s per voxel
+    density = densities[ref]
+    dens_for_dose = density if (options.density_correction and density is not None) else None
+
+    progress.report(0.72, f"absorbed dose ({options.dose_method})")
+    if options.dose_method == "dvk":
+        dose = dose_dvk(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide,
+                        progress=progress.sub(0.72, 0.9))
+    else:
+        dose = dose_ldm(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide)
+    dose = np.asarray(dose, dtype=np.float32)
+
+    progress.report(0.9, "DVH")
+    dvhs = {}
+    gbq = inv.injected_activity_bq / 1e9
+    out_vois: Dict[str, VoiResult] = {}
+    for name in names:
+        w = per_tp_masks[ref][name]
+        info = vois[name]
+        fit = info["fit"]
+        if float(w.sum()) > 0:
+            stats = dose_statistics(dose, w, vml_ref)
+            dvhs[name] = cumulative_dvh(dose, w, vml_ref)
+        else:
+            stats = {"mean_dose_gy": float("nan"), "d2_gy": float("nan"), "d50_gy": float("nan"),
+                     "d98_gy": float("nan"), "max_dose_gy": float("nan")}
+        out_vois[name] = VoiResult(
+            name=name, volume_ml=info["volume_ml"], mass_g=info["mass_g"], activity_bq=info["activity_bq"],
+            concentration_bq_per_ml=info["concentration_bq_per_ml"], tia_bq_s=float(fit.tia_bq_s),
+            tia_se_bq_s=None if fit.tia_se_bq_s is None else float(fit.tia_se_bq_s),
+            tiac_h=float(fit.tia_bq_s) / inv.injected_activity_bq / 3600.0, fit_model=fit.model,
+            fit_params={k: float(v) for k, v in fit.params.items()},
+            fit_param_se={k: float(v) for k, v in (fit.param_se or {}).items()},
+            effective_half_life_h=None if fit.effective_half_life_h is None else float(fit.effective_half_life_h),
+            mean_dose_gy=float(stats["mean_dose_gy"]), d2_gy=float(stats["d2_gy"]), d50_gy=float(stats["d50_gy"]),
+            d98_gy=float(stats["d98_gy"]), max_dose_gy=float(stats["max_dose_gy"]),
+            gy_per_gbq=float(stats["mean_dose_gy"]) / gbq, fit_warnings=list(fit.warnings))
+
+    def as_image(arr):
+        img = sitk.GetImageFromArray(np.asarray(arr, dtype=np.float32))
+        img.CopyInformation(ref_img)
+        return img
+
+    first = sitk_header_value(spect_entries[ref])
+    progress.report(1.0, "done")
+    return StudyResults(
+        patient_id=first.get("PatientID", ""), patient_name=str(first.get("PatientName", "")),
+        injected_activity_bq=float(inv.injected_activity_bq), injection_time=inv.injection_time,
+        time_points=[TimePointResult(i, sp.acquisition_time, h, sp.series_instance_uid, sp.description)
+                     for i, (sp, h) in enumerate(zip(spects, hours))],
+        dose_method=options.dose_method, vois=out_vois, dose_gy=as_image(dose),
+        tia_bq_s_per_ml=as_image(tia_map), reference_spect=ref_img,
+        density_g_per_ml=None if density is None else as_image(density), dvhs=dvhs, fits=fits,
+        frame_of_reference_uid=spects[ref].frame_of_reference_uid,
+        study_instance_uid=spect_entries[ref].study_instance_uid, warnings=run_warnings, inventory=inv)
+
+
+def sitk_header_value(entry: SeriesEntry):
+    """Header (no pixels) of a series' first file."""
+    import pydicom
+    return pydicom.dcmread(entry.files[0], stop_before_pixels=True)
+
+
+def _tia_map(spects, hours, regions, ref, nuclide, options, fit_fn, per_tp_masks) -> np.ndarray:
+    """TIA concentration map (Bq·s/mL) on the reference SPECT grid.
+
+    Inside each VOI region the region's fitted TIA is distributed in proportion to the reference
+    image (so the map's integral over a VOI equals the VOI's TIA, the organ-level result). Outside VOIs
+    each voxel is integrated by trapezoids with a physical-decay tail, on the time points resampled to
+    the reference grid (same frame of reference; registration is a later step).
+    """
+    ref_img = spects[ref].image
+    ref_arr = sitk.GetArrayFromImage(ref_img).astype(np.float64)
+    stack = []
+    for i, sp in enumerate(spects):
+        img = sp.image if i == ref else resample_to(sp.image, ref_img, default=0.0)
+        stack.append(np.clip(sitk.GetArrayViewFromImage(img).astype(np.float64), 0.0, None))
+    stack = np.stack(stack)  # (t, z, y, x) Bq/mL
+    t_s = np.asarray(hours) * 3600.0
+    lam = nuclide.decay_constant_per_s
+    # Trapezoids from (0, 0) through the points, then the physical tail from the last point.
+    tia = 0.5 * stack[0] * t_s[0]
+    for i in range(1, len(t_s)):
+        tia += 0.5 * (stack[i] + stack[i - 1]) * (t_s[i] - t_s[i - 1])
+    tia += stack[-1] / lam
+    vml = float(np.prod(ref_img.GetSpacing())) / 1000.0
+    partitions = [regions if i == ref else _partition(per_tp_masks[i]) for i in range(len(spects))]
+    for name, region in regions.items():
+        if not region.any():
+            continue
+        acts = []
+        for i, sp in enumerate(spects):
+            # region TAC measured on each time point's own grid with that time point's own contours
+            m_i = partitions[i][name]
+            arr = sitk.GetArrayViewFromImage(sp.image)
+            acts.append(float(np.sum(arr[m_i])) * float(np.prod(sp.image.GetSpacing())) / 1000.0)
+        try:
+            fit = fit_fn(np.asarray(hours), np.asarray(acts), models=options.models, nuclide=nuclide, label=name)
+            region_tia = float(fit.tia_bq_s)
+        except FitError:
+            region_tia = float(np.sum(tia[region])) * vml
+        weights = np.clip(ref_arr[region], 0.0, None)
+        total = weights.sum()
+        if total <= 0:
+            weights = np.ones_like(weights)
+            total = weights.sum()
+        tia[region] = region_tia * weights / total / vml
+    return tia.astype(np.float32)
+
+
+def write_outputs(results: StudyResults, out_dir, overwrite: bool = False) -> Path:
+    """Write a run's outputs atomically (see :func:`LuDosimetryLib.report.write_outputs`)."""
+    from .report import write_outputs as _write
+    return _write(results, out_dir, overwrite=overwrite)

@@ -1,0 +1,69 @@
+"""Turn :class:`~LuDosimetryLib.pipeline.StudyResults` into files: results.json, dvh.csv/png, tac.png,
+NRRD maps and a standalone DICOM RT Dose — all inside one atomically renamed folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .io.export import atomic_output_dir, write_json
+
+RESULT_KEYS = ("volume_ml", "mass_g", "tia_bq_s", "tiac_h", "fit_model", "effective_half_life_h", "mean_dose_gy",
+               "d2_gy", "d50_gy", "d98_gy", "max_dose_gy", "gy_per_gbq")
+
+
+def plot_tacs(path, results) -> Path:
+    """Measured activities (points) and fitted curves per VOI, activity (MBq) vs time (h)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    hours = np.array([t.hours_post_injection for t in results.time_points])
+    tmax = max(float(hours.max()) * 1.15, 24.0)
+    t = np.linspace(0.0, tmax, 400)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=110)
+    for i, (name, v) in enumerate(results.vois.items()):
+        color = f"C{i % 10}"
+        ax.plot(hours, np.array(v.activity_bq) / 1e6, "o", color=color)
+        fit = results.fits.get(name)
+        if fit is not None:
+            ax.plot(t, np.asarray(fit.evaluate(t)) / 1e6, "-", color=color,
+                    label=f"{name} ({v.fit_model}, T_eff {v.effective_half_life_h:.0f} h)"
+                    if v.effective_half_life_h else f"{name} ({v.fit_model})")
+    ax.set_xlabel("Time after injection (h)")
+    ax.set_ylabel("Activity in VOI (MBq)")
+    ax.set_yscale("log")
+    ax.set_title(f"Time-activity curves — {results.patient_id}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
+    """Write every output of a run into ``out_dir`` atomically.
+
+    Files: ``results.json``, ``dvh.csv``, ``dvh.png``, ``tac.png``, ``dose_gy.nrrd``,
+    ``tia_bq_s_per_ml.nrrd``, ``rtdose.dcm`` (DoseUnits GY, SPECT grid, the study's frame of reference).
+    """
+    from .dvh import plot_dvh, write_dvh_csv
+    from .io.dicom_common import PatientInfo, StudyInfo
+    from .io.rtdose import write_rtdose
+
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        write_json(tmp / "results.json", results.to_json())
+        write_dvh_csv(tmp / "dvh.csv", results.dvhs)
+        plot_dvh(tmp / "dvh.png", results.dvhs, title=f"Cumulative DVH — {results.patient_id}")
+        plot_tacs(tmp / "tac.png", results)
+        sitk.WriteImage(results.dose_gy, str(tmp / "dose_gy.nrrd"), True)
+        sitk.WriteImage(results.tia_bq_s_per_ml, str(tmp / "tia_bq_s_per_ml.nrrd"), True)
+        patient = PatientInfo(patient_id=results.patient_id, patient_name=results.patient_name or results.patient_id)
+        study = StudyInfo(study_instance_uid=results.study_instance_uid or StudyInfo().study_instance_uid,
+                          study_datetime=results.time_points[0].acquisition_time)
+        write_rtdose(tmp / "rtdose.dcm", results.dose_gy, patient, study,
+                     frame_of_reference_uid=results.frame_of_reference_uid,
+                     series_description=f"LuDosimetry absorbed dose ({results.dose_method.upper()})")
+    return Path(out_dir)
