@@ -123,7 +123,8 @@ def _run(study, out, args, overwrite: bool) -> int:
     check_output_dir(out, overwrite)
     opts = RunOptions(dose_method=args.dose_method, spect_series_uid=args.spect_series or None,
                       spect_calibration_bq_per_ml_per_unit=args.spect_calibration,
-                      density_correction=not args.no_density_correction, **_injection_kwargs(args))
+                      density_correction=not args.no_density_correction, pvc=args.pvc,
+                      psf_fwhm_mm=args.psf_fwhm_mm, **_injection_kwargs(args))
     bar = TerminalProgress(quiet=args.quiet)
     try:
         results = run_study(study, opts, progress=bar)
@@ -145,6 +146,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spect-calibration", type=float, metavar="BQML_PER_UNIT",
                    help="factor from stored SPECT values to Bq/mL, for images not in Bq/mL")
     p.add_argument("--no-density-correction", action="store_true", help="ignore CT density in the dose")
+    p.add_argument("--pvc", choices=("none", "gtm"), default="none",
+                   help="partial-volume correction of VOI activities (gtm: geometric transfer matrix)")
+    p.add_argument("--psf-fwhm-mm", type=float, help="SPECT resolution FWHM (mm), needed by --pvc gtm")
     p.add_argument("--overwrite", action="store_true", help="replace an existing LuDosimetry output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import FitError, StudyError, StructureError
+from .errors import DicomFileError, FitError, StudyError, StructureError
 from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
 from .io.inventory import Inventory, SeriesEntry, scan_study
 from .progress import as_progress
@@ -49,6 +49,11 @@ class RunOptions:
     models : tuple of str
         Candidate TAC models for the AICc selection.
     nuclide : str
+    pvc : str
+        ``"none"`` (default) or ``"gtm"``: partial-volume correction of VOI activities by the geometric
+        transfer matrix (Rousset 1998), which needs ``psf_fwhm_mm``.
+    psf_fwhm_mm : float, optional
+        FWHM of the reconstructed SPECT's point-spread function (mm), for ``pvc="gtm"``.
     """
 
     dose_method: str = "dvk"
@@ -61,6 +66,8 @@ class RunOptions:
     reference_time_point: int = 0
     models: tuple = ("mono_exponential", "bi_exponential", "tri_exponential")
     nuclide: str = "Lu-177"
+    pvc: str = "none"
+    psf_fwhm_mm: Optional[float] = None
 
 
 @dataclass
@@ -168,7 +175,12 @@ def _structure_sets_for(inv: Inventory, tp_index: int) -> List[SeriesEntry]:
 
 
 def _masks_for_time_point(inv: Inventory, tp_index: int, spect: SpectVolume, supersample: int):
-    """Fractional masks (z,y,x) of every ROI of the time point's structure sets, on the SPECT grid."""
+    """Masks (z,y,x) of every ROI of the time point's structure sets, on the SPECT grid.
+
+    Contours are rasterised with ``supersample``² in-plane sub-samples per voxel and a voxel belongs to
+    the VOI when at least half of it is covered (majority rule: unbiased volume, robust for thin shapes).
+    Returned as float32 0/1 weights.
+    """
     from .io.rtstruct import read_rtstruct
     from .vois import check_frame_of_reference, structure_set_masks
 
@@ -185,7 +197,7 @@ def _masks_for_time_point(inv: Inventory, tp_index: int, spect: SpectVolume, sup
                 if not np.any(m > 0):
                     warnings.warn(f"{path}: ROI {name!r} covers no voxel of the SPECT grid; it is reported "
                                   "with zero volume")
-                masks[name] = m.astype(np.float32)
+                masks[name] = (m >= 0.5).astype(np.float32)
                 sources[name] = path
     return masks, sources
 
@@ -236,6 +248,10 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     options = options or RunOptions()
     if options.dose_method not in ("dvk", "ldm"):
         raise StudyError(f"unknown dose method {options.dose_method!r} (use dvk or ldm)")
+    if options.pvc not in ("none", "gtm"):
+        raise StudyError(f"unknown partial-volume correction {options.pvc!r} (use none or gtm)")
+    if options.pvc == "gtm" and not (options.psf_fwhm_mm and options.psf_fwhm_mm > 0):
+        raise StudyError("partial-volume correction 'gtm' needs the SPECT resolution: give --psf-fwhm-mm")
     progress = as_progress(progress)
     nuclide: Radionuclide = radionuclide(options.nuclide)
     run_warnings: List[str] = []
@@ -244,6 +260,10 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     inv = scan_study(study_dir, injected_activity_bq=options.injected_activity_bq,
                      injection_time=options.injection_time, progress=progress.sub(0.0, 0.1))
     run_warnings += inv.warnings
+    broken = [item for item in inv.skipped if item["reason"].startswith("unreadable DICOM")]
+    if broken:
+        raise DicomFileError(broken[0]["reason"] + (f" (and {len(broken) - 1} more such files)" if len(broken) > 1
+                                                    else ""), broken[0]["file"])
     if not inv.time_points:
         roles = sorted({s.role for s in inv.series})
         raise StudyError(f"no reconstructed SPECT with an acquisition time (series found: {', '.join(roles)})",
@@ -313,6 +333,17 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
         densities.append(density_from_hu(sitk.GetArrayFromImage(hu_on_spect)).astype(np.float32))
         progress.sub(0.45, 0.55).report((i + 1) / len(spects), f"CT density {i + 1}/{len(spects)}")
 
+    # Non-overlapping regions per time point (lesions carved out of organs) and, with PVC, their true
+    # mean concentrations by GTM.
+    partitions = [_partition(m) for m in per_tp_masks]
+    gtm = [None] * len(spects)
+    if options.pvc == "gtm":
+        from .pvc import gtm_concentrations
+        for i, sp in enumerate(spects):
+            progress.sub(0.55, 0.6).report(i / len(spects), f"partial-volume correction {i + 1}/{len(spects)}")
+            gtm[i] = gtm_concentrations(sitk.GetArrayViewFromImage(sp.image), partitions[i],
+                                        sp.image.GetSpacing(), options.psf_fwhm_mm)
+
     # TACs and fits per VOI.
     fits = {}
     vois: Dict[str, VoiResult] = {}
@@ -324,7 +355,11 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
             w = per_tp_masks[i][name]
             vml = float(np.prod(sp.image.GetSpacing())) / 1000.0
             arr = sitk.GetArrayViewFromImage(sp.image)
-            a = float(np.sum(w * arr)) * vml
+            if gtm[i] is None:
+                a = float(np.sum(w * arr)) * vml
+            else:
+                inside = w > 0
+                a = sum(gtm[i][n] * float(np.count_nonzero(partitions[i][n] & inside)) for n in partitions[i]) * vml
             v = float(w.sum()) * vml
             acts.append(a)
             vols.append(v)
@@ -345,8 +380,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     # reference time point; outside the VOIs, voxel-wise trapezoid + physical tail.
     progress.report(0.66, "TIA map")
     ref_img = spects[ref].image
-    regions = _partition(per_tp_masks[ref])
-    tia_map = _tia_map(spects, hours, regions, ref, nuclide, options, fit_time_activity_curve, per_tp_masks)
+    tia_map = _tia_map(spects, hours, partitions, gtm, ref, nuclide, options, fit_time_activity_curve)
     vml_ref = float(np.prod(spacing)) / 1000.0
     tia_voxel = tia_map * vml_ref  # Bq·s per voxel
     density = densities[ref]
@@ -411,7 +445,7 @@ def sitk_header_value(entry: SeriesEntry):
     return pydicom.dcmread(entry.files[0], stop_before_pixels=True)
 
 
-def _tia_map(spects, hours, regions, ref, nuclide, options, fit_fn, per_tp_masks) -> np.ndarray:
+def _tia_map(spects, hours, partitions, gtm, ref, nuclide, options, fit_fn) -> np.ndarray:
     """TIA concentration map (Bq·s/mL) on the reference SPECT grid.
 
     Inside each VOI region the region's fitted TIA is distributed in proportion to the reference
@@ -434,16 +468,19 @@ def _tia_map(spects, hours, regions, ref, nuclide, options, fit_fn, per_tp_masks
         tia += 0.5 * (stack[i] + stack[i - 1]) * (t_s[i] - t_s[i - 1])
     tia += stack[-1] / lam
     vml = float(np.prod(ref_img.GetSpacing())) / 1000.0
-    partitions = [regions if i == ref else _partition(per_tp_masks[i]) for i in range(len(spects))]
-    for name, region in regions.items():
+    for name, region in partitions[ref].items():
         if not region.any():
             continue
         acts = []
         for i, sp in enumerate(spects):
             # region TAC measured on each time point's own grid with that time point's own contours
             m_i = partitions[i][name]
-            arr = sitk.GetArrayViewFromImage(sp.image)
-            acts.append(float(np.sum(arr[m_i])) * float(np.prod(sp.image.GetSpacing())) / 1000.0)
+            vml_i = float(np.prod(sp.image.GetSpacing())) / 1000.0
+            if gtm[i] is None:
+                arr = sitk.GetArrayViewFromImage(sp.image)
+                acts.append(float(np.sum(arr[m_i])) * vml_i)
+            else:
+                acts.append(gtm[i][name] * float(np.count_nonzero(m_i)) * vml_i)
         try:
             fit = fit_fn(np.asarray(hours), np.asarray(acts), models=options.models, nuclide=nuclide, label=name)
             region_tia = float(fit.tia_bq_s)
