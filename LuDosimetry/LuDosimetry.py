@@ -1,0 +1,630 @@
+"""LuDosimetry: the 3D Slicer module over LuDosimetryLib (Lu-177 DOTATATE patient-specific dosimetry).
+
+The module is a thin shell: the widget collects the study folder and options, the logic calls
+:func:`LuDosimetryLib.pipeline.run_study` and :func:`LuDosimetryLib.pipeline.write_outputs`, and a small
+helper (:func:`addResultsToScene`) shows the dose, the time-integrated activity and the per-VOI table in
+the scene. No physics happens here.
+
+LuDosimetryLib is imported inside the functions that need it: the module must load (and its panel
+show) even before the library's dependencies are installed in Slicer's Python.
+"""
+import importlib.util
+import logging
+import math
+import pathlib
+import traceback
+from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import ctk
+import qt
+import vtk
+
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import (
+    Choice,
+    Decimals,
+    GuiConnector,
+    WithinRange,
+    parameterNodeGuiConnector,
+    parameterNodeWrapper,
+    unannotatedType,
+)
+
+#: Python packages LuDosimetryLib needs at run time: (import name, pip requirement).
+#: Kept equal to ``[project] dependencies`` of pyproject.toml (a test checks it).
+REQUIRED_PACKAGES: Tuple[Tuple[str, str], ...] = (
+    ("numpy", "numpy>=1.21"),
+    ("scipy", "scipy>=1.7"),
+    ("pydicom", "pydicom>=2.3"),
+    ("SimpleITK", "SimpleITK>=2.2"),
+    ("matplotlib", "matplotlib>=3.5"),
+    ("nrrd", "pynrrd>=1.0"),
+    ("icrp107_database", "icrp107-database>=0.0.3"),
+)
+
+#: The per-VOI quantities shown in the results table: (attribute of a VOI result, column title).
+#: The table node and the Qt table are filled from this one list.
+RESULT_COLUMNS: Tuple[Tuple[str, str], ...] = (
+    ("volume_ml", "Volume (mL)"),
+    ("mass_g", "Mass (g)"),
+    ("tia_bq_s", "TIA (Bq·s)"),
+    ("tiac_h", "TIAC (h)"),
+    ("fit_model", "Fit model"),
+    ("effective_half_life_h", "Effective half-life (h)"),
+    ("mean_dose_gy", "Mean dose (Gy)"),
+    ("d2_gy", "D2 (Gy)"),
+    ("d50_gy", "D50 (Gy)"),
+    ("d98_gy", "D98 (Gy)"),
+    ("max_dose_gy", "Max dose (Gy)"),
+    ("gy_per_gbq", "Dose per activity (Gy/GBq)"),
+)
+
+#: Title of the VOI-name column.
+VOI_COLUMN = "VOI"
+
+#: Fraction of the progress range given to run_study; write_outputs and the scene get the rest.
+_RUN_STUDY_SHARE = 0.9
+
+
+#
+# LuDosimetry
+#
+
+
+class LuDosimetry(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Lu-177 Dosimetry"
+        self.parent.categories = ["Nuclear Medicine"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LuDosimetry developers"]
+        self.parent.helpText = """
+Patient-specific absorbed dose for Lu-177 DOTATATE therapy from post-therapy quantitative SPECT/CT.
+Choose the study folder (SPECT and CT of each time point, and the RTSTRUCT of organs and lesions) and an
+output folder, then Run: time-activity curves are fitted per VOI, integrated to time-integrated activity,
+and converted to absorbed dose with a dose-voxel kernel (dvk) or local deposition (ldm). The dose and
+TIA images and a table of per-VOI results are added to the scene; results.json, dvh.csv, plots, NRRD
+images and an RT Dose are written to the output folder.
+"""
+        self.parent.acknowledgementText = """
+Decay data: ICRP Publication 107 (icrp107-database package).
+"""
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeGuiConnector
+class ctkPathLineEditToStrConnector(GuiConnector):
+    """Connects a ctkPathLineEdit to a ``str`` parameter (Slicer's own connector takes pathlib types only,
+    whose default ``Path()`` would show as "." in an empty field)."""
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return type(widget) == ctk.ctkPathLineEdit and unannotatedType(datatype) == str
+
+    @staticmethod
+    def create(widget, datatype):
+        if ctkPathLineEditToStrConnector.canRepresent(widget, datatype):
+            return ctkPathLineEditToStrConnector(widget)
+        return None
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self):
+        self._widget.currentPathChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._widget.currentPathChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> str:
+        return self._widget.currentPath
+
+    def write(self, value: str) -> None:
+        if self._widget.currentPath != value:
+            self._widget.currentPath = value
+
+
+@parameterNodeWrapper
+class LuDosimetryParameterNode:
+    """What the panel remembers in the scene.
+
+    studyDirectory - folder with the DICOM study ("" when not chosen).
+    outputDirectory - folder for results ("" when not chosen).
+    doseMethod - "dvk" (dose-voxel kernel) or "ldm" (local deposition).
+    injectedActivityMBq - override of the injected activity in MBq; 0 uses the DICOM headers.
+    overwrite - replace the files of an earlier run in the output folder.
+    """
+
+    studyDirectory: str = ""
+    outputDirectory: str = ""
+    doseMethod: Annotated[str, Choice(["dvk", "ldm"])] = "dvk"
+    injectedActivityMBq: Annotated[float, WithinRange(0.0, 1.0e5), Decimals(1)] = 0.0
+    overwrite: bool = False
+
+
+#
+# LuDosimetryWidget
+#
+
+
+class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: options, Run/Cancel, progress and the results table. No computation here."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LuDosimetry.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = LuDosimetryLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.studyDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.onStudyDirectoryChanged)
+        self.ui.runButton.connect("clicked(bool)", self.onRunButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+
+        self.ui.progressBar.setValue(0)
+        self.ui.statusLabel.text = ""
+        self._setupResultsTable()
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Optional[LuDosimetryParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets with a "SlicerParameterName" property in the .ui file are connected here.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
+        self._checkCanRun()
+
+    def _checkCanRun(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        ready = bool(node and node.studyDirectory.strip() and node.outputDirectory.strip())
+        self.ui.runButton.enabled = ready and not self._running
+        self.ui.cancelButton.enabled = self._running
+        self.ui.runButton.toolTip = ("Compute TACs, TIA, absorbed dose and DVHs and write them to the output folder."
+                                     if ready else "Choose the study folder and the output folder.")
+
+    def onStudyDirectoryChanged(self, path: str) -> None:
+        """Propose an output folder beside the study when none is chosen yet."""
+        if self._parameterNode and path.strip() and not self._parameterNode.outputDirectory.strip():
+            self._parameterNode.outputDirectory = str(defaultOutputDirectory(path))
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.cancelButton.enabled = False
+        self.ui.statusLabel.text = "Cancelling at the next step..."
+
+    def onRunButton(self) -> None:
+        if self._running or not self._parameterNode:
+            return
+        node = self._parameterNode
+        if not self._ensureDependencies():
+            return
+        from LuDosimetryLib.errors import CancelledError, LuDosimetryError
+
+        self._setRunning(True)
+        try:
+            results = self.logic.run(
+                node.studyDirectory,
+                node.outputDirectory,
+                dose_method=node.doseMethod,
+                injected_activity_bq=activityMBqToBq(node.injectedActivityMBq),
+                overwrite=node.overwrite,
+                progress=self._onProgress,
+            )
+        except CancelledError:
+            self.ui.statusLabel.text = "Cancelled."
+        except LuDosimetryError as error:
+            # The same one-line text the command-line tool prints.
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
+        except Exception as error:  # a bug, not a user error: show it with the traceback
+            logging.exception("LuDosimetry failed")
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(f"Unexpected error: {error}", windowTitle="LuDosimetry",
+                                     detailedText=traceback.format_exc())
+        else:
+            self.showResults(results)
+            runWarnings = list(getattr(results, "warnings", None) or [])
+            for warning in runWarnings:
+                logging.warning(f"LuDosimetry: {warning}")
+            self.ui.statusLabel.text = (f"Done. Results written to {node.outputDirectory}"
+                                        + (f" ({len(runWarnings)} warnings, see the Python console)"
+                                           if runWarnings else ""))
+        finally:
+            self._setRunning(False)
+
+    def _setRunning(self, running: bool) -> None:
+        self._running = running
+        self._cancelRequested = False
+        if running:
+            self.ui.progressBar.setValue(0)
+            self.ui.statusLabel.text = "Starting..."
+        self._checkCanRun()
+        slicer.app.processEvents()
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        """Progress callback given to the logic; raises CancelledError once Cancel was clicked."""
+        self.ui.progressBar.setValue(int(round(1000 * min(max(float(fraction), 0.0), 1.0))))
+        if message:
+            self.ui.statusLabel.text = message
+        slicer.app.processEvents()  # lets the Cancel click through
+        if self._cancelRequested:
+            from LuDosimetryLib.errors import CancelledError
+            raise CancelledError()
+
+    def _ensureDependencies(self) -> bool:
+        """Offer to pip-install what LuDosimetryLib lacks in Slicer's Python; True when all is there."""
+        missing = missingRequirements()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                "LuDosimetry needs these Python packages, which are not installed yet:\n"
+                + "\n".join(missing) + "\n\nInstall them now?", windowTitle="LuDosimetry"):
+            return False
+        with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
+            slicer.util.pip_install(list(missing))
+            importlib.invalidate_caches()
+            return not missingRequirements()
+        return False
+
+    def _setupResultsTable(self) -> None:
+        table = self.ui.resultsTableWidget
+        headers = [VOI_COLUMN] + [title for _, title in RESULT_COLUMNS]
+        table.setColumnCount(len(headers))
+        table.setHorizontalHeaderLabels(headers)
+        table.setRowCount(0)
+
+    def showResults(self, results) -> None:
+        """Fill the Qt results table from the results of run_study."""
+        table = self.ui.resultsTableWidget
+        rows = resultRows(results)
+        table.setRowCount(len(rows))
+        for rowIndex, (voiName, values) in enumerate(rows):
+            table.setItem(rowIndex, 0, qt.QTableWidgetItem(voiName))
+            for columnIndex, ((attribute, _), value) in enumerate(zip(RESULT_COLUMNS, values), start=1):
+                item = qt.QTableWidgetItem(formatValue(attribute, value))
+                if not isinstance(value, str):
+                    item.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
+                table.setItem(rowIndex, columnIndex, item)
+        table.resizeColumnsToContents()
+
+
+#
+# Pure helpers (no Slicer objects; the static tests exercise them)
+#
+
+
+def activityMBqToBq(activityMBq: float) -> Optional[float]:
+    """Injected-activity override in Bq from the panel's MBq value; ``None`` (use the headers) at 0."""
+    activityMBq = float(activityMBq)
+    return activityMBq * 1.0e6 if activityMBq > 0.0 else None
+
+
+def defaultOutputDirectory(studyDirectory) -> pathlib.Path:
+    """The output folder proposed for a study: ``<study folder>-dosimetry`` beside it."""
+    study = pathlib.Path(studyDirectory)
+    return study.with_name(study.name + "-dosimetry")
+
+
+def missingRequirements(packages: Sequence[Tuple[str, str]] = REQUIRED_PACKAGES) -> List[str]:
+    """Pip requirements of the packages that cannot be imported (found without importing them)."""
+    return [requirement for moduleName, requirement in packages if importlib.util.find_spec(moduleName) is None]
+
+
+def resultRows(results) -> List[Tuple[str, List[Any]]]:
+    """``[(voi name, [value of each RESULT_COLUMNS attribute])]`` from ``results.vois``, in its order.
+
+    A quantity the library leaves out (or sets to None) is ``None`` here.
+    """
+    return [(str(name), [getattr(voi, attribute, None) for attribute, _ in RESULT_COLUMNS])
+            for name, voi in results.vois.items()]
+
+
+def formatValue(attribute: str, value: Any) -> str:
+    """Text of one table cell: 4 significant digits, activities in scientific notation."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    if attribute == "tia_bq_s":
+        return f"{value:.3e}"
+    return f"{value:.4g}"
+
+
+#
+# MRML helpers. Kept small and apart from the widget: the MRML-bridge issue moves them into the library.
+#
+
+
+def addResultsToScene(results, namePrefix: str = "LuDosimetry") -> Dict[str, Any]:
+    """Add the reference SPECT, the dose and the TIA images and the per-VOI table to the scene.
+
+    Returns
+    -------
+    dict
+        ``{"spect": volume node or None, "dose": volume node, "tia": volume node, "table": vtkMRMLTableNode}``.
+    """
+    import sitkUtils
+
+    nodes: Dict[str, Any] = {"spect": None}
+    spect = getattr(results, "reference_spect", None)
+    if spect is not None:
+        nodes["spect"] = sitkUtils.PushVolumeToSlicer(spect, name=f"{namePrefix} SPECT (Bq per mL)")
+    nodes["dose"] = sitkUtils.PushVolumeToSlicer(results.dose_gy, name=f"{namePrefix} dose (Gy)")
+    nodes["tia"] = sitkUtils.PushVolumeToSlicer(results.tia_bq_s_per_ml, name=f"{namePrefix} TIA (Bq s per mL)")
+    nodes["table"] = resultsToTableNode(results, f"{namePrefix} results")
+
+    doseDisplay = nodes["dose"].GetDisplayNode()
+    if doseDisplay is not None:
+        doseDisplay.SetAndObserveColorNodeID("vtkMRMLColorTableNodeRainbow")
+        doseDisplay.AutoWindowLevelOn()
+    if slicer.app.layoutManager() is not None:
+        background = nodes["spect"] if nodes["spect"] is not None else nodes["dose"]
+        slicer.util.setSliceViewerLayers(background=background, foreground=nodes["dose"],
+                                         foregroundOpacity=0.5, fit=True)
+    return nodes
+
+
+def resultsToTableNode(results, name: str):
+    """A vtkMRMLTableNode with one row per VOI: its name, then one column per RESULT_COLUMNS entry
+    (numbers as double columns, NaN where the library gives none; text as string columns)."""
+    rows = resultRows(results)
+    tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", slicer.mrmlScene.GetUniqueNameByString(name))
+    table = tableNode.GetTable()
+
+    names = vtk.vtkStringArray()
+    names.SetName(VOI_COLUMN)
+    for voiName, _ in rows:
+        names.InsertNextValue(voiName)
+    table.AddColumn(names)
+
+    for columnIndex, (attribute, title) in enumerate(RESULT_COLUMNS):
+        values = [row[1][columnIndex] for row in rows]
+        if any(isinstance(value, str) for value in values):
+            column = vtk.vtkStringArray()
+            for value in values:
+                column.InsertNextValue("" if value is None else str(value))
+        else:
+            column = vtk.vtkDoubleArray()
+            for value in values:
+                column.InsertNextValue(float("nan") if value is None else float(value))
+        column.SetName(title)
+        table.AddColumn(column)
+
+    tableNode.Modified()
+    return tableNode
+
+
+#
+# LuDosimetryLogic
+#
+
+
+class LuDosimetryLogic(ScriptedLoadableModuleLogic):
+    """Runs the pipeline of LuDosimetryLib; usable from scripts without the widget.
+
+    After :meth:`run`, :attr:`lastNodes` holds the nodes it added to the scene (empty when none).
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.lastNodes: Dict[str, Any] = {}
+
+    def getParameterNode(self):
+        return LuDosimetryParameterNode(super().getParameterNode())
+
+    def run(self, study_dir, out_dir, dose_method: str = "dvk",
+            injected_activity_bq: Optional[float] = None, injection_time=None,
+            spect_series_uid: Optional[str] = None, overwrite: bool = False,
+            progress: Optional[Callable[[float, str], None]] = None,
+            load_into_scene: Optional[bool] = None):
+        """Compute the dosimetry of one study, write the outputs and (in Slicer) show them.
+
+        Parameters
+        ----------
+        study_dir, out_dir : path-like
+            The DICOM study folder and the folder for results.json, dvh.csv, plots, NRRD and RT Dose.
+        dose_method : {"dvk", "ldm"}
+            Dose-voxel-kernel convolution or local deposition.
+        injected_activity_bq : float, optional
+            Injected activity in Bq, overriding the DICOM headers.
+        injection_time : datetime.datetime, optional
+            Injection time, overriding the DICOM headers.
+        spect_series_uid : str, optional
+            The SPECT series to use where a time point has several.
+        overwrite : bool
+            Replace the files of an earlier run in ``out_dir``.
+        progress : callable, optional
+            ``progress(fraction, message)``; raising LuDosimetryLib.errors.CancelledError cancels.
+        load_into_scene : bool, optional
+            Add the volumes and the table to the scene; by default whenever a scene exists.
+
+        Returns
+        -------
+        The results of :func:`LuDosimetryLib.pipeline.run_study`.
+
+        Raises
+        ------
+        LuDosimetryLib.errors.LuDosimetryError
+            A problem with the inputs or the options (one-line message naming the file).
+        """
+        from LuDosimetryLib.errors import OutputError, StudyError
+        from LuDosimetryLib.io.export import check_output_dir
+        from LuDosimetryLib.pipeline import RunOptions, run_study, write_outputs
+
+        if study_dir is None or not str(study_dir).strip():
+            raise StudyError("no study folder chosen")
+        if out_dir is None or not str(out_dir).strip():
+            raise OutputError("no output folder chosen")
+        # Refuse an unusable output folder before the long computation, as the command-line tool does.
+        check_output_dir(pathlib.Path(out_dir), overwrite)
+        report = progress if progress is not None else (lambda fraction, message: None)
+
+        self.lastNodes = {}
+        options = RunOptions(dose_method=dose_method, injected_activity_bq=injected_activity_bq,
+                             injection_time=injection_time, spect_series_uid=spect_series_uid)
+        results = run_study(pathlib.Path(study_dir), options,
+                            progress=lambda fraction, message: report(_RUN_STUDY_SHARE * fraction, message))
+        report(_RUN_STUDY_SHARE, "Writing the results")
+        write_outputs(results, pathlib.Path(out_dir), overwrite=overwrite)
+
+        if load_into_scene is None:
+            load_into_scene = getattr(slicer, "mrmlScene", None) is not None
+        if load_into_scene:
+            report(0.97, "Adding the results to the scene")
+            self.lastNodes = addResultsToScene(results)
+        report(1.0, "Done")
+        return results
+
+
+#
+# LuDosimetryTest
+#
+
+
+class LuDosimetryTest(ScriptedLoadableModuleTest):
+    """Runs the logic on the synthetic patient of LuDosimetryLib (needs the library's dependencies)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_LuDosimetryDependencies()
+        self.setUp()
+        self.test_LuDosimetryErrors()
+        self.setUp()
+        self.test_LuDosimetrySyntheticPatient()
+
+    def test_LuDosimetryDependencies(self):
+        missing = missingRequirements()
+        if missing:
+            slicer.util.pip_install(missing)
+            importlib.invalidate_caches()
+        self.assertEqual(missingRequirements(), [])
+
+    def test_LuDosimetryErrors(self):
+        import tempfile
+
+        from LuDosimetryLib.errors import LuDosimetryError
+
+        logic = LuDosimetryLogic()
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as tmp:
+            emptyStudy = pathlib.Path(tmp) / "empty"
+            emptyStudy.mkdir()
+            with self.assertRaises(LuDosimetryError):
+                logic.run(emptyStudy, pathlib.Path(tmp) / "out")
+            with self.assertRaises(LuDosimetryError):
+                logic.run("", pathlib.Path(tmp) / "out")
+        self.assertEqual(logic.lastNodes, {})
+
+    def test_LuDosimetrySyntheticPatient(self):
+        import tempfile
+
+        from LuDosimetryLib.phantom import write_synthetic_patient
+        from LuDosimetryLib.pipeline import RunOptions, run_study
+
+        self.delayDisplay("Writing the synthetic patient")
+        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as tmp:
+            study = write_synthetic_patient(pathlib.Path(tmp) / "study", seed=0, fast=True)
+            outDir = pathlib.Path(tmp) / "out"
+
+            self.delayDisplay("Running the logic")
+            fractions = []
+            logic = LuDosimetryLogic()
+            results = logic.run(study, outDir, dose_method="dvk",
+                                progress=lambda fraction, message: fractions.append(fraction))
+            self.assertTrue((outDir / "results.json").is_file())
+            self.assertTrue(fractions and fractions[-1] == 1.0)
+            self.assertEqual(fractions, sorted(fractions))
+
+            for key in ("dose", "tia", "table"):
+                self.assertIsNotNone(logic.lastNodes.get(key), key)
+            doseArray = slicer.util.arrayFromVolume(logic.lastNodes["dose"])
+            self.assertEqual(doseArray.shape, results.dose_gy.GetSize()[::-1])
+
+            # The table in the scene holds what run_study gives when called directly.
+            direct = run_study(study, RunOptions(dose_method="dvk"))
+            expected = resultRows(direct)
+            table = logic.lastNodes["table"]
+            self.assertEqual(table.GetNumberOfRows(), len(expected))
+            self.assertGreater(len(expected), 0)
+            for row, (voiName, values) in enumerate(expected):
+                self.assertEqual(table.GetCellText(row, 0), voiName)
+                for (attribute, title), value in zip(RESULT_COLUMNS, values):
+                    column = table.GetTable().GetColumnByName(title)
+                    self.assertIsNotNone(column, title)
+                    cell = column.GetValue(row)
+                    if value is None:
+                        continue
+                    if isinstance(value, str):
+                        self.assertEqual(cell, value, f"{voiName} {attribute}")
+                    else:
+                        self.assertTrue(math.isclose(cell, float(value), rel_tol=1e-9, abs_tol=1e-12),
+                                        f"{voiName} {attribute}: table {cell} != run_study {value}")
+
+            # Outputs are not overwritten unless asked.
+            from LuDosimetryLib.errors import OutputError
+            with self.assertRaises(OutputError):
+                logic.run(study, outDir, load_into_scene=False)
+        self.delayDisplay("Test passed")

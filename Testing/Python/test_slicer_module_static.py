@@ -1,0 +1,524 @@
+"""Checks of the 3D Slicer extension that run without Slicer.
+
+- structure: the .ui is a valid Qt Designer form, the names the module looks up exist in it, each
+  ``SlicerParameterName`` is a parameter of the parameter-node class and its widget can show that
+  parameter's type, every .py parses as Python 3.9, the library imports no Qt/Slicer, the module's
+  top-level imports are the ones every scripted module has, the CMake files are a Slicer extension,
+  the icons are 128 x 128 PNGs, the module's package list matches pyproject.toml;
+- CMake: the module's CMakeLists.txt, configured under a stand-in for Slicer's build macros, puts
+  every LuDosimetryLib file under ``<qt-scripted-modules>/LuDosimetryLib/`` (needs ``cmake``);
+- behaviour: LuDosimetry.py imported over stand-in ``slicer``/``qt``/``ctk``/``vtk`` modules, so that its
+  pure helpers and the wiring of the logic to ``run_study``/``write_outputs`` can be exercised.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = ROOT / "LuDosimetry"
+MODULE_PY = MODULE_DIR / "LuDosimetry.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "LuDosimetry.ui"
+LIB_DIR = ROOT / "LuDosimetryLib"
+
+# Modules every scripted module may import at its top level (besides the standard library).
+ALLOWED_TOP_LEVEL_IMPORTS = {"slicer", "vtk", "qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.util",
+                             "slicer.parameterNodeWrapper"}
+# What the library must never import (it runs in plain Python too).
+GUI_MODULES = {"qt", "ctk", "slicer", "vtk", "sitkUtils", "PythonQt", "__main__"}
+
+
+def _module_tree() -> ast.Module:
+    return ast.parse(MODULE_PY.read_text(encoding="utf-8"), filename=str(MODULE_PY))
+
+
+def _ui_root() -> ET.Element:
+    return ET.parse(UI_FILE).getroot()
+
+
+def _ui_widgets() -> list:
+    return list(_ui_root().iter("widget"))
+
+
+def _dynamic_string_property(widget: ET.Element, name: str):
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            text = prop.find("string")
+            return None if text is None else text.text
+    return None
+
+
+def _parameter_node_fields() -> dict:
+    """``{name: annotation AST}`` of the class decorated with ``@parameterNodeWrapper``."""
+    for node in _module_tree().body:
+        if isinstance(node, ast.ClassDef) and any(
+                (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper")
+                or (isinstance(d, ast.Attribute) and d.attr == "parameterNodeWrapper")
+                for d in node.decorator_list):
+            return {stmt.target.id: stmt.annotation for stmt in node.body
+                    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
+    raise AssertionError("no @parameterNodeWrapper class in LuDosimetry.py")
+
+
+def _split_annotation(annotation: ast.AST):
+    """(base type name, [names of the Annotated[...] extras called]) of a parameter annotation."""
+    extras = []
+    if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value).split(".")[-1] == "Annotated":
+        elements = annotation.slice.elts if isinstance(annotation.slice, ast.Tuple) else [annotation.slice]
+        annotation = elements[0]
+        extras = [ast.unparse(e.func).split(".")[-1] for e in elements[1:] if isinstance(e, ast.Call)]
+    return ast.unparse(annotation), extras
+
+
+# ---------------------------------------------------------------------------------------------------
+# The .ui form
+
+
+def test_ui_is_a_qt_designer_form():
+    root = _ui_root()
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    top = root.find("widget")
+    assert top is not None and top.get("class") == "qMRMLWidget"
+    assert root.findtext("class") == top.get("name") == "LuDosimetry"
+
+    names = [w.get("name") for w in _ui_widgets()]
+    assert all(names), "every widget has a name"
+    assert len(names) == len(set(names)), f"duplicate widget names: {sorted(n for n in names if names.count(n) > 1)}"
+
+    declared = {}
+    for custom in root.iter("customwidget"):
+        cls, extends, header = custom.findtext("class"), custom.findtext("extends"), custom.findtext("header")
+        assert cls and extends and header, f"incomplete <customwidget> {cls}"
+        declared[cls] = header
+    for widget in _ui_widgets():
+        cls = widget.get("class")
+        if not cls.startswith("Q"):
+            assert cls in declared, f"{widget.get('name')}: class {cls} is not declared in <customwidgets>"
+
+    for layout in root.iter("layout"):
+        for item in layout.findall("item"):
+            assert len(list(item)) == 1, "a layout <item> holds exactly one widget, layout or spacer"
+
+
+def test_widget_names_used_by_the_module_exist_in_the_ui():
+    ui_names = {w.get("name") for w in _ui_widgets()}
+    used = set()
+    for node in ast.walk(_module_tree()):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"):
+            used.add(node.attr)
+    assert used, "the module looks up no self.ui.<name>"
+    assert used <= ui_names, f"not in the .ui: {sorted(used - ui_names)}"
+
+
+def test_every_slicer_parameter_name_is_a_parameter_its_widget_can_show():
+    fields = _parameter_node_fields()
+    # Which (widget class, parameter type) pairs Slicer's parameterNodeWrapper connectors handle
+    # (slicer/parameterNodeWrapper/guiConnectors.py), plus the module's own ctkPathLineEdit <-> str one.
+    supported = {
+        "QCheckBox": {"bool"}, "ctkCheckBox": {"bool"}, "QPushButton": {"bool"},
+        "QSpinBox": {"int"}, "QSlider": {"int"},
+        "QDoubleSpinBox": {"float", "int"}, "ctkDoubleSpinBox": {"float", "int"},
+        "ctkSliderWidget": {"float", "int"},
+        "QComboBox": {"str", "int", "float", "bool"}, "ctkComboBox": {"str", "int", "float", "bool"},
+        "QLineEdit": {"str"}, "QLabel": {"str"}, "QTextEdit": {"str"},
+        "ctkPathLineEdit": {"str", "pathlib.Path", "Path"},
+        "ctkDirectoryButton": {"pathlib.Path", "Path"},
+    }
+    connected = {}
+    for widget in _ui_widgets():
+        parameter = _dynamic_string_property(widget, "SlicerParameterName")
+        if parameter is None:
+            continue
+        assert parameter in fields, f"{widget.get('name')}: SlicerParameterName {parameter!r} is not a parameter"
+        assert parameter not in connected, f"{parameter!r} is connected twice"
+        connected[parameter] = widget
+        base, extras = _split_annotation(fields[parameter])
+        cls = widget.get("class")
+        assert base in supported.get(cls, set()), f"{widget.get('name')} ({cls}) cannot show a {base} parameter"
+        if cls in ("QComboBox", "ctkComboBox"):
+            assert "Choice" in extras, f"{parameter}: a combo box needs Annotated[..., Choice([...])]"
+        if cls == "ctkSliderWidget":
+            assert "WithinRange" in extras, f"{parameter}: a slider needs Annotated[..., WithinRange(...)]"
+    # The panel of this issue shows every option it stores.
+    assert set(connected) == set(fields)
+    # SlicerParameterName is a dynamic property (stdset="0"), or Qt rejects it.
+    for widget in connected.values():
+        prop = [p for p in widget.findall("property") if p.get("name") == "SlicerParameterName"][0]
+        assert prop.get("stdset") == "0"
+
+
+def test_dose_method_choices_are_the_library_methods():
+    base, extras = _split_annotation(_parameter_node_fields()["doseMethod"])
+    assert base == "str" and extras == ["Choice"]
+    choice = [e for e in ast.walk(_parameter_node_fields()["doseMethod"])
+              if isinstance(e, ast.Call) and ast.unparse(e.func).endswith("Choice")][0]
+    assert ast.literal_eval(choice.args[0]) == ["dvk", "ldm"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Python sources
+
+
+def _python_files():
+    return sorted(MODULE_DIR.rglob("*.py")) + sorted(LIB_DIR.rglob("*.py"))
+
+
+def test_python_sources_parse_as_python_3_9():
+    files = _python_files()
+    assert MODULE_PY in files and (LIB_DIR / "__init__.py") in files
+    for path in files:
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+
+def _imported_modules(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node, node.module
+
+
+def test_library_imports_no_qt_ctk_or_slicer():
+    offenders = []
+    for path in sorted(LIB_DIR.rglob("*.py")):
+        if path.name.startswith("mrml"):
+            continue
+        for node, name in _imported_modules(ast.parse(path.read_text(encoding="utf-8"))):
+            if name.split(".")[0] in GUI_MODULES:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: import {name}")
+    assert not offenders, "\n".join(offenders)
+
+
+def _stdlib_names() -> set:
+    names = getattr(sys, "stdlib_module_names", None)
+    if names is None:  # Python 3.9: the modules the module file may use
+        names = {"importlib", "logging", "math", "pathlib", "traceback", "typing", "os", "sys", "tempfile",
+                 "json", "re", "unittest", "datetime", "functools", "collections", "dataclasses"}
+    return set(names)
+
+
+def test_module_top_level_imports_are_those_of_every_scripted_module():
+    stdlib = _stdlib_names()
+    for node in _module_tree().body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for _, name in _imported_modules(node):
+                assert name.split(".")[0] in stdlib or name in ALLOWED_TOP_LEVEL_IMPORTS, \
+                    f"LuDosimetry.py:{node.lineno}: top-level import {name}"
+
+
+def test_module_defines_the_four_scripted_module_classes():
+    classes = {node.name: [ast.unparse(b) for b in node.bases]
+               for node in _module_tree().body if isinstance(node, ast.ClassDef)}
+    assert classes["LuDosimetry"] == ["ScriptedLoadableModule"]
+    assert classes["LuDosimetryWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["LuDosimetryLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["LuDosimetryTest"] == ["ScriptedLoadableModuleTest"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# CMake and resources
+
+
+def _cmake_text(path: Path) -> str:
+    """CMake source without comments."""
+    return "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+
+
+def test_top_level_cmakelists_is_a_slicer_extension():
+    text = _cmake_text(ROOT / "CMakeLists.txt")
+    for pattern in (r"cmake_minimum_required\(", r"project\(LuDosimetry\)",
+                    r"set\(EXTENSION_HOMEPAGE ", r'set\(EXTENSION_CATEGORY "Nuclear Medicine"\)',
+                    r"set\(EXTENSION_CONTRIBUTORS ", r"set\(EXTENSION_DESCRIPTION ", r"set\(EXTENSION_ICONURL ",
+                    r"set\(EXTENSION_SCREENSHOTURLS ", r'set\(EXTENSION_DEPENDS "?NA"?\)',
+                    r"find_package\(Slicer REQUIRED\)", r"include\(\$\{Slicer_USE_FILE\}\)",
+                    r"add_subdirectory\(LuDosimetry\)", r"include\(\$\{Slicer_EXTENSION_GENERATE_CONFIG\}\)",
+                    r"include\(\$\{Slicer_EXTENSION_CPACK\}\)"):
+        assert re.search(pattern, text), pattern
+    # The extension icon it advertises is in the repository.
+    variables = dict(re.findall(r'set\((\w+) "([^"]*)"\)', text))
+    icon_url = variables["EXTENSION_ICONURL"]
+    while "${" in icon_url:
+        icon_url = re.sub(r"\$\{(\w+)\}", lambda m: variables[m.group(1)], icon_url)
+    assert icon_url.startswith("https://") and "/raw/main/" in icon_url
+    assert (ROOT / icon_url.split("/raw/main/", 1)[1]).is_file()
+
+
+def test_module_cmakelists_builds_a_scripted_module_with_tests():
+    text = _cmake_text(MODULE_DIR / "CMakeLists.txt")
+    assert "slicerMacroBuildScriptedModule(" in text
+    assert "WITH_GENERIC_TESTS" in text
+    assert re.search(r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
+    assert re.search(r"set\(MODULE_NAME LuDosimetry\)", text)
+    resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split()
+    assert len(resources) == 2
+    for resource in resources:
+        assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "LuDosimetry")).is_file(), resource
+
+
+def _png_size(path: Path):
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_icons_are_128_pixel_pngs():
+    assert _png_size(MODULE_DIR / "Resources" / "Icons" / "LuDosimetry.png") == (128, 128)
+    assert _png_size(ROOT / "Resources" / "LuDosimetry.png") == (128, 128)
+
+
+def test_required_packages_match_pyproject():
+    tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else pytest.importorskip("tomli")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    tree = _module_tree()
+    value = [n.value for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+             and n.target.id == "REQUIRED_PACKAGES"][0]
+    packages = ast.literal_eval(value)
+    normalise = lambda r: re.sub(r"[-_.]+", "-", r.replace(" ", "").lower())  # noqa: E731
+    assert sorted(normalise(r) for _, r in packages) == sorted(normalise(r) for r in declared)
+
+
+# A stand-in for Slicer's build macros. The install location follows the rule of CTK's
+# ctkMacroCompilePythonScript (called by slicerMacroBuildScriptedModule): a relative script goes to
+# <destination>/<path>, an absolute one to <destination>/<path relative to the current binary folder>;
+# RESOURCES are relative to the module's source folder. Files must exist at configure time.
+_FAKE_SLICER_PROJECT = r"""
+cmake_minimum_required(VERSION 3.16)
+project(FakeSlicerExtension NONE)
+set(BUILD_TESTING ON)
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-5.8/qt-scripted-modules")
+set(_dest "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}")
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY_SLICER "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_SLICER_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "unknown arguments: ${MY_SLICER_UNPARSED_ARGUMENTS}")
+  endif()
+  foreach(_f ${MY_SLICER_SCRIPTS})
+    if(IS_ABSOLUTE "${_f}")
+      set(_src "${_f}")
+      file(RELATIVE_PATH _tgt "${CMAKE_CURRENT_BINARY_DIR}" "${_f}")
+    else()
+      set(_src "${CMAKE_CURRENT_SOURCE_DIR}/${_f}")
+      set(_tgt "${_f}")
+    endif()
+    if(NOT EXISTS "${_src}")
+      message(FATAL_ERROR "nonexistent script ${_f}")
+    endif()
+    file(APPEND "${CMAKE_BINARY_DIR}/scripts.txt" "${_src}|${_dest}/${_tgt}\n")
+  endforeach()
+  foreach(_f ${MY_SLICER_RESOURCES})
+    if(NOT EXISTS "${CMAKE_CURRENT_SOURCE_DIR}/${_f}")
+      message(FATAL_ERROR "nonexistent resource ${_f}")
+    endif()
+    file(APPEND "${CMAKE_BINARY_DIR}/resources.txt" "${_dest}/${_f}\n")
+  endforeach()
+  file(WRITE "${CMAKE_BINARY_DIR}/module.txt" "${MY_SLICER_NAME}|${MY_SLICER_WITH_GENERIC_TESTS}\n")
+endmacro()
+macro(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "SLICER_ARGS" ${ARGN})
+  file(APPEND "${CMAKE_BINARY_DIR}/unittests.txt" "${MY_SCRIPT}\n")
+endmacro()
+add_subdirectory("@MODULE_DIR@" "${CMAKE_BINARY_DIR}/LuDosimetry")
+"""
+
+
+def test_module_cmake_installs_the_library_under_the_module_folder(tmp_path):
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    source, build = tmp_path / "src", tmp_path / "build"
+    source.mkdir()
+    (source / "CMakeLists.txt").write_text(_FAKE_SLICER_PROJECT.replace("@MODULE_DIR@", MODULE_DIR.as_posix()))
+    run = subprocess.run([cmake, "-S", str(source), "-B", str(build)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    dest = (build / "lib" / "Slicer-5.8" / "qt-scripted-modules").resolve()
+    scripts = {}
+    for line in (build / "scripts.txt").read_text().splitlines():
+        src, tgt = line.split("|")
+        scripts[Path(tgt).resolve()] = Path(src)
+    expected = {dest / "LuDosimetry.py"} | {dest / "LuDosimetryLib" / p.relative_to(LIB_DIR)
+                                            for p in LIB_DIR.rglob("*.py")}
+    assert set(scripts) == expected
+    for target, src in scripts.items():
+        original = MODULE_PY if target.name == "LuDosimetry.py" and target.parent == dest \
+            else LIB_DIR / target.relative_to(dest / "LuDosimetryLib")
+        assert src.read_bytes() == original.read_bytes(), target
+    resources = {Path(p).resolve() for p in (build / "resources.txt").read_text().splitlines()}
+    assert resources == {dest / "Resources" / "Icons" / "LuDosimetry.png", dest / "Resources" / "UI" / "LuDosimetry.ui"}
+    assert (build / "module.txt").read_text().strip() == "LuDosimetry|TRUE"
+    assert (build / "unittests.txt").read_text().split() == ["LuDosimetry.py"]
+    for data_file in (LIB_DIR / "data").glob("*"):
+        if data_file.is_file():
+            assert (dest / "LuDosimetryLib" / "data" / data_file.name).read_bytes() == data_file.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Behaviour over stand-in Slicer modules
+
+
+class _Base:
+    def __init__(self, *args, **kwargs):
+        pass
+
+
+class _FakeScriptedLogic(_Base):
+    def getParameterNode(self):
+        raise AssertionError("not used outside Slicer")
+
+
+def _fake_slicer_modules() -> dict:
+    slicer = types.ModuleType("slicer")
+    slicer.mrmlScene = None
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = _Base
+    slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
+    slm.ScriptedLoadableModuleLogic = _FakeScriptedLogic
+    util = types.ModuleType("slicer.util")
+    util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+    pnw.Choice = pnw.Decimals = pnw.WithinRange = lambda *args, **kwargs: None
+    pnw.GuiConnector = _Base
+    pnw.parameterNodeGuiConnector = pnw.parameterNodeWrapper = lambda cls: cls
+    pnw.unannotatedType = lambda datatype: datatype
+    slicer.ScriptedLoadableModule, slicer.util, slicer.parameterNodeWrapper = slm, util, pnw
+    return {"slicer": slicer, "slicer.ScriptedLoadableModule": slm, "slicer.util": util,
+            "slicer.parameterNodeWrapper": pnw, "qt": types.ModuleType("qt"),
+            "ctk": types.ModuleType("ctk"), "vtk": types.ModuleType("vtk")}
+
+
+@pytest.fixture
+def module(monkeypatch):
+    """LuDosimetry.py imported over stand-in Slicer modules."""
+    for name, fake in _fake_slicer_modules().items():
+        monkeypatch.setitem(sys.modules, name, fake)
+    spec = importlib.util.spec_from_file_location("LuDosimetry_under_test", MODULE_PY)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_module_imports_without_the_library(module):
+    # Importing the module file must not import LuDosimetryLib (the panel shows before its deps exist).
+    tree = _module_tree()
+    top_level = [name for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for _, name in _imported_modules(node)]
+    assert not any(name.startswith("LuDosimetryLib") for name in top_level)
+    assert [c for c, _ in module.RESULT_COLUMNS][:2] == ["volume_ml", "mass_g"]
+
+
+def test_pure_helpers(module, tmp_path):
+    assert module.activityMBqToBq(0.0) is None
+    assert module.activityMBqToBq(7400.0) == pytest.approx(7.4e9)
+    assert module.defaultOutputDirectory(tmp_path / "patient01") == tmp_path / "patient01-dosimetry"
+    assert module.formatValue("mean_dose_gy", 1.23456) == "1.235"
+    assert module.formatValue("tia_bq_s", 1.5e12) == "1.500e+12"
+    assert module.formatValue("fit_model", "bi_exponential") == "bi_exponential"
+    assert module.formatValue("effective_half_life_h", None) == ""
+    assert module.formatValue("d2_gy", float("nan")) == "nan"
+    assert module.missingRequirements((("json", "json"), ("no_such_module_ludosimetry", "nope>=1"))) == ["nope>=1"]
+
+
+def test_result_rows_follow_the_vois_and_columns(module):
+    full = {c: 1.0 for c, _ in module.RESULT_COLUMNS}
+    results = SimpleNamespace(vois={"liver": SimpleNamespace(**{**full, "mean_dose_gy": 4.5,
+                                                                 "fit_model": "mono_exponential"}),
+                                    "kidney_left": SimpleNamespace(mean_dose_gy=3.0, volume_ml=150.0)})
+    rows = module.resultRows(results)
+    assert [name for name, _ in rows] == ["liver", "kidney_left"]
+    columns = [c for c, _ in module.RESULT_COLUMNS]
+    assert rows[0][1][columns.index("mean_dose_gy")] == 4.5
+    assert rows[0][1][columns.index("fit_model")] == "mono_exponential"
+    assert rows[1][1][columns.index("volume_ml")] == 150.0
+    assert rows[0][1][columns.index("d98_gy")] == 1.0
+    assert rows[1][1][columns.index("d98_gy")] is None  # an attribute the library leaves out
+    assert all(len(values) == len(columns) for _, values in rows)
+
+
+def _fake_pipeline(calls: list, monkeypatch):
+    """A stand-in LuDosimetryLib.pipeline that records how the logic calls it."""
+    fake = types.ModuleType("LuDosimetryLib.pipeline")
+
+    class RunOptions:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    def run_study(study_dir, options, progress=None):
+        calls.append(("run_study", study_dir, dict(options.__dict__)))
+        progress(0.5, "halfway")
+        progress(1.0, "fitted")
+        return SimpleNamespace(vois={}, warnings=[])
+
+    def write_outputs(results, out_dir, overwrite=False):
+        calls.append(("write_outputs", out_dir, overwrite))
+        out_dir.mkdir()
+        (out_dir / "results.json").write_text("{}")
+        return out_dir
+
+    fake.RunOptions, fake.run_study, fake.write_outputs = RunOptions, run_study, write_outputs
+    monkeypatch.setitem(sys.modules, "LuDosimetryLib.pipeline", fake)
+
+
+def test_logic_calls_the_pipeline_with_the_options(module, monkeypatch, tmp_path):
+    calls, reports = [], []
+    _fake_pipeline(calls, monkeypatch)
+    study, out = tmp_path / "study", tmp_path / "out"
+    study.mkdir()
+    logic = module.LuDosimetryLogic()
+    logic.run(str(study), str(out), dose_method="ldm", injected_activity_bq=7.4e9,
+              spect_series_uid="1.2.3", progress=lambda f, m: reports.append((f, m)))
+    assert calls[0] == ("run_study", study, {"dose_method": "ldm", "injected_activity_bq": 7.4e9,
+                                             "injection_time": None, "spect_series_uid": "1.2.3"})
+    assert calls[1] == ("write_outputs", out, False)
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[0] == pytest.approx(0.45)
+    assert ("halfway" in [m for _, m in reports]) and ("Done" in [m for _, m in reports])
+    assert logic.lastNodes == {}  # no scene outside Slicer
+
+
+def test_logic_refuses_bad_folders_before_computing(module, monkeypatch, tmp_path):
+    from LuDosimetryLib.errors import OutputError, StudyError
+
+    calls = []
+    _fake_pipeline(calls, monkeypatch)
+    logic = module.LuDosimetryLogic()
+    with pytest.raises(StudyError, match="no study folder"):
+        logic.run("", tmp_path / "out")
+    with pytest.raises(OutputError, match="no output folder"):
+        logic.run(tmp_path, "  ")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        logic.run(tmp_path, full)
+    with pytest.raises(OutputError, match="did not write"):
+        logic.run(tmp_path, full, overwrite=True)
+    assert calls == []  # refused before run_study
+
+
+def test_cancel_from_the_progress_callback_propagates(module, monkeypatch, tmp_path):
+    from LuDosimetryLib.errors import CancelledError
+
+    calls = []
+    _fake_pipeline(calls, monkeypatch)
+
+    def cancel(fraction, message):
+        raise CancelledError()
+
+    with pytest.raises(CancelledError):
+        module.LuDosimetryLogic().run(tmp_path, tmp_path / "out", progress=cancel)
+    assert [c[0] for c in calls] == ["run_study"]
+    assert not (tmp_path / "out").exists()
