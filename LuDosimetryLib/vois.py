@@ -14,7 +14,8 @@ the inner/outer relation to the reader; XOR is what plastimatch and most plannin
 
 Through-plane, contours are not interpolated: each image slice takes the contour plane nearest to its
 centre, if that plane lies within half a slice (or within half the ROI's own contour-plane spacing when
-that is coarser) of it. Supersampling is in-plane only.
+that is coarser) of it; a slice exactly half-way belongs to the plane below it in index order, so a stack of
+N planes half a slice off the image grid still fills N slices. Supersampling is in-plane only.
 """
 from __future__ import annotations
 
@@ -51,13 +52,17 @@ def _geometry(reference) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[int,
 def physical_to_index(points_mm: np.ndarray, reference) -> np.ndarray:
     """LPS points (N, 3) mm to continuous (i, j, k) = (x, y, z) voxel indices (N, 3)."""
     direction, origin, spacing, _ = _geometry(reference)
-    return np.linalg.solve(direction, (np.asarray(points_mm, dtype=np.float64) - origin).T).T / spacing
+    inverse = np.linalg.inv(direction * spacing)  # rows: index per mm
+    shifted = np.asarray(points_mm, dtype=np.float64) - origin
+    return shifted[:, 0:1] * inverse[:, 0] + shifted[:, 1:2] * inverse[:, 1] + shifted[:, 2:3] * inverse[:, 2]
 
 
 def index_to_physical(index: np.ndarray, reference) -> np.ndarray:
     """Continuous (i, j, k) voxel indices (N, 3) to LPS points (N, 3) mm."""
     direction, origin, spacing, _ = _geometry(reference)
-    return origin + (np.asarray(index, dtype=np.float64) * spacing) @ direction.T
+    index = np.asarray(index, dtype=np.float64)
+    columns = direction * spacing  # column c: the step in mm of index axis c
+    return origin + index[:, 0:1] * columns[:, 0] + index[:, 1:2] * columns[:, 1] + index[:, 2:3] * columns[:, 2]
 
 
 # --------------------------------------------------------------------------------------------- contours -> mask
@@ -103,8 +108,9 @@ def rasterize_roi(roi: "Roi", reference: "sitk.Image", supersample: int = 1, *,
     reach = max(0.5, 0.5 * float(np.median(gaps))) if gaps.size else 0.5
     cache: Dict[int, Tuple[slice, slice, np.ndarray]] = {}
     for z in range(nz):
-        nearest = int(np.argmin(np.abs(positions - z)))
-        if abs(positions[nearest] - z) > reach + 1e-6:
+        nearest = int(np.argmin(np.abs(positions - z)))  # ties go to the lower plane
+        offset = z - positions[nearest]
+        if not -reach + 1e-6 < offset <= reach + 1e-6:  # each plane owns the half-open slab (k - r, k + r]
             continue
         if nearest not in cache:
             cache[nearest] = _fill_plane(planes[nearest][1], (ny, nx), supersample)
@@ -128,7 +134,7 @@ def _planes(roi: "Roi", reference, source) -> List[Tuple[float, List[np.ndarray]
             z_mm = float(np.mean(contour[:, 2]))
             beyond_mm = float(np.max(excess * spacing))
             raise StructureError(f"ROI {roi.name!r}: contour {number} (z = {z_mm:.2f} mm) lies outside the "
-                                 f"reference image by up to {beyond_mm:.1f} mm", source)
+                                 f"reference image by up to {beyond_mm:.2f} mm", source)
         spread = float(np.ptp(index[:, 2]))
         if spread > 0.5:
             raise StructureError(f"ROI {roi.name!r}: contour {number} is not parallel to the image slices "
@@ -147,12 +153,15 @@ def _planes(roi: "Roi", reference, source) -> List[Tuple[float, List[np.ndarray]
 
 def _fill_plane(polygons: Sequence[np.ndarray], plane_shape: Tuple[int, int],
                 supersample: int) -> Tuple[slice, slice, np.ndarray]:
-    """Even-odd fill of polygons given in (i, j) index coordinates.
+    """Even-odd scanline fill of polygons given in (i, j) index coordinates.
+
+    For every sample row, the crossings of all polygon edges with that row are found at once
+    (half-open rule ``min(y0, y1) <= y < max(y0, y1)``, so vertices on a row count once and horizontal
+    edges never), and a sample is inside when an odd number of crossings lies to its left. With several
+    polygons this is their XOR: nested contours make holes.
 
     Returns the (rows, cols) slices of the bounding box and the covered fraction there (float32).
     """
-    from matplotlib.path import Path
-
     ny, nx = plane_shape
     everything = np.concatenate(polygons)
     i0 = max(int(np.floor(everything[:, 0].min())), 0)
@@ -163,19 +172,32 @@ def _fill_plane(polygons: Sequence[np.ndarray], plane_shape: Tuple[int, int],
     offsets = (np.arange(n) + 0.5) / n - 0.5
     xs = (np.arange(i0, i1 + 1)[:, None] + offsets).ravel()
     ys = (np.arange(j0, j1 + 1)[:, None] + offsets).ravel()
-    inside = np.zeros((ys.size, xs.size), dtype=bool)
+
+    starts, ends = [], []
     for polygon in polygons:
-        # Sub-samples within this polygon's own bounding box only.
-        c0 = int(np.searchsorted(xs, polygon[:, 0].min(), side="left"))
-        c1 = int(np.searchsorted(xs, polygon[:, 0].max(), side="right"))
-        r0 = int(np.searchsorted(ys, polygon[:, 1].min(), side="left"))
-        r1 = int(np.searchsorted(ys, polygon[:, 1].max(), side="right"))
-        if c1 <= c0 or r1 <= r0:
-            continue
-        gx, gy = np.meshgrid(xs[c0:c1], ys[r0:r1])
-        path = Path(np.vstack([polygon, polygon[:1]]), closed=True)
-        hit = path.contains_points(np.column_stack([gx.ravel(), gy.ravel()]))
-        inside[r0:r1, c0:c1] ^= hit.reshape(gy.shape)
+        starts.append(polygon)
+        ends.append(np.roll(polygon, -1, axis=0))
+    start = np.concatenate(starts)
+    end = np.concatenate(ends)
+    low = np.minimum(start[:, 1], end[:, 1])
+    high = np.maximum(start[:, 1], end[:, 1])
+    keep = high > low
+    start, end, low, high = start[keep], end[keep], low[keep], high[keep]
+
+    toggles = np.zeros((ys.size, xs.size + 1), dtype=np.int32)
+    # Rows each edge crosses: ys in [low, high).
+    first = np.searchsorted(ys, low, side="left")
+    last = np.searchsorted(ys, high, side="left")
+    counts = last - first
+    if counts.sum():
+        edge = np.repeat(np.arange(start.shape[0]), counts)
+        row = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(first, counts)
+        x0, y0 = start[edge, 0], start[edge, 1]
+        x1, y1 = end[edge, 0], end[edge, 1]
+        x_cross = x0 + (ys[row] - y0) * (x1 - x0) / (y1 - y0)
+        column = np.searchsorted(xs, x_cross, side="right")  # first sample strictly right of the crossing
+        np.add.at(toggles, (row, column), 1)
+    inside = (np.cumsum(toggles[:, :-1], axis=1) & 1).astype(np.float32)
     h, w = j1 - j0 + 1, i1 - i0 + 1
     fraction = inside.reshape(h, n, w, n).mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
     return slice(j0, j1 + 1), slice(i0, i1 + 1), fraction

@@ -410,15 +410,6 @@ def _contour_item(polygon: np.ndarray, referenced: ReferencedSeries, k: int, num
     item.ContourGeometricType = "CLOSED_PLANAR"
     item.NumberOfContourPoints = len(polygon)
     item.ContourNumber = number
-    item.ContourData = [_ds_value(v) for v in polygon.reshape(-1)]
+    # Rounded to 1 nm: Python writes such floats in at most 16 characters, as DS requires (PS3.5 6.2).
+    item.ContourData = [float(v) for v in np.round(polygon.reshape(-1), 6)]
     return item
-
-
-def _ds_value(value: float) -> str:
-    """A Decimal String of at most 16 characters (PS3.5 6.2), e.g. ``-123.456789``."""
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    if text in ("-0", ""):
-        text = "0"
-    if len(text) > 16:
-        text = f"{value:.9g}"
-    return text
