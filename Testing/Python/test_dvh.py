@@ -200,3 +200,84 @@ def test_dvh_warning_is_a_user_warning():
         warnings.simplefilter("error")
         with pytest.raises(DVHWarning):
             warnings.warn("x", DVHWarning)
+
+
+# --------------------------------------------------------------------------------------------- from files
+
+def _files(tmp_path, dose_for_uid=None):
+    """An RT Dose (ramp along x) on a sub-grid of a 'CT' grid, and an RTSTRUCT drawn on the CT grid."""
+    import SimpleITK as sitk
+
+    from LuDosimetryLib.io.dicom_common import PatientInfo, StudyInfo, new_uid
+    from LuDosimetryLib.io.rtdose import write_rtdose
+    from LuDosimetryLib.io.rtstruct import ReferencedSeries, write_rtstruct
+
+    for_uid = "1.2.826.0.1.3680043.8.498.777"
+    patient, study = PatientInfo(patient_id="P"), StudyInfo()
+    ct = sitk.Image([40, 30, 12], sitk.sitkFloat32)
+    ct.SetSpacing((2.0, 2.0, 4.0))
+    ct.SetOrigin((-40.0, -30.0, -20.0))
+    # Dose grid: CT voxels x 5..34, y 3..26, z 2..9 (same spacing, aligned centres); flipped z on purpose.
+    nx, ny, nz = 30, 24, 8
+    x = np.arange(nx)
+    dose_array = np.broadcast_to((x * 0.5 + 0.25)[None, None, :], (nz, ny, nx)).astype(np.float32)
+    dose = sitk.GetImageFromArray(np.ascontiguousarray(dose_array))
+    dose.SetSpacing((2.0, 2.0, 4.0))
+    dose.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    dose.SetOrigin(ct.TransformIndexToPhysicalPoint((5, 3, 9)))
+    dose_path = write_rtdose(tmp_path / "dose.dcm", dose, patient, study,
+                             frame_of_reference_uid=dose_for_uid or for_uid)
+    masks = {name: np.zeros((12, 30, 40), bool) for name in ("box", "big", "away")}
+    masks["box"][4:8, 10:20, 10:20] = True      # inside the dose grid: x index 10..19 -> dose idx 5..14
+    masks["big"][3:10, 5:25, 0:40] = True       # wider than the dose grid in x
+    masks["away"][0:2, 2:6, 2:6] = True         # outside the dose grid (z slices 0, 1)
+    referenced = ReferencedSeries(study.study_instance_uid, new_uid(), for_uid, "1.2.840.10008.5.1.4.1.1.2",
+                                  [new_uid() for _ in range(12)])
+    rs_path = write_rtstruct(tmp_path / "rs.dcm", masks, ct, referenced, patient, study)
+    return dose_path, rs_path
+
+
+def test_dvh_from_files_clips_and_skips_with_warnings(tmp_path):
+    from LuDosimetryLib.dvh import dvh_from_files
+
+    dose_path, rs_path = _files(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats, dvhs = dvh_from_files(dose_path, rs_path)
+    messages = [str(w.message) for w in caught if issubclass(w.category, DVHWarning)]
+    assert any("'big' extends beyond the dose grid" in m for m in messages), messages
+    assert any("'away'" in m and "skipped" in m for m in messages), messages
+    assert set(stats) == {"box", "big"} and set(dvhs) == {"box", "big"}
+    box = stats["box"]
+    # dose idx 5..14 along x: 0.5 * i + 0.25 Gy -> mean 5.0 Gy, 10x10x4 voxels of 16 uL
+    assert box["volume_ml"] == pytest.approx(400 * 0.016)
+    assert box["mean_dose_gy"] == pytest.approx(5.0, abs=1e-6)
+    assert box["min_dose_gy"] == pytest.approx(2.75, abs=1e-6)
+    assert box["max_dose_gy"] == pytest.approx(7.25, abs=1e-6)
+    assert box["d50_gy"] == pytest.approx(5.0, abs=1e-6)
+    big = stats["big"]
+    # clipped to the dose grid: x 0..29 of the dose, y 5..24 of the CT -> 2..21 of the dose, 7 slices
+    assert big["volume_ml"] == pytest.approx(30 * 20 * 7 * 0.016)
+    assert big["mean_dose_gy"] == pytest.approx(7.5, abs=1e-6)
+    edges_box, vol_box = dvhs["box"]
+    edges_big, _ = dvhs["big"]
+    np.testing.assert_array_equal(edges_box, edges_big)  # shared dose axis
+    assert vol_box[0] == pytest.approx(box["volume_ml"]) and vol_box[-1] == 0.0
+
+
+def test_dvh_from_files_refuses_another_frame_of_reference(tmp_path):
+    from LuDosimetryLib.dvh import dvh_from_files
+
+    dose_path, rs_path = _files(tmp_path, dose_for_uid="1.2.3.4.5")
+    with pytest.raises(StructureError, match="frame of reference"):
+        dvh_from_files(dose_path, rs_path)
+
+
+def test_dvh_from_files_names(tmp_path):
+    from LuDosimetryLib.dvh import dvh_from_files
+
+    dose_path, rs_path = _files(tmp_path)
+    stats, _ = dvh_from_files(dose_path, rs_path, names=["box"])
+    assert list(stats) == ["box"]
+    with pytest.raises(StructureError, match="no ROI named 'liver'"):
+        dvh_from_files(dose_path, rs_path, names=["liver"])
