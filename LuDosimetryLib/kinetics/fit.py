@@ -14,8 +14,10 @@ The standard error of the time-integrated activity (TIA) follows by the delta me
 analytic gradient of the closed-form integral: ``SE² = gᵀ C g``.
 
 Model selection uses the small-sample corrected Akaike information criterion (Burnham K.P.,
-Anderson D.R., *Model Selection and Multimodel Inference*, 2nd ed., Springer 2002, eq. 2.14 with
-the least-squares log-likelihood of section 2.2):
+Anderson D.R., *Model Selection and Multimodel Inference*, 2nd ed., Springer 2002, chapter 2: AICc
+with the least-squares form of the log-likelihood), as recommended for time-activity curves by
+Glatting G. et al., "Choosing the optimal fit function: comparison of the Akaike information
+criterion and the F-test", Med. Phys. 34(11):4285-4292, 2007:
 
     AICc = n ln(RSS/n) + 2k + 2k(k+1)/(n − k − 1)
 
@@ -62,6 +64,10 @@ _RSS_FLOOR_REL = 1e-9
 #: Relative change of the curve (fraction of the largest activity) that a 100 % change of a parameter
 #: must at least cause at one time point for the parameter to count as determined by the data.
 _MIN_EFFECT = 1e-3
+#: Function evaluations allowed per starting point and for all starting points of a model, per
+#: fitted parameter (a fit that converges needs 5–25 in all; this bounds the time spent on wild data).
+_NFEV_PER_START_PER_PARAM = 20
+_NFEV_BUDGET_PER_PARAM = 60
 
 
 @dataclass
@@ -254,9 +260,13 @@ def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_poi
         return (model.jacobian(t, natural(q)) @ m) * w_n[:, None]
 
     starts = list(model.initial_guess(t, a, lam_phys, physical_bound)) + list(extra_starts)
-    best, n_agree = None, 0
+    # costs (½ Σ r²) that differ by less than this are the same minimum (numerical noise floor)
+    cost_floor = 0.5 * n * (_RSS_FLOOR_REL * float(np.max(np.abs(a_n) * w_n))) ** 2
+    best, n_agree, budget = None, 0, _NFEV_BUDGET_PER_PARAM * k
     for p0 in starts:
         if n_agree >= 2:  # two starting points reached the same minimum: take it as the global one
+            break
+        if budget <= 0:  # wild data: bound the time spent on one model
             break
         p0 = np.array(p0, dtype=float)
         p0[amp] /= scale
@@ -264,13 +274,16 @@ def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_poi
         if not np.all(np.isfinite(q0)):
             continue
         try:
-            res = least_squares(residuals, q0, jac=jac, bounds=(lb, ub), method="trf", x_scale="jac",
-                                ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=50 * k)
+            with np.errstate(all="ignore"):  # wild data: overflow inside the trust-region steps
+                res = least_squares(residuals, q0, jac=jac, bounds=(lb, ub), method="trf", x_scale="jac",
+                                    ftol=1e-12, xtol=1e-12, gtol=1e-12,
+                                    max_nfev=min(_NFEV_PER_START_PER_PARAM * k, budget))
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             continue
+        budget -= res.nfev
         if res.status <= 0 or not np.isfinite(res.cost):
             continue
-        tol = 1e-6 * (best.cost if best is not None else 0.0) + 1e-20 * n
+        tol = 1e-6 * (best.cost if best is not None else 0.0) + cost_floor
         if best is None or res.cost < best.cost - tol:
             best, n_agree = res, 1
         elif res.cost <= best.cost + tol:
@@ -431,7 +444,8 @@ def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
         min_points = model.n_params + (2 if compare else 1)
         if name == "tri_exponential":
             extra = _tri_starts_from(candidates)
-        candidates.append(_fit_one(model, t, a, sigma, lam_phys, physical_bound, extra, min_points))
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # checked: isfinite below
+            candidates.append(_fit_one(model, t, a, sigma, lam_phys, physical_bound, extra, min_points))
 
     accepted = [c for c in candidates if c.accepted]
     if compare:

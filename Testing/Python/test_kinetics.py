@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -256,39 +257,57 @@ def test_evaluate_and_inputs_untouched():
 
 # --- noise: standard errors cover the truth ------------------------------------------------------
 
-def _coverage(times, truth_fn, truth_tia, n_trials, seed, sigma_known, **kw):
+def _z_scores(times, truth_fn, truth_tia, n_trials, seed, sigma_known, **kw):
+    """(TIA − truth) / reported SE over ``n_trials`` curves with 5 % Gaussian noise."""
     rng = np.random.default_rng(seed)
     clean = truth_fn(times)
-    hits, models = 0, []
+    z, models = [], []
     for _ in range(n_trials):
         y = clean * (1.0 + 0.05 * rng.standard_normal(times.size))
         fit = fit_time_activity_curve(times, y, sigma_bq=0.05 * clean if sigma_known else None, **kw)
         models.append(fit.model)
         assert np.isfinite(fit.tia_se_bq_s) and fit.tia_se_bq_s > 0
-        hits += abs(fit.tia_bq_s - truth_tia) <= 3.0 * fit.tia_se_bq_s
-    return hits / n_trials, models
+        z.append((fit.tia_bq_s - truth_tia) / fit.tia_se_bq_s)
+    return np.array(z), models
 
 
 def test_coverage_mono_four_points_known_sigma():
     a0, lam = LIVER
-    frac, models = _coverage(T_B, lambda t: mono(t, a0, lam), a0 / lam * 3600.0, 200, 20240601, True)
+    z, models = _z_scores(T_B, lambda t: mono(t, a0, lam), a0 / lam * 3600.0, 200, 20240601, True)
     assert set(models) == {"mono_exponential"}
-    assert frac >= 0.90
+    assert np.mean(np.abs(z) <= 3.0) >= 0.90
+    # and the SE is not inflated: about 68 % within one SE
+    assert 0.55 <= np.mean(np.abs(z) <= 1.0) <= 0.80
 
 
 def test_coverage_mono_six_points_sigma_from_residuals():
     a0, lam = TUMOUR
-    frac, _ = _coverage(T_DENSE, lambda t: mono(t, a0, lam), a0 / lam * 3600.0, 200, 7, False,
-                        models=("mono_exponential",))
-    assert frac >= 0.90
+    z, _ = _z_scores(T_DENSE, lambda t: mono(t, a0, lam), a0 / lam * 3600.0, 200, 7, False,
+                     models=("mono_exponential",))
+    assert np.mean(np.abs(z) <= 3.0) >= 0.90
 
 
 def test_coverage_bi_with_model_selection():
     a0, lw, lu = KIDNEY
-    frac, models = _coverage(T_DENSE, lambda t: bi(t, a0, lw, lu), a0 * (1 / lw - 1 / lu) * 3600.0,
-                             200, 11, True)
+    z, models = _z_scores(T_DENSE, lambda t: bi(t, a0, lw, lu), a0 * (1 / lw - 1 / lu) * 3600.0,
+                          200, 11, True)
     assert models.count("bi_exponential") >= 180
-    assert frac >= 0.90
+    assert np.mean(np.abs(z) <= 3.0) >= 0.90
+    assert 0.55 <= np.mean(np.abs(z) <= 1.0) <= 0.80
+
+
+def test_wild_data_gives_a_finite_answer_without_numpy_warnings():
+    rng = np.random.default_rng(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(30):
+            n = int(rng.integers(2, 9))
+            t = np.sort(rng.choice(np.arange(0, 300), n, replace=False)).astype(float)
+            a = rng.lognormal(10, 2, n) * (rng.random(n) > 0.15)
+            a[int(rng.integers(n))] += 1.0  # never zero everywhere
+            fit = fit_time_activity_curve(t, a)
+            assert np.isfinite(fit.tia_bq_s) and fit.tia_bq_s > 0
+            assert np.isfinite(fit.effective_half_life_h) and fit.effective_half_life_h > 0
 
 
 # --- speed ---------------------------------------------------------------------------------------
@@ -296,12 +315,15 @@ def test_coverage_bi_with_model_selection():
 def test_single_fit_is_fast():
     y = bi(T_B, *KIDNEY)
     fit_time_activity_curve(T_B, y)  # warm-up (imports, decay data)
-    durations = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fit_time_activity_curve(T_DENSE, bi(T_DENSE, *KIDNEY))
-        durations.append(time.perf_counter() - t0)
-    assert sorted(durations)[2] < 0.05
+    rng = np.random.default_rng(0)
+    for times in (T_B, T_DENSE):  # 4 points (mono only), 6 points (mono and bi compared)
+        durations = []  # CPU time, so that other processes on the machine do not count
+        for _ in range(5):
+            y = bi(times, *KIDNEY) * (1.0 + 0.05 * rng.standard_normal(times.size))
+            t0 = time.process_time()
+            fit_time_activity_curve(times, y)
+            durations.append(time.process_time() - t0)
+        assert sorted(durations)[2] < 0.05
 
 
 # --- bad input -----------------------------------------------------------------------------------
