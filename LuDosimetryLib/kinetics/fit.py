@@ -452,7 +452,7 @@ def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
         accepted = [c for c in accepted if np.isfinite(c.aicc)]
     if accepted:
         best = min(accepted, key=lambda c: c.aicc if np.isfinite(c.aicc) else math.inf)
-        warnings.extend(best.warnings)
+        warnings.extend(where + w for w in best.warnings)
         model = MODELS[best.model]
         slowest = model.slowest_rate_per_h(np.array([best.params[p] for p in model.param_names]))
         half_life = math.log(2.0) / slowest
