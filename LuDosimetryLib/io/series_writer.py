@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -43,7 +44,7 @@ from pydicom.uid import CTImageStorage, NuclearMedicineImageStorage, PositronEmi
 from ..errors import OutputError
 from ..radionuclides import Radionuclide, radionuclide
 from .dicom_common import (PatientInfo, SeriesInfo, StudyInfo, dicom_date, dicom_datetime, dicom_time, new_dataset,
-                           new_uid, write_dataset)
+                           write_dataset)
 from .rtstruct import ReferencedSeries
 
 #: Equipment written into the SPECT files (the collection was acquired on a Siemens Intevo).
@@ -183,9 +184,18 @@ def _check_folder(folder: os.PathLike) -> Path:
     return folder
 
 
+def derived_uid(text: str) -> str:
+    """A deterministic UID for ``text``: ``2.25.`` + the integer of its name-based (SHA-1) UUID (PS3.5 B.2).
+
+    (``dicom_common.new_uid(entropy)`` is not deterministic: pydicom ignores the entropy sources when
+    no prefix is given.)
+    """
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, text).int}"
+
+
 def _sop_uid(series: SeriesInfo, k: int) -> str:
     """Deterministic SOP Instance UID of slice ``k`` of ``series``."""
-    return new_uid(f"{series.series_instance_uid}/{k}")
+    return derived_uid(f"{series.series_instance_uid}/{k}")
 
 
 # --------------------------------------------------------------------------------------------- CT
@@ -225,7 +235,7 @@ def write_ct_series(image_hu: sitk.Image, folder: os.PathLike, patient: PatientI
     acq = acquisition_datetime or _series_datetime(series, study.study_datetime)
     series.series_datetime = _series_datetime(series, acq)
     if not series.frame_of_reference_uid:
-        series.frame_of_reference_uid = new_uid(f"{series.series_instance_uid}/for")
+        series.frame_of_reference_uid = derived_uid(f"{series.series_instance_uid}/for")
     uids = []
     for k in range(geo.size[2]):
         uid = _sop_uid(series, k)
@@ -402,7 +412,7 @@ def write_pt_slices(image_bqml: sitk.Image, folder: os.PathLike, patient: Patien
     # PET Series module: Series Date/Time are type 1 (the acquisition start here).
     series.series_datetime = _series_datetime(series, acquisition_datetime)
     if not series.frame_of_reference_uid:
-        series.frame_of_reference_uid = new_uid(f"{series.series_instance_uid}/for")
+        series.frame_of_reference_uid = derived_uid(f"{series.series_instance_uid}/for")
     pharma = _radiopharmaceutical_item(nuclide, radiopharmaceutical, float(injected_activity_bq),
                                        injection_datetime, dose_unit_mbq=False)
     uids = []
@@ -504,7 +514,7 @@ def write_nm_multiframe(image_bqml: sitk.Image, path: os.PathLike, patient: Pati
     series.modality = "NM"
     series.series_datetime = _series_datetime(series, acquisition_datetime)
     if not series.frame_of_reference_uid:
-        series.frame_of_reference_uid = new_uid(f"{series.series_instance_uid}/for")
+        series.frame_of_reference_uid = derived_uid(f"{series.series_instance_uid}/for")
     uid = _sop_uid(series, 0)
     ds = new_dataset(NuclearMedicineImageStorage, patient, study, series, sop_instance_uid=uid, instance_number=1,
                      content_datetime=acquisition_datetime)
