@@ -29,7 +29,6 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import (
     Choice,
-    Decimals,
     GuiConnector,
     WithinRange,
     parameterNodeGuiConnector,
@@ -155,7 +154,8 @@ class LuDosimetryParameterNode:
     studyDirectory: str = ""
     outputDirectory: str = ""
     doseMethod: Annotated[str, Choice(["dvk", "ldm"])] = "dvk"
-    injectedActivityMBq: Annotated[float, WithinRange(0.0, 1.0e5), Decimals(1)] = 0.0
+    # (decimals and suffix are set in the .ui; a Decimals annotation would be logged as unused)
+    injectedActivityMBq: Annotated[float, WithinRange(0.0, 1.0e5)] = 0.0
     overwrite: bool = False
 
 
@@ -175,6 +175,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._running = False
         self._cancelRequested = False
+        self._lastStudyDirectory = ""
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -189,7 +190,6 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self.ui.studyDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.onStudyDirectoryChanged)
         self.ui.runButton.connect("clicked(bool)", self.onRunButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
 
@@ -209,7 +209,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -224,12 +224,13 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[LuDosimetryParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets with a "SlicerParameterName" property in the .ui file are connected here.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._lastStudyDirectory = self._parameterNode.studyDirectory
         self._checkCanRun()
 
     def _checkCanRun(self, caller=None, event=None) -> None:
@@ -240,10 +241,19 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runButton.toolTip = ("Compute TACs, TIA, absorbed dose and DVHs and write them to the output folder."
                                      if ready else "Choose the study folder and the output folder.")
 
-    def onStudyDirectoryChanged(self, path: str) -> None:
-        """Propose an output folder beside the study when none is chosen yet."""
-        if self._parameterNode and path.strip() and not self._parameterNode.outputDirectory.strip():
-            self._parameterNode.outputDirectory = str(defaultOutputDirectory(path))
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Propose an output folder beside a newly chosen study when none is set; update the buttons.
+
+        Done here, after the parameter node took the new study folder, rather than on the path widget's
+        signal: setting a parameter from that signal would rewrite the widgets from a node that does not
+        hold the new study folder yet.
+        """
+        node = self._parameterNode
+        if node and node.studyDirectory != self._lastStudyDirectory:
+            self._lastStudyDirectory = node.studyDirectory
+            if node.studyDirectory.strip() and not node.outputDirectory.strip():
+                node.outputDirectory = str(defaultOutputDirectory(node.studyDirectory))
+        self._checkCanRun()
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True

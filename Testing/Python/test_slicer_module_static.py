@@ -111,6 +111,39 @@ def test_ui_is_a_qt_designer_form():
             assert len(list(item)) == 1, "a layout <item> holds exactly one widget, layout or spacer"
 
 
+# Stand-ins for the CTK/MRML widget classes of the form, for loading it with PyQt5's uic.
+_QT_CUSTOM_WIDGETS = {
+    "ctkCollapsibleButton": "from PyQt5.QtWidgets import QGroupBox\n"
+                            "class ctkCollapsibleButton(QGroupBox):\n"
+                            "    def setText(self, text):\n        self.setTitle(text)\n",
+    "ctkPathLineEdit": "from PyQt5.QtWidgets import QLineEdit\n"
+                       "class ctkPathLineEdit(QLineEdit):\n"
+                       "    Dirs, Drives, NoDot, NoDotDot, Readable = 1, 2, 4, 8, 16\n"
+                       "    def setFilters(self, value):\n        self.filters = value\n"
+                       "    def setSettingKey(self, value):\n        self.settingKey = value\n",
+    "qMRMLWidget": "from PyQt5.QtWidgets import QWidget\nclass qMRMLWidget(QWidget):\n    pass\n",
+}
+
+
+def test_ui_loads_in_qt(tmp_path, monkeypatch):
+    """Qt's own form loader accepts every property of the Qt widgets (optional: needs PyQt5)."""
+    pytest.importorskip("PyQt5.QtWidgets")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    from PyQt5 import uic
+    from PyQt5.QtWidgets import QApplication, QDoubleSpinBox, QTableWidget
+
+    for name, code in _QT_CUSTOM_WIDGETS.items():
+        (tmp_path / f"{name}.py").write_text(code)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _app = QApplication.instance() or QApplication([])  # kept alive while the form loads
+    form = uic.loadUi(str(UI_FILE))
+    spin = form.findChild(QDoubleSpinBox, "injectedActivitySpinBox")
+    assert spin.specialValueText() == "from DICOM headers" and spin.value() == spin.minimum() == 0.0
+    assert spin.property("SlicerParameterName") == "injectedActivityMBq"
+    assert form.findChild(QTableWidget, "resultsTableWidget").editTriggers() == QTableWidget.NoEditTriggers
+
+
 def test_widget_names_used_by_the_module_exist_in_the_ui():
     ui_names = {w.get("name") for w in _ui_widgets()}
     used = set()
@@ -390,7 +423,7 @@ def _fake_slicer_modules() -> dict:
     util = types.ModuleType("slicer.util")
     util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.Choice = pnw.Decimals = pnw.WithinRange = lambda *args, **kwargs: None
+    pnw.Choice = pnw.WithinRange = lambda *args, **kwargs: None
     pnw.GuiConnector = _Base
     pnw.parameterNodeGuiConnector = pnw.parameterNodeWrapper = lambda cls: cls
     pnw.unannotatedType = lambda datatype: datatype
@@ -522,3 +555,45 @@ def test_cancel_from_the_progress_callback_propagates(module, monkeypatch, tmp_p
         module.LuDosimetryLogic().run(tmp_path, tmp_path / "out", progress=cancel)
     assert [c[0] for c in calls] == ["run_study"]
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Against the real library (skipped until the parts it needs exist)
+
+
+def test_result_columns_are_fields_of_the_pipeline_voi_result(module):
+    pipeline = pytest.importorskip("LuDosimetryLib.pipeline")
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(pipeline.VoiResult)}
+    missing = [c for c, _ in module.RESULT_COLUMNS if c not in fields]
+    assert not missing, f"VoiResult lacks {missing}"
+    options = {f.name for f in dataclasses.fields(pipeline.RunOptions)}
+    assert {"dose_method", "injected_activity_bq", "injection_time", "spect_series_uid"} <= options
+
+
+def test_logic_on_the_synthetic_patient(module, tmp_path):
+    try:
+        from LuDosimetryLib.phantom import write_synthetic_patient
+    except ImportError:
+        pytest.skip("LuDosimetryLib.phantom.write_synthetic_patient is not there yet")
+    import json
+    import math
+
+    study = write_synthetic_patient(tmp_path / "study", seed=0, fast=True)
+    out = tmp_path / "out"
+    reports = []
+    results = module.LuDosimetryLogic().run(study, out, dose_method="ldm",
+                                            progress=lambda f, m: reports.append(f))
+    assert reports[-1] == 1.0 and reports == sorted(reports)
+    saved = json.loads((out / "results.json").read_text())
+    rows = module.resultRows(results)
+    assert [name for name, _ in rows] == list(saved["vois"])
+    for name, values in rows:
+        for (attribute, _), value in zip(module.RESULT_COLUMNS, values):
+            stored = saved["vois"][name][attribute]
+            if isinstance(value, str) or value is None or stored is None:
+                assert stored == value or (stored is None and (value is None or math.isnan(value))), \
+                    f"{name}.{attribute}"
+            else:
+                assert math.isclose(stored, value, rel_tol=1e-9), f"{name}.{attribute}: {stored} != {value}"
