@@ -9,8 +9,9 @@ extends half a voxel beyond its outermost voxel centres.
 
 In-plane, a voxel belongs to an ROI when its centre is inside the slice's contours (``supersample=1``) or,
 with ``supersample=n``, by the fraction of its ``n x n`` in-plane sub-samples inside. Several contours on one
-plane combine by the even-odd (XOR) rule, so a contour inside another is a hole (DICOM PS3.3 C.8.8.6.3 leaves
-the inner/outer relation to the reader; XOR is what plastimatch and most planning systems do).
+plane combine by the even-odd (XOR) rule, so a contour inside another is a hole (DICOM PS3.3 C.8.8.6 lets
+nested contours describe holes without saying how; XOR is plastimatch's ``--xor-contours`` rule, its default
+being OR, and what platipy and dcmrtstruct2nii adopted for holes).
 
 Through-plane, contours are not interpolated: each image slice takes the contour plane nearest to its
 centre, if that plane lies within half a slice (or within half the ROI's own contour-plane spacing when

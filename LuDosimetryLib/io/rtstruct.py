@@ -19,6 +19,7 @@ from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -230,7 +231,7 @@ def _read_dataset(path: Path) -> Dataset:
             short = [tag for tag in ds.keys() if _is_short(ds.get_item(tag))]
             if not short:
                 ds.walk(lambda _ds, _elem: None)  # decode everything now, so damage shows here
-    except pydicom.errors.InvalidDicomError as exc:
+    except InvalidDicomError as exc:
         raise DicomFileError(f"not a DICOM file ({exc})", path) from exc
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
         raise DicomFileError(f"unreadable or truncated DICOM file ({type(exc).__name__}: {exc})", path) from exc

@@ -75,13 +75,13 @@ def _blob(points, centre=(5.0, -8.0, 3.0)):
 # ------------------------------------------------------------------------------------------ analytic volumes
 
 def test_analytic_disk_sphere_ring(tmp_path):
-    reference = _reference((80, 80, 50), (2.0, 2.0, 2.0), centre=(3.0, -2.0, 10.0))
+    reference = _reference((64, 64, 40), (2.5, 2.5, 2.5), centre=(3.0, -2.0, 10.0))
     c = np.array([3.0, -2.0, 10.0])
 
     def sphere(p):
         return np.linalg.norm(p - c, axis=1) <= 40.0
 
-    def disk(p):  # cylinder r = 30 mm, 20 mm long (10 slices of 2 mm): slices with |z - c| < 10
+    def disk(p):  # cylinder r = 30 mm, 20 mm long (8 slices of 2.5 mm): slices with |z - c| < 10
         return (np.hypot(p[:, 0] - c[0], p[:, 1] - c[1]) <= 30.0) & (np.abs(p[:, 2] - c[2]) < 10.0)
 
     def ring(p):  # annulus 15..35 mm, same extent
@@ -99,7 +99,7 @@ def test_analytic_disk_sphere_ring(tmp_path):
         got = vois.structure_set_masks(ss, reference, supersample=supersample)
         assert list(got) == ["sphere", "disk", "ring"]
         for name, volume in expected.items():
-            assert got[name].dtype == np.float32 and got[name].shape == (50, 80, 80)
+            assert got[name].dtype == np.float32 and got[name].shape == (40, 64, 64)
             assert vois.mask_volume_ml(got[name], spacing) == pytest.approx(volume, rel=tolerance), (name, supersample)
         if supersample > 1:
             assert 0 < np.count_nonzero((got["sphere"] > 0) & (got["sphere"] < 1))
