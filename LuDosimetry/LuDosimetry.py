@@ -238,6 +238,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = bool(node and node.studyDirectory.strip() and node.outputDirectory.strip())
         self.ui.runButton.enabled = ready and not self._running
         self.ui.cancelButton.enabled = self._running
+        self.ui.studyCollapsibleButton.enabled = not self._running
         self.ui.runButton.toolTip = ("Compute TACs, TIA, absorbed dose and DVHs and write them to the output folder."
                                      if ready else "Choose the study folder and the output folder.")
 
@@ -315,7 +316,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if message:
             self.ui.statusLabel.text = message
         slicer.app.processEvents()  # lets the Cancel click through
-        if self._cancelRequested:
+        if self._cancelRequested and fraction < 1.0:
             from LuDosimetryLib.errors import CancelledError
             raise CancelledError()
 
