@@ -24,7 +24,8 @@ class TerminalProgress:
     """A one-line progress bar on stderr (silent with ``quiet``)."""
 
     def __init__(self, quiet: bool = False, width: int = 30):
-        self.quiet = quiet or not sys.stderr
+        # A bar only on a terminal: logs and captured output get the final table, not carriage returns.
+        self.quiet = quiet or not (sys.stderr and sys.stderr.isatty())
         self.width = width
         self.t0 = time.monotonic()
         self._last = ""

@@ -109,6 +109,9 @@ def injection_from_header(ds: Dataset, reference: Optional[datetime] = None
     item = seq[0]
     activity = item.get("RadionuclideTotalDose")
     activity_bq = float(activity) if activity not in (None, "") else None
+    if activity_bq is not None and str(ds.get("Modality", "")).upper() == "NM":
+        # NM Isotope module states RadionuclideTotalDose in MBq (PS3.3 C.8.4.10.1); PET's is in Bq (C.8.9.2).
+        activity_bq *= 1e6
     if activity_bq is not None and activity_bq <= 0:
         activity_bq = None
     when = parse_dt(item.get("RadiopharmaceuticalStartDateTime", ""))

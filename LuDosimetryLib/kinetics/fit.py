@@ -24,13 +24,16 @@ criterion and the F-test", Med. Phys. 34(11):4285-4292, 2007:
 with ``RSS`` the (weighted when σ is given) residual sum of squares, ``n`` points, ``k`` fitted
 parameters. The lowest AICc wins.
 
-Point-count guard: the correction term is undefined for ``n ≤ k + 1``, so when several models are
-compared a model is a candidate only when ``n ≥ k + 2``: mono-exponential (k = 2) needs 4 points,
-bi-exponential (k = 3) 5 points, tri-exponential (k = 5) 7 points. With the usual 4 SPECT time
-points only the mono-exponential is compared; with 3 points no exponential model can be compared
-and the trapezoid fallback is used. When a *single* model is asked for (``models=("bi_exponential",)``)
-nothing is compared and ``n ≥ k + 1`` suffices (one residual degree of freedom for the error
-estimate); its ``aicc`` is then NaN when undefined.
+Point-count guard (the usual 3–4 SPECT time points): a model is fitted when ``n ≥ k + 1`` (one
+residual degree of freedom; with 5 or more points and several models, ``n ≥ k + 2`` so that AICc is
+defined for every candidate). The AICc correction term is undefined for ``n = k + 1`` (bi-exponential
+on 4 points, mono-exponential on 3), so models are first ranked by AICc where it is defined; a more
+complex model whose AICc is undefined replaces the choice only when it is determined by the data (it
+passed the rejection tests below, and every parameter's relative standard error is below 50 %, the
+acceptance rule of Kletting et al., Med. Phys. 40:102504, 2013) **and** its uncorrected AIC = n ln(RSS/n) + 2k is lower by more than
+``AIC_MARGIN`` = 2 (Burnham & Anderson 2002, §2.6: a difference above 2 is considerable support).
+So with 4 points a clear uptake–washout curve (e.g. kidney) is fitted bi-exponentially, while noise
+alone does not promote the extra parameter; with 3 points the mono-exponential is used.
 
 A fit is rejected (kept in ``candidates`` with the reason) when the optimiser fails, when the
 covariance is singular or not finite (a parameter the data do not determine, e.g. an uptake faster
@@ -100,6 +103,7 @@ class CandidateFit:
     tia_se_bq_s: float = float("nan")
     aicc: float = float("nan")
     rss: float = float("nan")
+    rss_for_ic: float = float("nan")
     n_params: int = 0
     warnings: List[str] = field(default_factory=list)
 
@@ -224,6 +228,28 @@ def _validate(t_h, activity_bq, sigma_bq, label):
     return t, a, s
 
 
+AIC_MARGIN = 2.0  # Burnham & Anderson 2002, §2.6: ΔAIC > 2 = considerable support
+
+
+MAX_RELATIVE_SE = 0.5  # Kletting et al., Med. Phys. 40:102504 (2013): fit parameters with CV ≥ 50 % are not accepted
+
+
+def _max_relative_se(cand: "CandidateFit") -> float:
+    """Largest standard error / |value| among a candidate's parameters (inf when undetermined)."""
+    worst = 0.0
+    for name, value in cand.params.items():
+        se = cand.param_se.get(name, float("inf"))
+        if not np.isfinite(se) or value == 0:
+            return float("inf")
+        worst = max(worst, abs(se / value))
+    return worst
+
+
+def _aic(cand: "CandidateFit", n: int) -> float:
+    """Uncorrected AIC of a candidate (least-squares form), with the same RSS floor as its AICc."""
+    return n * math.log(max(cand.rss_for_ic, 1e-300) / n) + 2 * cand.n_params
+
+
 def _aicc(rss: float, n: int, k: int) -> float:
     if n - k - 1 <= 0:
         return float("nan")
@@ -300,7 +326,8 @@ def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_poi
     rss = float(np.sum(r * r))
     cand.rss = rss
     rss_floor = n * (_RSS_FLOOR_REL * float(np.max(np.abs(a) * wt))) ** 2
-    cand.aicc = _aicc(max(rss, rss_floor), n, k)
+    cand.rss_for_ic = max(rss, rss_floor)
+    cand.aicc = _aicc(cand.rss_for_ic, n, k)
 
     if not np.all(np.isfinite(p)):
         cand.reason = "the fit gave non-finite parameters"
@@ -441,17 +468,23 @@ def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
     extra: List[np.ndarray] = []
     for name in exp_models:
         model = MODELS[name]
-        min_points = model.n_params + (2 if compare else 1)
+        # ≥ 5 points: AICc ranks the models it is defined for (n ≥ k + 2); 3–4 points: the guard below.
+        min_points = model.n_params + (2 if compare and n > 4 else 1)
         if name == "tri_exponential":
             extra = _tri_starts_from(candidates)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # checked: isfinite below
             candidates.append(_fit_one(model, t, a, sigma, lam_phys, physical_bound, extra, min_points))
 
     accepted = [c for c in candidates if c.accepted]
-    if compare:
-        accepted = [c for c in accepted if np.isfinite(c.aicc)]
     if accepted:
-        best = min(accepted, key=lambda c: c.aicc if np.isfinite(c.aicc) else math.inf)
+        defined = [c for c in accepted if np.isfinite(c.aicc)]
+        best = min(defined, key=lambda c: c.aicc) if defined else None
+        for c in sorted((c for c in accepted if not np.isfinite(c.aicc)), key=lambda c: c.n_params):
+            if best is None:
+                best = c
+            elif (compare and n <= 4 and c.n_params > best.n_params and _aic(c, n) < _aic(best, n) - AIC_MARGIN
+                  and _max_relative_se(c) < MAX_RELATIVE_SE):
+                best = c
         warnings.extend(where + w for w in best.warnings)
         model = MODELS[best.model]
         slowest = model.slowest_rate_per_h(np.array([best.params[p] for p in model.param_names]))

@@ -136,16 +136,18 @@ def test_mono_truth_with_many_points_stays_mono():
 
 
 def test_four_point_kidney_selection_is_sensible():
-    # With 4 points only the mono-exponential can be compared by AICc (bi needs n >= k + 2 = 5);
-    # the fit must still follow the washout and give a TIA close to the truth.
+    # With 4 points AICc is undefined for the bi-exponential (n = k + 1); the 3–4-point guard admits it
+    # when it is determined and its AIC beats the mono-exponential's by more than 2.
     a0, lw, lu = KIDNEY
     fit = fit_time_activity_curve(T_B, bi(T_B, a0, lw, lu))
-    assert fit.model == "mono_exponential"
-    reason = {c.model: c.reason for c in fit.candidates}["bi_exponential"]
-    assert "4 points are too few" in reason and "at least 5" in reason
+    assert fit.model == "bi_exponential"
+    cands = {c.model: c for c in fit.candidates}
+    assert math.isnan(cands["bi_exponential"].aicc) and cands["mono_exponential"].accepted
     true_tia = a0 * (1.0 / lw - 1.0 / lu) * 3600.0
-    assert fit.tia_bq_s == pytest.approx(true_tia, rel=0.10)
-    assert 30.0 < fit.effective_half_life_h < 80.0
+    assert fit.tia_bq_s == pytest.approx(true_tia, rel=1e-3)
+    assert fit.effective_half_life_h == pytest.approx(math.log(2) / lw, rel=1e-3)
+    # a clean mono-exponential is not promoted
+    assert fit_time_activity_curve(T_B, mono(T_B, *LIVER)).model == "mono_exponential"
 
 
 def test_aicc_is_burnham_anderson_formula():
@@ -200,14 +202,18 @@ def test_trapezoid_partial_integral():
     assert model.integral(knots, 30.0) == pytest.approx(20.0 * math.exp(-0.6) / 0.1)
 
 
-def test_three_points_aicc_guard_falls_back_to_trapezoid():
+def test_three_points_aicc_guard_uses_the_mono_exponential():
     t = T_A[:3]
     a = mono(t, *LIVER)
     fit = fit_time_activity_curve(t, a, label="VOI 'liver'")
-    assert fit.model == "trapezoid"
-    mono_c = {c.model: c for c in fit.candidates}["mono_exponential"]
-    assert not mono_c.accepted and "at least 4 points" in mono_c.reason
-    assert any("no exponential model is acceptable" in w and "VOI 'liver'" in w for w in fit.warnings)
+    assert fit.model == "mono_exponential"
+    cands = {c.model: c for c in fit.candidates}
+    assert not cands["bi_exponential"].accepted and "at least 4 points" in cands["bi_exponential"].reason
+    assert fit.tia_bq_s == pytest.approx(LIVER[0] / LIVER[1] * 3600.0, rel=1e-6)
+    # two points: no exponential with a residual degree of freedom → trapezoid with a warning
+    two = fit_time_activity_curve(T_A[:2], mono(T_A[:2], *LIVER), label="VOI 'liver'")
+    assert two.model == "trapezoid"
+    assert any("no exponential model is acceptable" in w and "VOI 'liver'" in w for w in two.warnings)
     # asked alone, a mono-exponential is fitted with 3 points (one residual degree of freedom)
     alone = fit_time_activity_curve(t, a, models=("mono_exponential",))
     assert alone.model == "mono_exponential"
@@ -274,7 +280,8 @@ def _z_scores(times, truth_fn, truth_tia, n_trials, seed, sigma_known, **kw):
 def test_coverage_mono_four_points_known_sigma():
     a0, lam = LIVER
     z, models = _z_scores(T_B, lambda t: mono(t, a0, lam), a0 / lam * 3600.0, 200, 20240601, True)
-    assert set(models) == {"mono_exponential"}
+    # the 4-point guard sometimes promotes noise to a bi-exponential; the TIA stays covered either way
+    assert models.count("mono_exponential") >= 150
     assert np.mean(np.abs(z) <= 3.0) >= 0.90
     # and the SE is not inflated: about 68 % within one SE
     assert 0.55 <= np.mean(np.abs(z) <= 1.0) <= 0.80
