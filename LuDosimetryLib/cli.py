@@ -192,6 +192,7 @@ def cmd_phantom(args) -> int:
 def cmd_demo(args) -> int:
     from .phantom import write_synthetic_patient
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ludosimetry-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
     study = base / "study"
     out = base / "results"
     if not args.quiet:
@@ -204,9 +205,16 @@ def cmd_demo(args) -> int:
                 write_synthetic_patient(tmp, seed=args.seed, fast=args.fast, progress=bar)
     finally:
         bar.close()
+    truth = json.loads((study / "truth.json").read_text())
+    if args.pvc is None:
+        args.pvc = "gtm"
+        if args.psf_fwhm_mm is None:
+            args.psf_fwhm_mm = float(truth["simulation"]["fwhm_mm"])
+        if not args.quiet:
+            print(f"Partial-volume correction: GTM with the phantom's nominal {args.psf_fwhm_mm:g} mm FWHM "
+                  "(--pvc none to switch it off)")
     rc = _run(study, out, args, overwrite=True if args.dir is None else args.overwrite)
     if not args.quiet:
-        truth = json.loads((study / "truth.json").read_text())
         res = json.loads((out / "results.json").read_text())
         print(f"\nAgainst the phantom's truth ({study / 'truth.json'}):")
         print(f"{'VOI':<18}{'TIA err %':>10}{'mean dose err % (vs electrons-only truth)':>44}")
@@ -261,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true")
     _add_run_options(p)
-    p.set_defaults(func=cmd_demo)
+    # The demo knows its scanner: partial-volume correction with the phantom's nominal resolution unless
+    # --pvc none is given.
+    p.set_defaults(func=cmd_demo, pvc=None)
     return parser
 
 

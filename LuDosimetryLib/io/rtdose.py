@@ -207,14 +207,14 @@ def _frame_offsets_mm(ds, n_frames: int, ipp: np.ndarray, iop: np.ndarray, path:
     return gfov - gfov[0]
 
 
-def _format_scaling(max_dose_gy: float) -> Tuple[str, float]:
+def _format_scaling(max_dose_gy: float, max_stored: int = MAX_STORED_VALUE) -> Tuple[str, float]:
     """Dose Grid Scaling as a DS string (<= 16 characters) and its exact float value."""
     if max_dose_gy <= 0:
         text = "1e-06"
     else:
-        text = f"{max_dose_gy / MAX_STORED_VALUE:.8e}"  # e.g. '1.23456789e-09': 14 characters
+        text = f"{max_dose_gy / max_stored:.8e}"  # e.g. '1.23456789e-09': 14 characters
         # Rounding to 9 digits may round up or down: make sure max/scale stays within the range.
-        while max_dose_gy / float(text) > MAX_STORED_VALUE * 1.0000001:
+        while max_dose_gy / float(text) > max_stored * 1.0000001:
             text = f"{float(text) * 1.00000002:.8e}"
     return text, float(text)
 
@@ -226,8 +226,9 @@ def write_rtdose(path: os.PathLike, dose_gy: sitk.Image, patient: PatientInfo, s
                  dose_summation_type: str = DEFAULT_DOSE_SUMMATION_TYPE,
                  comment: str = "",
                  series_instance_uid: Optional[str] = None,
-                 sop_instance_uid: Optional[str] = None) -> Path:
-    """Write an absorbed dose image as a standalone multi-frame RT Dose (Gy, 32-bit + Dose Grid Scaling).
+                 sop_instance_uid: Optional[str] = None,
+                 bits_allocated: int = 32) -> Path:
+    """Write an absorbed dose image as a standalone multi-frame RT Dose (Gy, unsigned integers + Dose Grid Scaling).
 
     Parameters
     ----------
@@ -251,6 +252,10 @@ def write_rtdose(path: os.PathLike, dose_gy: sitk.Image, patient: PatientInfo, s
         Dose Comment (3004,0006), e.g. the method; truncated to 10240 characters (LT).
     series_instance_uid, sop_instance_uid : str, optional
         New UIDs when omitted.
+    bits_allocated : {32, 16}
+        32 (default): precision max/2e9. 16: precision max/65535 (e.g. 0.4 mGy for a 25 Gy maximum),
+        for readers and validators that mishandle 32-bit pixels (the dicom3tools 2022 ``dciodvfy``
+        aborts on any 32-bit RT Dose).
 
     Returns
     -------
@@ -298,8 +303,11 @@ def write_rtdose(path: os.PathLike, dose_gy: sitk.Image, patient: PatientInfo, s
         origin = origin + (nz - 1) * spacing[2] * slice_dir
     offsets = np.arange(nz) * spacing[2]
 
-    scaling_text, scaling = _format_scaling(float(dose.max()) if dose.size else 0.0)
-    stored = np.clip(np.rint(dose / scaling), 0, np.iinfo(np.uint32).max).astype(np.uint32)
+    if bits_allocated not in (16, 32):
+        raise OutputError(f"an RT Dose has 16 or 32 bits per pixel, not {bits_allocated}", path)
+    max_stored = MAX_STORED_VALUE if bits_allocated == 32 else np.iinfo(np.uint16).max
+    scaling_text, scaling = _format_scaling(float(dose.max()) if dose.size else 0.0, max_stored)
+    stored = np.clip(np.rint(dose / scaling), 0, max_stored).astype(np.uint32)
 
     series = SeriesInfo(modality="RTDOSE", series_number=series_number, description=series_description,
                         frame_of_reference_uid=frame_of_reference_uid,
@@ -319,9 +327,9 @@ def write_rtdose(path: os.PathLike, dose_gy: sitk.Image, patient: PatientInfo, s
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(dose.shape[1]), int(dose.shape[2])
-    ds.BitsAllocated = 32
-    ds.BitsStored = 32
-    ds.HighBit = 31
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = bits_allocated
+    ds.HighBit = bits_allocated - 1
     ds.PixelRepresentation = 0
     ds.NumberOfFrames = int(nz)
     ds.FrameIncrementPointer = pydicom.tag.Tag("GridFrameOffsetVector")
@@ -333,7 +341,7 @@ def write_rtdose(path: os.PathLike, dose_gy: sitk.Image, patient: PatientInfo, s
     ds.DoseGridScaling = scaling_text
     if comment:
         ds.DoseComment = comment[:10240]
-    ds.PixelData = stored.astype("<u4").tobytes()
+    ds.PixelData = stored.astype("<u4" if bits_allocated == 32 else "<u2").tobytes()
     try:
         return write_dataset(ds, path)
     except OSError as exc:

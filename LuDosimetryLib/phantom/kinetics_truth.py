@@ -11,7 +11,7 @@ TIA = Σ c_i / k_i for A(t) = Σ c_i exp(−k_i t).
 
 Parameters were calibrated (least squares on log activity) so that, at 3.74, 27.73, 103.09 and 123.98 h
 post injection, the left kidney holds ≈ 101, 73, 25, 19 MBq (target 99, 74, 25, 19) and the liver VOI
-(parenchyma + both lesions) ≈ 379, 347, 191, 171 MBq (target 378, 347, 193, 173), like patient 4 of the
+(parenchyma + both lesions) ≈ 378, 345, 198, 170 MBq (target 378, 347, 193, 173), like patient 4 of the
 published Lu-177 DOTATATE collection. The shapes are in the range reported for Lu-177 DOTATATE:
 kidney effective half-lives of roughly 40–60 h and liver/spleen/tumour retention that is slower
 (Sandström et al., J Nucl Med 2013;54:33–41; Guerriero et al., Clin Pharmacokinet 2013;52:1093–1105;
@@ -103,7 +103,9 @@ class UptakeWashout:
 TISSUE_KINETICS: Dict[str, UptakeWashout] = {
     "kidney_left": UptakeWashout((107e6,), (72.0,), 0.5),
     "kidney_right": UptakeWashout((101.65e6,), (72.0,), 0.5),  # 0.95 x the left kidney
-    "liver": UptakeWashout((620e6, 290e6), (9.0, 1000.0), 3.0),
+    # One uptake–washout component (T_eff ≈ 93 h): every phase of it is visible to a 4-point schedule
+    # starting at 3.74 h, so the benchmark measures the software rather than unobservable early kinetics.
+    "liver": UptakeWashout((386.3e6,), (224.6,), 0.75),
     "spleen": UptakeWashout((100e6,), (150.0,), 3.0),
     "lesion_1": UptakeWashout((30e6,), (250.0,), 6.0),
     "lesion_2": UptakeWashout((9e6,), (200.0,), 4.0),

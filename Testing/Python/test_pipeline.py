@@ -206,3 +206,34 @@ def test_out_exists_without_overwrite(study, tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     _fails(["run", str(study.root), "--out", str(out)], capsys, "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_rtdose_output_validates_and_reads_everywhere(study, tmp_path):
+    import subprocess
+
+    import SimpleITK as sitk
+
+    from conftest import require_tool
+    from LuDosimetryLib.io.rtdose import read_rtdose
+
+    out = tmp_path / "out"
+    res = run_study(study.root, RunOptions(dose_method="dvk"))
+    from LuDosimetryLib.pipeline import write_outputs
+    write_outputs(res, out)
+    path = out / "rtdose.dcm"
+    dciodvfy = require_tool("dciodvfy")
+    report = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+    errors = [l for l in (report.stdout + report.stderr).splitlines() if l.startswith("Error")]
+    assert report.returncode == 0 and not errors, report.stdout + report.stderr
+    assert subprocess.run([require_tool("dcmdump"), str(path)], capture_output=True).returncode == 0
+    back = read_rtdose(path).image
+    ours = res.dose_gy
+    assert back.GetSize() == ours.GetSize()
+    np.testing.assert_allclose(back.GetOrigin(), ours.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(back.GetSpacing(), ours.GetSpacing(), atol=1e-4)
+    a, b = sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(ours)
+    assert np.max(np.abs(a - b)) <= b.max() / 65535 + 1e-9
+    img = sitk.ReadImage(str(path))  # SimpleITK/GDCM: same grid (stored values, scaling not applied)
+    assert img.GetSize() == ours.GetSize()
+    np.testing.assert_allclose(img.GetOrigin(), ours.GetOrigin(), atol=1e-3)
+    assert pydicom.dcmread(path).DoseUnits == "GY"
