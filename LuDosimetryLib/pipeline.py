@@ -372,7 +372,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
         except FitError as exc:
             raise FitError(f"VOI {name!r}: {exc.problem}", study_dir) from exc
         fits[name] = fit
-        run_warnings += [f"{name}: {w}" for w in fit.warnings]
+        run_warnings += list(fit.warnings)  # already prefixed with the VOI name
         vois[name] = dict(activity_bq=acts, concentration_bq_per_ml=concs,
                           volume_ml=vols[ref], mass_g=masses[ref], fit=fit)
 
