@@ -174,3 +174,43 @@ def write_dataset(ds: Dataset, path: os.PathLike) -> Path:
 def _has_enforce() -> bool:
     """pydicom >= 3 spells 'write a conformant file' ``enforce_file_format``; 2.x uses write_like_original."""
     return int(pydicom.__version__.split(".")[0]) >= 3
+
+
+def _looks_like_preambleless_dicom(fileobj) -> bool:
+    """True when a file without the 'DICM' preamble starts with a plausible group 0002/0008 element.
+
+    Old ACR-NEMA-style exports (and some PACS) omit the 128-byte preamble and file meta; pydicom reads
+    them with ``force=True``. The peek keeps random files (text, images) from being forced open.
+    """
+    pos = fileobj.tell()
+    head = fileobj.read(8)
+    fileobj.seek(pos)
+    if len(head) < 8:
+        return False
+    group_le = int.from_bytes(head[0:2], "little")
+    group_be = int.from_bytes(head[0:2], "big")
+    return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
+
+
+def read_dicom(path_or_file, *, stop_before_pixels: bool = False):
+    """Read a DICOM file, tolerating a missing preamble/file meta (validated: it must have a SOP Class
+    UID or a Modality). Raises :class:`pydicom.errors.InvalidDicomError` for non-DICOM files."""
+    from pydicom.errors import InvalidDicomError
+
+    own = not hasattr(path_or_file, "read")
+    fh = open(path_or_file, "rb") if own else path_or_file
+    try:
+        start = fh.tell()
+        try:
+            return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            fh.seek(start)
+            if not _looks_like_preambleless_dicom(fh):
+                raise
+            ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, force=True)
+            if "SOPClassUID" not in ds and "Modality" not in ds:
+                raise InvalidDicomError("no DICOM preamble and no SOP Class UID or Modality")
+            return ds
+    finally:
+        if own:
+            fh.close()

@@ -20,14 +20,15 @@ import SimpleITK as sitk
 
 from ..errors import DicomFileError, StudyError
 from ..radionuclides import Radionuclide, radionuclide
-from .dicom_time import acquisition_datetime, parse_dt, combine
+from .dicom_common import read_dicom
+from .dicom_time import acquisition_datetime, combine, parse_dt
 
 _BQML_UNITS = ("BQML", "BQ/ML", "BQ/CC")
 
 
 def _read_full(path: str):
     try:
-        ds = pydicom.dcmread(path)
+        ds = read_dicom(path)
     except Exception as exc:
         raise DicomFileError(f"unreadable DICOM file ({type(exc).__name__}: {exc})", path) from exc
     return ds

@@ -20,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import DicomFileError, StudyError
 from ..progress import as_progress
+from .dicom_common import read_dicom
 from .dicom_time import acquisition_datetime, injection_from_header
 
 ROLES = ("ct", "spect_recon", "spect_projections", "attenuation_map", "planar_whole_body", "planar_static",
@@ -248,7 +249,7 @@ def classify(ds, path: str = "") -> "tuple[str, str]":
 def _read_header(path: str):
     """Header of a DICOM file, or (None, reason) when it is not one."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True), ""
+        return read_dicom(path, stop_before_pixels=True), ""
     except InvalidDicomError:
         return None, "not a DICOM file"
     except Exception as exc:  # truncated or corrupt

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ..errors import DicomFileError
-from .dicom_common import PatientInfo, SeriesInfo, StudyInfo, dicom_date, dicom_time, new_dataset, write_dataset
+from .dicom_common import read_dicom, PatientInfo, SeriesInfo, StudyInfo, dicom_date, dicom_time, new_dataset, write_dataset
 
 #: RT Structure Set Storage SOP Class (PS3.4 B.5).
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -227,7 +227,7 @@ def _read_dataset(path: Path) -> Dataset:
     try:
         with open(path, "rb") as handle, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(handle)
+            ds = read_dicom(handle)
             short = [tag for tag in ds.keys() if _is_short(ds.get_item(tag))]
             if not short:
                 ds.walk(lambda _ds, _elem: None)  # decode everything now, so damage shows here
