@@ -24,10 +24,15 @@ SOFTWARE_VERSIONS = f"LuDosimetry {__version__}"
 
 
 def new_uid(entropy: Optional[str] = None) -> str:
-    """A new DICOM UID (2.25 form). With ``entropy`` the UID is deterministic for that string."""
+    """A new DICOM UID in the 2.25 (UUID) form (PS3.5 B.2).
+
+    With ``entropy`` the UID is deterministic for that string (a name-based UUID, RFC 4122 version 5),
+    so that a phantom written twice with one seed has the same UIDs.
+    """
     if entropy is None:
         return generate_uid(prefix=None)
-    return generate_uid(prefix=None, entropy_srcs=[entropy])
+    import uuid
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, str(entropy)).int)
 
 
 def dicom_date(dt: datetime) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -44,7 +43,7 @@ from pydicom.uid import CTImageStorage, NuclearMedicineImageStorage, PositronEmi
 from ..errors import OutputError
 from ..radionuclides import Radionuclide, radionuclide
 from .dicom_common import (PatientInfo, SeriesInfo, StudyInfo, dicom_date, dicom_datetime, dicom_time, new_dataset,
-                           write_dataset)
+                           new_uid, write_dataset)
 from .rtstruct import ReferencedSeries
 
 #: Equipment written into the SPECT files (the collection was acquired on a Siemens Intevo).
@@ -185,12 +184,8 @@ def _check_folder(folder: os.PathLike) -> Path:
 
 
 def derived_uid(text: str) -> str:
-    """A deterministic UID for ``text``: ``2.25.`` + the integer of its name-based (SHA-1) UUID (PS3.5 B.2).
-
-    (``dicom_common.new_uid(entropy)`` is not deterministic: pydicom ignores the entropy sources when
-    no prefix is given.)
-    """
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, text).int}"
+    """A deterministic UID for ``text`` (same as ``dicom_common.new_uid(text)``)."""
+    return new_uid(text)
 
 
 def _sop_uid(series: SeriesInfo, k: int) -> str:
