@@ -403,67 +403,39 @@ def formatValue(attribute: str, value: Any) -> str:
 
 
 #
-# MRML helpers. Kept small and apart from the widget: the MRML-bridge issue moves them into the library.
+# MRML: the nodes are made by LuDosimetryLib.mrml (the MRML bridge); these wrappers keep the module's names.
 #
 
 
-def addResultsToScene(results, namePrefix: str = "LuDosimetry") -> Dict[str, Any]:
-    """Add the reference SPECT, the dose and the TIA images and the per-VOI table to the scene.
+def addResultsToScene(results, namePrefix: str = "LuDosimetry", scene=None) -> Dict[str, Any]:
+    """Add the reference SPECT, the dose and TIA images, the per-VOI table and the DVH and TAC charts to
+    the scene, under the patient and study in the subject hierarchy.
 
     Returns
     -------
     dict
-        ``{"spect": volume node or None, "dose": volume node, "tia": volume node, "table": vtkMRMLTableNode}``.
+        ``{"study_item", "spect", "dose", "tia", "table", "dvh_chart", "tac_chart"}`` (see
+        :func:`LuDosimetryLib.mrml.add_results`).
     """
-    import sitkUtils
+    from LuDosimetryLib import mrml
 
-    nodes: Dict[str, Any] = {"spect": None}
-    spect = getattr(results, "reference_spect", None)
-    if spect is not None:
-        nodes["spect"] = sitkUtils.PushVolumeToSlicer(spect, name=f"{namePrefix} SPECT (Bq per mL)")
-    nodes["dose"] = sitkUtils.PushVolumeToSlicer(results.dose_gy, name=f"{namePrefix} dose (Gy)")
-    nodes["tia"] = sitkUtils.PushVolumeToSlicer(results.tia_bq_s_per_ml, name=f"{namePrefix} TIA (Bq s per mL)")
-    nodes["table"] = resultsToTableNode(results, f"{namePrefix} results")
-
-    doseDisplay = nodes["dose"].GetDisplayNode()
-    if doseDisplay is not None:
-        doseDisplay.SetAndObserveColorNodeID("vtkMRMLColorTableNodeRainbow")
-        doseDisplay.AutoWindowLevelOn()
-    if slicer.app.layoutManager() is not None:
+    scene = scene if scene is not None else slicer.mrmlScene
+    nodes = mrml.add_results(scene, results, name_prefix=namePrefix, table_columns=RESULT_COLUMNS)
+    app = getattr(slicer, "app", None)
+    if app is not None and app.layoutManager() is not None:
         background = nodes["spect"] if nodes["spect"] is not None else nodes["dose"]
         slicer.util.setSliceViewerLayers(background=background, foreground=nodes["dose"],
                                          foregroundOpacity=0.5, fit=True)
     return nodes
 
 
-def resultsToTableNode(results, name: str):
+def resultsToTableNode(results, name: str, scene=None):
     """A vtkMRMLTableNode with one row per VOI: its name, then one column per RESULT_COLUMNS entry
     (numbers as double columns, NaN where the library gives none; text as string columns)."""
-    rows = resultRows(results)
-    tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", slicer.mrmlScene.GetUniqueNameByString(name))
-    table = tableNode.GetTable()
+    from LuDosimetryLib import mrml
 
-    names = vtk.vtkStringArray()
-    names.SetName(VOI_COLUMN)
-    for voiName, _ in rows:
-        names.InsertNextValue(voiName)
-    table.AddColumn(names)
-
-    for columnIndex, (attribute, title) in enumerate(RESULT_COLUMNS):
-        values = [row[1][columnIndex] for row in rows]
-        if any(isinstance(value, str) for value in values):
-            column = vtk.vtkStringArray()
-            for value in values:
-                column.InsertNextValue("" if value is None else str(value))
-        else:
-            column = vtk.vtkDoubleArray()
-            for value in values:
-                column.InsertNextValue(float("nan") if value is None else float(value))
-        column.SetName(title)
-        table.AddColumn(column)
-
-    tableNode.Modified()
-    return tableNode
+    return mrml.add_results_table(scene if scene is not None else slicer.mrmlScene, results, name,
+                                  columns=RESULT_COLUMNS)
 
 
 #
@@ -472,23 +444,68 @@ def resultsToTableNode(results, name: str):
 
 
 class LuDosimetryLogic(ScriptedLoadableModuleLogic):
-    """Runs the pipeline of LuDosimetryLib; usable from scripts without the widget.
+    """Runs the pipeline of LuDosimetryLib; usable from the Python console and from scripts without the widget.
 
-    After :meth:`run`, :attr:`lastNodes` holds the nodes it added to the scene (empty when none).
+    After :meth:`run`, :attr:`lastNodes` holds the nodes it added to the scene (empty when none),
+    :attr:`lastResults` the results and :attr:`timePointItems` the per-time-point nodes (SPECT, CT,
+    segmentation) when the study was loaded.
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene, optional
+        The scene to fill; ``slicer.mrmlScene`` by default (a scene of LuDosimetryLib.mrml.create_scene in
+        plain Python).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scene=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastNodes: Dict[str, Any] = {}
+        self.lastResults = None
+        self.timePointItems: List[Dict[str, Any]] = []
+        self._scene = scene
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else getattr(slicer, "mrmlScene", None)
 
     def getParameterNode(self):
         return LuDosimetryParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def runOptions(dose_method: str = "dvk", injected_activity_bq: Optional[float] = None, injection_time=None,
+                   spect_series_uid=None, pvc: str = "none", psf_fwhm_mm: Optional[float] = None,
+                   density_correction: bool = True, reference_time_point: int = 0):
+        """LuDosimetryLib.pipeline.RunOptions from the panel's options (defaults leave the library's)."""
+        from LuDosimetryLib.pipeline import RunOptions
+
+        options = dict(dose_method=dose_method, injected_activity_bq=injected_activity_bq,
+                       injection_time=injection_time, spect_series_uid=spect_series_uid)
+        # Only what differs from the library defaults is passed (older RunOptions lack the later fields).
+        if pvc != "none":
+            options.update(pvc=pvc, psf_fwhm_mm=psf_fwhm_mm)
+        if not density_correction:
+            options["density_correction"] = False
+        if reference_time_point:
+            options["reference_time_point"] = int(reference_time_point)
+        return RunOptions(**options)
+
+    def inventory(self, study_dir, injected_activity_bq: Optional[float] = None, injection_time=None):
+        """The study's inventory (time points, series, roles, hours after injection) for the panel."""
+        from LuDosimetryLib.errors import StudyError
+        from LuDosimetryLib.io.inventory import scan_study
+
+        if study_dir is None or not str(study_dir).strip():
+            raise StudyError("no study folder chosen")
+        return scan_study(pathlib.Path(study_dir), injected_activity_bq=injected_activity_bq,
+                          injection_time=injection_time)
 
     def run(self, study_dir, out_dir, dose_method: str = "dvk",
             injected_activity_bq: Optional[float] = None, injection_time=None,
             spect_series_uid: Optional[str] = None, overwrite: bool = False,
             progress: Optional[Callable[[float, str], None]] = None,
-            load_into_scene: Optional[bool] = None):
+            load_into_scene: Optional[bool] = None, pvc: str = "none", psf_fwhm_mm: Optional[float] = None,
+            density_correction: bool = True, reference_time_point: int = 0,
+            load_time_points: bool = False):
         """Compute the dosimetry of one study, write the outputs and (in Slicer) show them.
 
         Parameters
@@ -508,7 +525,15 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         progress : callable, optional
             ``progress(fraction, message)``; raising LuDosimetryLib.errors.CancelledError cancels.
         load_into_scene : bool, optional
-            Add the volumes and the table to the scene; by default whenever a scene exists.
+            Add the volumes, the table and the charts to the scene; by default whenever a scene exists.
+        pvc : {"none", "gtm"}
+            Partial-volume correction; ``"gtm"`` needs ``psf_fwhm_mm`` (mm).
+        density_correction : bool
+            Scale the dose by the CT density.
+        reference_time_point : int
+            Index (0-based) of the time point whose grid carries the dose.
+        load_time_points : bool
+            Also load each time point's SPECT, CT and VOIs (one segmentation per time point, for editing).
 
         Returns
         -------
@@ -532,20 +557,112 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         report = progress if progress is not None else (lambda fraction, message: None)
 
         self.lastNodes = {}
-        options = RunOptions(dose_method=dose_method, injected_activity_bq=injected_activity_bq,
-                             injection_time=injection_time, spect_series_uid=spect_series_uid)
+        if (pvc, psf_fwhm_mm, density_correction, reference_time_point) == ("none", None, True, 0):
+            options = RunOptions(dose_method=dose_method, injected_activity_bq=injected_activity_bq,
+                                 injection_time=injection_time, spect_series_uid=spect_series_uid)
+        else:
+            options = self.runOptions(dose_method, injected_activity_bq, injection_time, spect_series_uid,
+                                      pvc, psf_fwhm_mm, density_correction, reference_time_point)
         results = run_study(pathlib.Path(study_dir), options,
                             progress=lambda fraction, message: report(_RUN_STUDY_SHARE * fraction, message))
         report(_RUN_STUDY_SHARE, "Writing the results")
         write_outputs(results, pathlib.Path(out_dir), overwrite=overwrite)
+        self.lastResults = results
 
         if load_into_scene is None:
-            load_into_scene = getattr(slicer, "mrmlScene", None) is not None
+            load_into_scene = self.scene is not None
         if load_into_scene:
-            report(0.97, "Adding the results to the scene")
-            self.lastNodes = addResultsToScene(results)
+            report(0.95, "Adding the results to the scene")
+            self.lastNodes = addResultsToScene(results, scene=self.scene)
+            if load_time_points and getattr(results, "inventory", None) is not None:
+                self.loadTimePoints(results, parentItem=self.lastNodes.get("study_item"))
         report(1.0, "Done")
         return results
+
+    def loadTimePoints(self, results, parentItem: Optional[int] = None) -> List[Dict[str, Any]]:
+        """Load each time point's SPECT, CT and VOIs (one segmentation per time point) of a run."""
+        from LuDosimetryLib import mrml
+
+        self.timePointItems = mrml.add_time_points(
+            self.scene, results.inventory, injection_time=results.injection_time,
+            spect_series_uids=[tp.spect_series_uid for tp in results.time_points], parent_item=parentItem)
+        return self.timePointItems
+
+    def segmentationNodesByTimePoint(self) -> List[Any]:
+        """The VOI segmentation of each loaded time point (None where a time point has none)."""
+        return [item.get("segmentation") for item in self.timePointItems]
+
+    def recomputeWithEditedVois(self, study_dir, segmentation_nodes: Sequence[Any], out_dir, work_dir=None,
+                                overwrite: bool = False, progress: Optional[Callable[[float, str], None]] = None,
+                                load_into_scene: Optional[bool] = None, **options):
+        """Rerun the dosimetry with the (edited) segmentations as VOIs.
+
+        The pipeline reads VOIs from RTSTRUCT files, so the segmentations become NEW RTSTRUCTs in a
+        working copy of the study (``work_dir``, by default ``<out_dir>-work``): links to the original
+        images, one RTSTRUCT per time point drawn on that time point's SPECT, and none of the original
+        RTSTRUCTs. The original study folder is never modified. Then :meth:`run` runs on the working copy.
+
+        Parameters
+        ----------
+        segmentation_nodes : sequence of vtkMRMLSegmentationNode
+            One per time point, in time-point order; all with the same segment names.
+        work_dir : path-like, optional
+            New (or empty) folder for the working copy.
+        options
+            As for :meth:`run` (dose_method, pvc, psf_fwhm_mm, ...).
+
+        Returns
+        -------
+        The results of the rerun.
+        """
+        from LuDosimetryLib import mrml
+        from LuDosimetryLib.errors import OutputError, StudyError
+        from LuDosimetryLib.io.export import check_output_dir
+        from LuDosimetryLib.io.images import read_spect
+        from LuDosimetryLib.pipeline import _choose_spect
+
+        if out_dir is None or not str(out_dir).strip():
+            raise OutputError("no output folder chosen")
+        check_output_dir(pathlib.Path(out_dir), overwrite)
+        report = progress if progress is not None else (lambda fraction, message: None)
+        inventory = self.inventory(study_dir, options.get("injected_activity_bq"), options.get("injection_time"))
+        nodes = list(segmentation_nodes)
+        if len(nodes) != len(inventory.time_points) or any(node is None for node in nodes):
+            raise StudyError(f"{len(inventory.time_points)} time points need one segmentation each "
+                             f"(got {sum(node is not None for node in nodes)})", study_dir)
+        entries = _choose_spect(inventory, self.runOptions(spect_series_uid=options.get("spect_series_uid")))
+        masks, references = [], []
+        for k, (entry, node) in enumerate(zip(entries, nodes)):
+            report(0.1 * k / len(nodes), f"Reading the VOIs of time point {k + 1}")
+            spect = read_spect(entry.files, injection_time=inventory.injection_time,
+                               what=f"SPECT {entry.description or entry.series_instance_uid}")
+            references.append(spect.image)
+            masks.append(mrml.masks_from_segmentation(node, spect.image))
+        colors = mrml.segment_colors(nodes[0])
+        work = pathlib.Path(work_dir) if work_dir else pathlib.Path(str(out_dir).rstrip("/\\") + "-work")
+        report(0.1, "Writing the edited VOIs as new RTSTRUCTs")
+        mrml.write_working_study(inventory, masks, references, [e.series_instance_uid for e in entries], work,
+                                 colors=colors)
+        self.lastWorkDirectory = work
+        return self.run(work, out_dir, overwrite=overwrite, load_into_scene=load_into_scene,
+                        progress=lambda fraction, message: report(0.15 + 0.85 * fraction, message), **options)
+
+    def exportSegmentationAsRtstruct(self, segmentation_node, path, time_point: int, study_dir=None):
+        """Write one time point's (edited) segmentation as a NEW RTSTRUCT file drawn on its SPECT."""
+        from LuDosimetryLib import mrml
+        from LuDosimetryLib.io.images import read_spect
+        from LuDosimetryLib.pipeline import _choose_spect
+
+        inventory = self.inventory(study_dir if study_dir is not None else self.lastResults.inventory.root)
+        entry = _choose_spect(inventory, self.runOptions())[time_point]
+        spect = read_spect(entry.files, injection_time=inventory.injection_time)
+        return mrml.export_segmentation_rtstruct(segmentation_node, path, spect.image, entry)
+
+    def saveScene(self, path) -> pathlib.Path:
+        """Save the scene as a .mrb bundle (written atomically)."""
+        from LuDosimetryLib import mrml
+
+        return mrml.save_mrb(self.scene, path)
 
 
 #
