@@ -209,10 +209,13 @@ def cmd_demo(args) -> int:
     if args.pvc is None:
         args.pvc = "gtm"
         if args.psf_fwhm_mm is None:
-            args.psf_fwhm_mm = float(truth["simulation"]["fwhm_mm"])
+            from .pvc import image_fwhm_mm
+            sim = truth["simulation"]
+            voxel = sum(sim["spect_spacing_mm"]) / 3.0
+            args.psf_fwhm_mm = round(image_fwhm_mm(float(sim["fwhm_mm"]), voxel), 1)
         if not args.quiet:
-            print(f"Partial-volume correction: GTM with the phantom's nominal {args.psf_fwhm_mm:g} mm FWHM "
-                  "(--pvc none to switch it off)")
+            print(f"Partial-volume correction: GTM with the phantom's image resolution, {args.psf_fwhm_mm:g} mm "
+                  "FWHM (system blur and voxel averaging; --pvc none to switch it off)")
     rc = _run(study, out, args, overwrite=True if args.dir is None else args.overwrite)
     if not args.quiet:
         res = json.loads((out / "results.json").read_text())

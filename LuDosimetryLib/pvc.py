@@ -68,3 +68,14 @@ def gtm_concentrations(image_bq_ml: np.ndarray, regions: Mapping[str, np.ndarray
     observed = np.array([float(image_bq_ml[m].mean()) for m in masks])
     conc = np.linalg.solve(g, observed)
     return dict(zip(names, conc.tolist()))
+
+
+def image_fwhm_mm(system_fwhm_mm: float, voxel_mm: float) -> float:
+    """Resolution (FWHM, mm) of an image whose voxels average a system blur of ``system_fwhm_mm``.
+
+    Averaging over a voxel of width w adds a box of variance w²/12 to the Gaussian's σ²; in FWHM terms
+    FWHM_image² = FWHM_system² + (2√(2 ln 2)·w/√12)². Use it when the PSF is known before pixelisation
+    (e.g. a simulation, or a line-source FWHM measured on a fine grid).
+    """
+    box_fwhm = voxel_mm / math.sqrt(12.0) / FWHM_TO_SIGMA
+    return math.sqrt(system_fwhm_mm ** 2 + box_fwhm ** 2)
