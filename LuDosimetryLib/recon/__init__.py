@@ -1,0 +1,15 @@
+"""Quantitative Lu-177 SPECT reconstruction from projections (PyTomography back end).
+
+Importing this package imports neither torch nor PyTomography; they are imported lazily, only in the
+reconstruction and simulation paths (:mod:`._pyt`).
+
+- :mod:`.energy` — energy windows identified by range.
+- :mod:`.projections` — read NM TOMO projection files (Siemens, GE, Philips standard attributes).
+- :mod:`.mumap` — HU → μ at 208 keV, write/read μ-map series.
+- :mod:`.system` — geometry and the PyTomography system model.
+- :mod:`.scatter` — triple/dual energy window scatter estimates.
+- :mod:`.quantify` — counts → Bq/mL.
+- :mod:`.reconstruct` — :class:`ReconOptions`, :func:`reconstruct_study`.
+- :mod:`.simulate` — simulated Siemens-like projection files for tests and benchmarks.
+"""
+from __future__ import annotations

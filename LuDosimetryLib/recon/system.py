@@ -1,0 +1,211 @@
+"""Projection geometry and the PyTomography SPECT system model (attenuation + collimator-detector response).
+
+Geometry conventions
+--------------------
+PyTomography's rotate-and-sum projector works on an object tensor ``f[i, j, k]`` of shape
+``(Lx, Ly, Lz)`` and projections ``g[view, r, k]``. The mapping to DICOM used here is the one of
+PyTomography 3.4's NM TOMO reader (``pytomography.io.SPECT.dicom.parse_projection_dataset`` and
+``_get_affine_spect_projections``), which was developed on Siemens Symbia data:
+
+* the projector angle of a view is ``(gantry angle + 180) mod 360`` (degrees), views sorted by it;
+* the radial bin ``r`` runs against the stored columns (``r = Columns - 1 - column``);
+* object voxel ``(i, j)`` sits at LPS ``(x0 + i·Δ, y0 + j·Δ)``, ``(x0, y0)`` taken from the
+  Detector Information Sequence's ImagePositionPatient (or centred on the rotation axis when that
+  position has y = 0, as PyTomography does).
+
+Along the axis we follow the DICOM meaning of ImagePositionPatient/ImageOrientationPatient of the
+detector item: row 0 lies at the given z and the rows run along the column direction cosine (default
+(0, 0, −1), i.e. head to feet), so object slice ``k`` lies at ``z_bottom + k·Δz``. The simulator of
+:mod:`.simulate` writes files with exactly this convention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+#: Siemens Symbia/Intevo medium-energy low-penetration (MELP) collimator, PyTomography's collimator table
+#: entry "SY-ME" (hole diameter 0.294 cm, septa 0.114 cm, length 4.064 cm; from the SIMIND collimator
+#: data file shipped with PyTomography, ``pytomography/data/collim.col``).
+DEFAULT_COLLIMATOR = "SY-ME"
+#: Intrinsic resolution FWHM at 140 keV of the Symbia/Intevo 3/8" NaI detector, 3.8 mm (Siemens Symbia
+#: Intevo system specifications, UFOV intrinsic spatial resolution); scaled as E^-1/2 by PyTomography.
+INTRINSIC_FWHM_140KEV_MM = 3.8
+#: Lu-177 main photopeak, 208.366 keV (ICRP Publication 107 / NNDC ENSDF); 208 keV used for mu and PSF.
+LU177_PEAK_KEV = 208.366
+
+
+@dataclass
+class ProjectionGeometry:
+    """Where the projections and the reconstruction grid lie.
+
+    Attributes
+    ----------
+    n_cols, n_rows : int
+        Radial bins (Columns) and axial bins (Rows) of each view.
+    pixel_mm, slice_mm : float
+        Radial bin size and axial bin size (mm).
+    gantry_angles_deg : numpy.ndarray
+        DICOM gantry angle of each stored view (degrees), in stored order.
+    radii_mm : numpy.ndarray
+        Distance from the rotation axis to the detector face for each stored view (mm).
+    x0_mm, y0_mm : float
+        LPS x, y of object voxel (0, 0) centre (mm).
+    z_row0_mm : float
+        LPS z of the centre of row 0 (mm).
+    rows_downward : bool
+        True when increasing row index goes towards −z (feet).
+    """
+
+    n_cols: int
+    n_rows: int
+    pixel_mm: float
+    slice_mm: float
+    gantry_angles_deg: np.ndarray
+    radii_mm: np.ndarray
+    x0_mm: float
+    y0_mm: float
+    z_row0_mm: float
+    rows_downward: bool = True
+
+    @property
+    def n_views(self) -> int:
+        return int(len(self.gantry_angles_deg))
+
+    @property
+    def projector_angles_deg(self) -> np.ndarray:
+        """PyTomography detector angles (degrees) of the stored views."""
+        return (np.asarray(self.gantry_angles_deg, dtype=float) + 180.0) % 360.0
+
+    @property
+    def view_order(self) -> np.ndarray:
+        """Indices that sort the stored views by projector angle (PyTomography's order)."""
+        return np.argsort(self.projector_angles_deg, kind="stable")
+
+    @property
+    def z_bottom_mm(self) -> float:
+        return self.z_row0_mm - (self.n_rows - 1) * self.slice_mm if self.rows_downward else self.z_row0_mm
+
+    def object_shape(self) -> tuple:
+        """PyTomography object shape (Lx, Ly, Lz)."""
+        return (self.n_cols, self.n_cols, self.n_rows)
+
+    def reference_image(self) -> sitk.Image:
+        """An empty float32 image on the reconstruction grid (LPS, identity direction)."""
+        img = sitk.Image(self.n_cols, self.n_cols, self.n_rows, sitk.sitkFloat32)
+        img.SetSpacing((self.pixel_mm, self.pixel_mm, self.slice_mm))
+        img.SetOrigin((self.x0_mm, self.y0_mm, self.z_bottom_mm))
+        return img
+
+
+def frames_to_projector(frames: np.ndarray, geom: ProjectionGeometry) -> np.ndarray:
+    """Stored views ``[..., view, row, col]`` → PyTomography ``[..., view (sorted), r, k]`` (float32)."""
+    arr = np.asarray(frames, dtype=np.float32)
+    arr = arr[..., geom.view_order, :, :]
+    if geom.rows_downward:
+        arr = arr[..., ::-1, :]
+    arr = arr[..., :, ::-1]
+    return np.ascontiguousarray(np.swapaxes(arr, -1, -2))
+
+
+def projector_to_frames(proj: np.ndarray, geom: ProjectionGeometry) -> np.ndarray:
+    """Inverse of :func:`frames_to_projector`."""
+    arr = np.swapaxes(np.asarray(proj), -1, -2)[..., :, ::-1]
+    if geom.rows_downward:
+        arr = arr[..., ::-1, :]
+    out = np.empty_like(arr)
+    out[..., geom.view_order, :, :] = arr
+    return np.ascontiguousarray(out)
+
+
+def image_to_object(image: sitk.Image) -> np.ndarray:
+    """SimpleITK image on the reconstruction grid → PyTomography object array (Lx, Ly, Lz)."""
+    return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)).astype(np.float32))
+
+
+def object_to_image(obj: np.ndarray, geom: ProjectionGeometry) -> sitk.Image:
+    """PyTomography object array (Lx, Ly, Lz) → SimpleITK image on the reconstruction grid."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(np.asarray(obj, dtype=np.float32), (2, 1, 0))))
+    ref = geom.reference_image()
+    img.CopyInformation(ref)
+    return img
+
+
+def psf_meta(ns, energy_kev: float = LU177_PEAK_KEV, collimator: str = DEFAULT_COLLIMATOR,
+             intrinsic_fwhm_140kev_mm: float = INTRINSIC_FWHM_140KEV_MM):
+    """Gaussian distance-dependent collimator-detector response from PyTomography's collimator table.
+
+    σ(d) = sqrt((a·d + b)² + c²) with a = D/(L − 2/μ_Pb(E)), b = D (hole diameter D, length L, converted
+    FWHM→σ) and c the intrinsic σ; PyTomography's ``get_psfmeta_from_scanner_params``.
+    """
+    import contextlib
+    import io as _io
+
+    with contextlib.redirect_stdout(_io.StringIO()):
+        from pytomography.io.SPECT import dicom as pyt_dicom
+
+        return pyt_dicom.get_psfmeta_from_scanner_params(
+            collimator, float(energy_kev), intrinsic_resolution_140keV=intrinsic_fwhm_140kev_mm / 10.0)
+
+
+def build_system_matrix(ns, geom: ProjectionGeometry, mu_object_per_cm: Optional[np.ndarray], *, psf: bool = True,
+                        energy_kev: float = LU177_PEAK_KEV, collimator: str = DEFAULT_COLLIMATOR,
+                        view_indices: Optional[Sequence[int]] = None):
+    """PyTomography ``SPECTSystemMatrix`` for ``geom``.
+
+    Parameters
+    ----------
+    ns : namespace from :func:`~._pyt.pytomography_session`
+    geom : ProjectionGeometry
+    mu_object_per_cm : numpy.ndarray or None
+        Linear attenuation coefficients at the photon energy (1/cm) on the object grid (Lx, Ly, Lz);
+        None: no attenuation.
+    psf : bool
+        Model the distance-dependent collimator-detector response.
+
+    Returns
+    -------
+    SPECTSystemMatrix
+        Object values are expected counts per view from each voxel without attenuation.
+    """
+    torch = ns.torch
+    dr_cm = (geom.pixel_mm / 10.0, geom.pixel_mm / 10.0, geom.slice_mm / 10.0)
+    object_meta = ns.SPECTObjectMeta(dr_cm, geom.object_shape())
+    order = geom.view_order
+    angles = geom.projector_angles_deg[order]
+    radii_cm = np.asarray(geom.radii_mm, dtype=float)[order] / 10.0
+    # one PSF layer per distinct radius: quantise to 0.1 mm
+    radii_cm = np.round(radii_cm, 2)
+    proj_meta = ns.SPECTProjMeta((geom.n_cols, geom.n_rows), (dr_cm[0], dr_cm[2]), angles.tolist(), radii_cm)
+    transforms = []
+    if mu_object_per_cm is not None:
+        mu = torch.tensor(np.ascontiguousarray(mu_object_per_cm, dtype=np.float32), device=ns.device)
+        transforms.append(ns.SPECTAttenuationTransform(attenuation_map=mu))
+    if psf:
+        transforms.append(ns.SPECTPSFTransform(psf_meta(ns, energy_kev, collimator)))
+    system = ns.SPECTSystemMatrix(obj2obj_transforms=transforms, proj2proj_transforms=[],
+                                  object_meta=object_meta, proj_meta=proj_meta)
+    return system
+
+
+def body_contour_radii_mm(ns, geom: ProjectionGeometry, body_object: np.ndarray, clearance_mm: float = 20.0,
+                          minimum_mm: float = 150.0) -> np.ndarray:
+    """Non-circular (body-contour) orbit: per stored view, the body's extent towards the detector + clearance.
+
+    Uses PyTomography's own rotation so that the radius matches the projector's geometry.
+    """
+    torch = ns.torch
+    body = torch.tensor(np.ascontiguousarray(body_object, dtype=np.float32), device=ns.device)
+    padded = ns.pad_object(body)
+    lx = padded.shape[0]
+    centre = (lx - 1) / 2.0
+    radii = np.empty(geom.n_views)
+    for v, angle in enumerate(geom.projector_angles_deg):
+        rot = ns.rotate_detector_z(padded, torch.tensor([float(angle)], device=ns.device)
+                                   .to(padded.dtype)[0])
+        occupied = torch.nonzero(rot.sum(dim=(1, 2)) > 0.5)
+        extent = (float(occupied.max()) - centre + 0.5) * geom.pixel_mm if len(occupied) else 0.0
+        radii[v] = max(minimum_mm, extent + clearance_mm)
+    return radii
