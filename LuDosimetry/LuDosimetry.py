@@ -149,6 +149,9 @@ class LuDosimetryParameterNode:
     doseMethod - "dvk" (dose-voxel kernel) or "ldm" (local deposition).
     injectedActivityMBq - override of the injected activity in MBq; 0 uses the DICOM headers.
     overwrite - replace the files of an earlier run in the output folder.
+    referenceTimePoint - index (0-based) of the time point whose grid carries the dose.
+    pvc - partial-volume correction: "none" or "gtm" (needs psfFwhmMm, mm).
+    densityCorrection - scale the dose by the CT density.
     """
 
     studyDirectory: str = ""
@@ -157,6 +160,10 @@ class LuDosimetryParameterNode:
     # (decimals and suffix are set in the .ui; a Decimals annotation would be logged as unused)
     injectedActivityMBq: Annotated[float, WithinRange(0.0, 1.0e5)] = 0.0
     overwrite: bool = False
+    referenceTimePoint: Annotated[int, WithinRange(0, 9)] = 0
+    pvc: Annotated[str, Choice(["none", "gtm"])] = "none"
+    psfFwhmMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    densityCorrection: bool = True
 
 
 #
@@ -192,6 +199,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.runButton.connect("clicked(bool)", self.onRunButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.recomputeButton.connect("clicked(bool)", self.onRecomputeButton)
 
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.text = ""
@@ -238,6 +246,8 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = bool(node and node.studyDirectory.strip() and node.outputDirectory.strip())
         self.ui.runButton.enabled = ready and not self._running
         self.ui.cancelButton.enabled = self._running
+        self.ui.recomputeButton.enabled = (ready and not self._running
+                                           and any(n is not None for n in self.logic.segmentationNodesByTimePoint()))
         self.ui.studyCollapsibleButton.enabled = not self._running
         self.ui.runButton.toolTip = ("Compute TACs, TIA, absorbed dose and DVHs and write them to the output folder."
                                      if ready else "Choose the study folder and the output folder.")
@@ -278,6 +288,8 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 injected_activity_bq=activityMBqToBq(node.injectedActivityMBq),
                 overwrite=node.overwrite,
                 progress=self._onProgress,
+                **self._pipelineOptions(),
+                load_time_points=True,
             )
         except CancelledError:
             self.ui.statusLabel.text = "Cancelled."
@@ -298,6 +310,37 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = (f"Done. Results written to {node.outputDirectory}"
                                         + (f" ({len(runWarnings)} warnings, see the Python console)"
                                            if runWarnings else ""))
+        finally:
+            self._setRunning(False)
+
+    def _pipelineOptions(self) -> Dict[str, Any]:
+        node = self._parameterNode
+        return dict(pvc=node.pvc, psf_fwhm_mm=node.psfFwhmMm if node.psfFwhmMm > 0 else None,
+                    density_correction=node.densityCorrection, reference_time_point=node.referenceTimePoint)
+
+    def onRecomputeButton(self) -> None:
+        """Rerun with the scene's VOI segmentations (one per time point) into a new output folder."""
+        if self._running or not self._parameterNode:
+            return
+        node = self._parameterNode
+        from LuDosimetryLib.errors import CancelledError, LuDosimetryError
+
+        out = pathlib.Path(node.outputDirectory)
+        out = out.with_name(out.name + "-edited")
+        self._setRunning(True)
+        try:
+            results = self.logic.recomputeWithEditedVois(
+                node.studyDirectory, self.logic.segmentationNodesByTimePoint(), out, dose_method=node.doseMethod,
+                injected_activity_bq=activityMBqToBq(node.injectedActivityMBq), overwrite=node.overwrite,
+                progress=self._onProgress, **self._pipelineOptions())
+        except CancelledError:
+            self.ui.statusLabel.text = "Cancelled."
+        except LuDosimetryError as error:
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
+        else:
+            self.showResults(results)
+            self.ui.statusLabel.text = f"Done. Results with the edited VOIs written to {out}"
         finally:
             self._setRunning(False)
 
