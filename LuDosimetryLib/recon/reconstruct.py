@@ -1,0 +1,404 @@
+"""Quantitative reconstruction: NM TOMO projections (+ μ-map or CT) → SPECT in Bq/mL (DICOM NM).
+
+PyTomography provides the system model and the algorithms (OSEM; BSREM with a relative-difference
+prior, Nuyts et al., IEEE Trans Nucl Sci 2002;49:56-60). It is imported only inside
+:func:`reconstruct_projections` (see :mod:`._pyt`).
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from ..errors import DicomFileError, OutputError, StudyError
+from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
+from ..io.images import read_ct, resample_to
+from ..io.inventory import Inventory, SeriesEntry, scan_study
+from ..io.series_writer import derived_uid, write_nm_multiframe
+from ..progress import as_progress
+from .energy import WindowRoles, identify_windows
+from .mumap import mu_image_from_ct, read_mumap
+from .projections import ProjectionSeries, read_projections
+from .quantify import counts_to_bq_per_ml
+from .scatter import METHODS as SCATTER_METHODS, energy_window_scatter
+from .system import ProjectionGeometry, build_system_matrix, frames_to_projector, object_to_image
+
+ALGORITHMS = ("osem", "bsrem")
+FORMS = ("unaltered", "reformatted", "advanced")
+
+
+@dataclass
+class ReconOptions:
+    """Options of ``ludosimetry reconstruct``.
+
+    Attributes
+    ----------
+    algorithm : {"osem", "bsrem"}
+        ``--algorithm``; BSREM uses a relative-difference prior (``beta``, ``gamma``).
+    iterations, subsets : int
+        ``--iterations``, ``--subsets``.
+    calibration_cps_per_mbq : float, optional
+        ``--calibration-cps-per-mbq``: photopeak counts per second per MBq per head; when None it is
+        taken from the header ("… cps/MBq" in ImageComments), else an error.
+    psf : bool
+        ``--no-psf`` sets False: no collimator-detector response model.
+    scatter : {"tew", "dew", "none"}
+        ``--scatter``.
+    attenuation : bool
+        Attenuation correction from a μ-map series of the study, else from its CT (bilinear HU→μ).
+    beta, gamma : float
+        Relative-difference prior strength and edge parameter (BSREM only).
+    dead_time_factor : float
+        Count-loss correction factor (≥ 1; 1 = none).
+    forms : tuple of str, optional
+        Which projection forms to reconstruct (default: every projection series found).
+    device : str, optional
+        torch device ("cpu", "cuda"); default: a GPU when torch sees one, else the CPU.
+    """
+
+    algorithm: str = "osem"
+    iterations: int = 4
+    subsets: int = 8
+    calibration_cps_per_mbq: Optional[float] = None
+    psf: bool = True
+    scatter: str = "tew"
+    attenuation: bool = True
+    beta: float = 0.3
+    gamma: float = 2.0
+    dead_time_factor: float = 1.0
+    forms: Optional[Tuple[str, ...]] = None
+    device: Optional[str] = None
+
+    def validate(self) -> None:
+        """Raise :class:`StudyError` naming the bad option."""
+        if str(self.algorithm).lower() not in ALGORITHMS:
+            raise StudyError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}")
+        if int(self.iterations) < 1:
+            raise StudyError(f"--iterations must be ≥ 1, got {self.iterations}")
+        if int(self.subsets) < 1:
+            raise StudyError(f"--subsets must be ≥ 1, got {self.subsets}")
+        if self.calibration_cps_per_mbq is not None and not (float(self.calibration_cps_per_mbq) > 0):
+            raise StudyError(f"--calibration-cps-per-mbq must be positive, got {self.calibration_cps_per_mbq}")
+        if str(self.scatter).lower() not in SCATTER_METHODS:
+            raise StudyError(f"--scatter must be one of {', '.join(SCATTER_METHODS)}, not {self.scatter!r}")
+        if not (float(self.dead_time_factor) >= 1.0):
+            raise StudyError(f"dead_time_factor must be ≥ 1, got {self.dead_time_factor}")
+        if self.forms is not None:
+            bad = [f for f in self.forms if f not in FORMS]
+            if bad:
+                raise StudyError(f"unknown projection form(s) {bad}; expected among {', '.join(FORMS)}")
+
+    def describe(self) -> str:
+        """Short text of the parameters, written into the output header."""
+        alg = str(self.algorithm).upper()
+        text = f"{alg} {int(self.iterations)}i{int(self.subsets)}s"
+        if alg == "BSREM":
+            text += f" RDP b={self.beta:g} g={self.gamma:g}"
+        text += " AC" if self.attenuation else " noAC"
+        text += " PSF" if self.psf else ""
+        text += f" SC={str(self.scatter).upper()}"
+        return text
+
+
+@dataclass
+class ReconResult:
+    """One reconstructed projection series."""
+
+    image: sitk.Image
+    series: ProjectionSeries
+    roles: WindowRoles
+    cps_per_mbq: float
+    seconds_per_iteration: List[float] = field(default_factory=list)
+
+
+def _calibration(series: ProjectionSeries, options: ReconOptions) -> float:
+    if options.calibration_cps_per_mbq is not None:
+        return float(options.calibration_cps_per_mbq)
+    if series.header_cps_per_mbq:
+        return float(series.header_cps_per_mbq)
+    raise StudyError("no calibration factor: the header states none; give --calibration-cps-per-mbq "
+                     "(photopeak cps/MBq per head)", series.path)
+
+
+def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.Image], options: ReconOptions,
+                            progress=None, callback=None) -> ReconResult:
+    """Reconstruct one projection series to Bq/mL at the acquisition start.
+
+    Parameters
+    ----------
+    series : ProjectionSeries
+    mu_per_mm : SimpleITK.Image or None
+        μ at 208 keV (1/mm) in patient coordinates; resampled onto the reconstruction grid. None: no
+        attenuation correction.
+    options : ReconOptions
+    progress : callable or Progress, optional
+        Reported after every sub-iteration; a cancel raises CancelledError.
+    callback : callable, optional
+        ``callback(iteration, image_bq_per_ml)`` after each full iteration (for benchmarks).
+    """
+    import time
+
+    from ._pyt import pytomography_session
+
+    options.validate()
+    progress = as_progress(progress)
+    try:
+        roles = identify_windows(series.windows)
+    except ValueError as exc:
+        raise DicomFileError(str(exc), series.path) from exc
+    cps = _calibration(series, options)
+    geom = series.geometry
+    try:
+        scatter = energy_window_scatter(series.counts, series.windows, roles, options.scatter)
+    except ValueError as exc:
+        raise DicomFileError(str(exc), series.path) from exc
+    peak = frames_to_projector(series.counts[roles.peak], geom)
+    additive = frames_to_projector(scatter, geom) if scatter is not None else None
+    mu_obj = None
+    if mu_per_mm is not None:
+        ref = geom.reference_image()
+        mu_ref = resample_to(mu_per_mm, ref, default=0.0)
+        mu_obj = np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(mu_ref), (2, 1, 0))) * 10.0
+    voxel_ml = geom.pixel_mm ** 2 * geom.slice_mm / 1000.0
+    n_iter, n_sub = int(options.iterations), int(min(options.subsets, geom.n_views))
+    times: List[float] = []
+
+    def to_bqml(obj: np.ndarray) -> sitk.Image:
+        values = counts_to_bq_per_ml(obj, cps_per_mbq=cps, view_duration_s=series.view_duration_s,
+                                     total_duration_s=series.duration_s, voxel_ml=voxel_ml,
+                                     dead_time_factor=float(options.dead_time_factor))
+        return object_to_image(values, geom)
+
+    with pytomography_session(options.device) as ns:
+        torch = ns.torch
+        progress.report(0.0, "building the system model")
+        system = build_system_matrix(ns, geom, mu_obj, psf=bool(options.psf))
+        g = torch.tensor(peak, device=ns.device)
+        s = torch.tensor(additive, device=ns.device) if additive is not None else None
+        likelihood = ns.PoissonLogLikelihood(system, g, additive_term=s)
+        if str(options.algorithm).lower() == "bsrem":
+            prior = ns.RelativeDifferencePrior(beta=float(options.beta), gamma=float(options.gamma))
+            algorithm = ns.BSREM(likelihood, prior=prior, relaxation_sequence=lambda n: 1.0 / (n / 50.0 + 1.0))
+        else:
+            algorithm = ns.OSEM(likelihood)
+        state = {"t": time.perf_counter()}
+
+        class _Report:
+            def run(self, obj, n_iter_done, n_subset):
+                frac = (n_iter_done * n_sub + n_subset + 1) / (n_iter * n_sub)
+                progress.report(frac, f"{str(options.algorithm).upper()} iteration {n_iter_done + 1}/{n_iter}, "
+                                      f"subset {n_subset + 1}/{n_sub}")
+                if n_subset == n_sub - 1:
+                    now = time.perf_counter()
+                    times.append(now - state["t"])
+                    state["t"] = now
+                    if callback is not None:
+                        callback(n_iter_done + 1, to_bqml(obj.detach().cpu().numpy()))
+                return obj
+
+            def finalize(self, obj):
+                return None
+
+        obj = algorithm(n_iters=n_iter, n_subsets=n_sub, callback=_Report())
+        result = obj.detach().cpu().numpy()
+    return ReconResult(image=to_bqml(result), series=series, roles=roles, cps_per_mbq=cps,
+                       seconds_per_iteration=times)
+
+
+# --------------------------------------------------------------------------------------------- study level
+
+def stitch_beds(images: Sequence[sitk.Image], ramp_slices: int = 5) -> sitk.Image:
+    """Join bed positions (same x-y grid, different z) into one image; overlaps are blended with
+    linear weights that fall to 0 over ``ramp_slices`` slices at each bed's axial edges."""
+    if len(images) == 1:
+        return images[0]
+    imgs = sorted(images, key=lambda im: im.GetOrigin()[2])
+    sp = imgs[0].GetSpacing()
+    z0 = imgs[0].GetOrigin()[2]
+    z1 = max(im.GetOrigin()[2] + (im.GetSize()[2] - 1) * sp[2] for im in imgs)
+    nz = int(round((z1 - z0) / sp[2])) + 1
+    ref = sitk.Image(imgs[0].GetSize()[0], imgs[0].GetSize()[1], nz, sitk.sitkFloat32)
+    ref.SetSpacing(sp)
+    ref.SetOrigin(imgs[0].GetOrigin())
+    total = np.zeros((nz, ref.GetSize()[1], ref.GetSize()[0]))
+    weight = np.zeros(nz)
+    for im in imgs:
+        k0 = int(round((im.GetOrigin()[2] - z0) / sp[2]))
+        n = im.GetSize()[2]
+        k = np.arange(n)
+        w = np.clip((np.minimum(k, n - 1 - k) + 0.5) / ramp_slices, 0.0, 1.0)
+        total[k0:k0 + n] += sitk.GetArrayFromImage(im) * w[:, None, None]
+        weight[k0:k0 + n] += w
+    out = sitk.GetImageFromArray((total / np.maximum(weight, 1e-9)[:, None, None]).astype(np.float32))
+    out.CopyInformation(ref)
+    return out
+
+
+def _group_beds(entries: List[ProjectionSeries]) -> List[List[ProjectionSeries]]:
+    """Projection series of the same form acquired within 2 h at different z: one multi-bed group."""
+    groups: List[List[ProjectionSeries]] = []
+    for s in sorted(entries, key=lambda s: (s.form, s.acquisition_time or datetime.min)):
+        for g in groups:
+            ref = g[0]
+            same_time = (s.acquisition_time and ref.acquisition_time and
+                         abs((s.acquisition_time - ref.acquisition_time).total_seconds()) < 7200)
+            if (s.form == ref.form and same_time and s.frame_of_reference_uid == ref.frame_of_reference_uid
+                    and all(abs(o.geometry.z_row0_mm - s.geometry.z_row0_mm) > 1.0 for o in g)
+                    and s.geometry.n_cols == ref.geometry.n_cols):
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    return groups
+
+
+def _nearest(entries: List[SeriesEntry], target: ProjectionSeries) -> Optional[SeriesEntry]:
+    if not entries:
+        return None
+    same = [e for e in entries if e.frame_of_reference_uid and e.frame_of_reference_uid == target.frame_of_reference_uid]
+    pool = same or entries
+
+    def dt(e):
+        if e.acquisition_time is None or target.acquisition_time is None:
+            return float("inf")
+        return abs((e.acquisition_time - target.acquisition_time).total_seconds())
+
+    return min(pool, key=dt)
+
+
+def _mu_for(inv: Inventory, target: ProjectionSeries, cache: Dict[str, sitk.Image]) -> Tuple[Optional[sitk.Image], str]:
+    amap = _nearest(inv.by_role("attenuation_map"), target)
+    if amap is not None:
+        if amap.series_instance_uid not in cache:
+            cache[amap.series_instance_uid] = read_mumap(amap.files, what=f"μ-map {amap.description}")
+        return cache[amap.series_instance_uid], f"mu-map {amap.description}"
+    ct = _nearest(inv.by_role("ct"), target)
+    if ct is not None:
+        if ct.series_instance_uid not in cache:
+            cache[ct.series_instance_uid] = mu_image_from_ct(read_ct(ct.files, what=f"CT {ct.description}"))
+        return cache[ct.series_instance_uid], f"CT {ct.description} (bilinear HU->mu at 208 keV)"
+    return None, ""
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "SPECT"
+
+
+def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, overwrite: bool = False) -> List[Path]:
+    """Reconstruct every projection series of a study folder; write one NM SPECT (Bq/mL) per series
+    (bed positions of one acquisition stitched).
+
+    Parameters
+    ----------
+    study_dir : path-like
+        Study folder (any layout; series found by their headers).
+    out_dir : path-like
+        Output folder; one sub-folder per reconstruction, ``RECON_<n>_<description>``, holding
+        ``NM_RECON.dcm`` (NM multi-frame RECON TOMO, Bq/mL, DecayCorrection NONE, same frame of
+        reference as the projections, with the reconstruction parameters in SeriesDescription,
+        ConvolutionKernel and DerivationDescription).
+    options : ReconOptions
+    progress : callable or Progress, optional
+    overwrite : bool
+        Replace existing output sub-folders.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    StudyError
+        No projections, no μ-map/CT while attenuation correction is asked, no calibration factor.
+    OutputError
+        Output exists and ``overwrite`` is False.
+    """
+    options.validate()
+    progress = as_progress(progress)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError("exists and is not a folder", out_dir)
+    inv = scan_study(study_dir, progress=progress.sub(0.0, 0.05))
+    entries = inv.by_role("spect_projections")
+    if options.forms is not None:
+        entries = [e for e in entries if e.form in options.forms]
+    if not entries:
+        raise StudyError("no SPECT projection series (NM TOMO) in the study"
+                         + (f" of the forms {list(options.forms)}" if options.forms else ""), study_dir)
+    series = []
+    for e in entries:
+        for f in e.files:
+            series.append(read_projections(f))
+    groups = _group_beds(series)
+    written: List[Path] = []
+    cache: Dict[str, sitk.Image] = {}
+    span = 0.95 / len(groups)
+    for gi, group in enumerate(groups):
+        first = group[0]
+        name = f"RECON_{gi + 1:02d}_{_safe(first.description)}"
+        target = out_dir / name
+        if target.exists():
+            if not overwrite:
+                raise OutputError(f"{name} exists; pass overwrite to replace it", out_dir)
+            shutil.rmtree(target)
+        images = []
+        source = ""
+        for bi, bed in enumerate(group):
+            mu = None
+            if options.attenuation:
+                mu, source = _mu_for(inv, bed, cache)
+                if mu is None:
+                    raise StudyError("attenuation correction needs a μ-map or CT series in the study; none found "
+                                     "(or reconstruct without attenuation correction)", study_dir)
+            sub = progress.sub(0.05 + gi * span + bi * span / len(group), 0.05 + gi * span + (bi + 1) * span / len(group))
+            images.append(reconstruct_projections(bed, mu, options, progress=sub).image)
+        image = stitch_beds(images)
+        written.append(_write_recon(target / "NM_RECON.dcm", image, first, options, source, len(group),
+                                    inv.injected_activity_bq, inv.injection_time))
+    progress.report(1.0, f"{len(written)} reconstruction(s) written")
+    return written
+
+
+def _write_recon(path: Path, image: sitk.Image, series: ProjectionSeries, options: ReconOptions, mu_source: str,
+                 beds: int, injected_activity_bq: Optional[float], injection_time: Optional[datetime]) -> Path:
+    ds = series.header
+    patient = PatientInfo(patient_id=str(ds.get("PatientID", "ANON") or "ANON"),
+                          patient_name=str(ds.get("PatientName", "Anonymous") or "Anonymous"),
+                          birth_date=str(ds.get("PatientBirthDate", "") or ""), sex=str(ds.get("PatientSex", "") or ""))
+    from ..io.dicom_time import parse_dt, combine
+
+    study_dt = combine(ds.get("StudyDate", ""), ds.get("StudyTime", "")) or series.acquisition_time or datetime.now()
+    study = StudyInfo(study_instance_uid=str(ds.StudyInstanceUID), study_datetime=study_dt,
+                      study_id=str(ds.get("StudyID", "1") or "1"), description=str(ds.get("StudyDescription", "") or ""),
+                      accession_number=str(ds.get("AccessionNumber", "") or ""))
+    desc = f"{series.description} {options.describe()}"[:64]
+    info = SeriesInfo(modality="NM", series_instance_uid=derived_uid(f"{series.series_instance_uid}/recon/{options.describe()}"),
+                      series_number=int(ds.get("SeriesNumber", 1) or 1) + 1000, description=desc,
+                      frame_of_reference_uid=series.frame_of_reference_uid or None)
+    acq = series.acquisition_time or study_dt
+    activity = injected_activity_bq or series.injected_activity_bq
+    inj = injection_time or series.injection_time
+    if activity is None or inj is None:
+        raise StudyError("the injected activity and injection time are unknown (no RadiopharmaceuticalInformation"
+                         "Sequence); they are needed in the output header", series.path)
+    write_nm_multiframe(image, path, patient, study, info, acquisition_datetime=acq, duration_s=series.duration_s,
+                        injected_activity_bq=activity, injection_datetime=inj, decay_correction="NONE")
+    out = pydicom.dcmread(str(path))
+    out.ConvolutionKernel = f"{str(options.algorithm).upper()} {int(options.iterations)}i{int(options.subsets)}s"[:16]
+    out.DerivationDescription = (f"Reconstructed from {series.description} ({beds} bed(s)) with PyTomography: "
+                                 f"{options.describe()}; calibration {_calibration(series, options):g} cps/MBq; "
+                                 f"attenuation from {mu_source or 'none'}")[:1024]
+    out.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
+    corrected = (["ATTN"] if mu_source else []) + (["SCAT"] if str(options.scatter).lower() != "none" else [])
+    out.CorrectedImage = corrected + ["UNIF", "COR"]
+    write_dataset(out, path)
+    return path
