@@ -191,7 +191,7 @@ def build_system_matrix(ns, geom: ProjectionGeometry, mu_object_per_cm: Optional
 
 
 def body_contour_radii_mm(ns, geom: ProjectionGeometry, body_object: np.ndarray, clearance_mm: float = 20.0,
-                          minimum_mm: float = 150.0) -> np.ndarray:
+                          minimum_mm: float = 50.0) -> np.ndarray:
     """Non-circular (body-contour) orbit: per stored view, the body's extent towards the detector + clearance.
 
     Uses PyTomography's own rotation so that the radius matches the projector's geometry.
