@@ -77,7 +77,7 @@ def test_kernel_photon_energy_matches_point_kernel_integral():
     outer_mask = r <= 42.0 * np.sqrt(3.0)
     outer = _trapz(eps[outer_mask], r[outer_mask])
     assert inner < photon_abs < outer
-    # all photon energy is absorbed in an infinite medium (successive scattering conserves energy)
+    # all photon energy is absorbed in an infinite medium (buildup normalised by energy conservation)
     r = np.linspace(0.0, 1500.0, 300001)
     eps = _photon_radial_density("Lu-177", r, 1.0)
     total = _trapz(eps, r)
