@@ -662,7 +662,7 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         from LuDosimetryLib.errors import OutputError, StudyError
         from LuDosimetryLib.io.export import check_output_dir
         from LuDosimetryLib.io.images import read_spect
-        from LuDosimetryLib.pipeline import _choose_spect
+        from LuDosimetryLib.pipeline import choose_spect_series
 
         if out_dir is None or not str(out_dir).strip():
             raise OutputError("no output folder chosen")
@@ -673,7 +673,7 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         if len(nodes) != len(inventory.time_points) or any(node is None for node in nodes):
             raise StudyError(f"{len(inventory.time_points)} time points need one segmentation each "
                              f"(got {sum(node is not None for node in nodes)})", study_dir)
-        entries = _choose_spect(inventory, self.runOptions(spect_series_uid=options.get("spect_series_uid")))
+        entries = choose_spect_series(inventory, self.runOptions(spect_series_uid=options.get("spect_series_uid")))
         masks, references = [], []
         for k, (entry, node) in enumerate(zip(entries, nodes)):
             report(0.1 * k / len(nodes), f"Reading the VOIs of time point {k + 1}")
@@ -694,10 +694,10 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         """Write one time point's (edited) segmentation as a NEW RTSTRUCT file drawn on its SPECT."""
         from LuDosimetryLib import mrml
         from LuDosimetryLib.io.images import read_spect
-        from LuDosimetryLib.pipeline import _choose_spect
+        from LuDosimetryLib.pipeline import choose_spect_series
 
         inventory = self.inventory(study_dir if study_dir is not None else self.lastResults.inventory.root)
-        entry = _choose_spect(inventory, self.runOptions())[time_point]
+        entry = choose_spect_series(inventory, self.runOptions())[time_point]
         spect = read_spect(entry.files, injection_time=inventory.injection_time)
         return mrml.export_segmentation_rtstruct(segmentation_node, path, spect.image, entry)
 

@@ -147,7 +147,7 @@ class StudyResults:
         }
 
 
-def _choose_spect(inv: Inventory, options: RunOptions) -> List[SeriesEntry]:
+def choose_spect_series(inv: Inventory, options: RunOptions) -> List[SeriesEntry]:
     """One reconstructed SPECT series per time point (refuse ambiguity without a choice)."""
     wanted = options.spect_series_uid
     if isinstance(wanted, str):
@@ -274,7 +274,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     if inv.injection_time is None:
         raise StudyError("no injection time in the headers (RadiopharmaceuticalStartDateTime); "
                          "give --injection-time", study_dir)
-    spect_entries = _choose_spect(inv, options)
+    spect_entries = choose_spect_series(inv, options)
 
     # Quantitative SPECT per time point.
     spects: List[SpectVolume] = []
