@@ -229,44 +229,56 @@ def _bi(t, a, lam_phys):
     s1 = basis @ a  # (G, N)
     with np.errstate(all="ignore"):
         score = np.where(s1 > 0, s1 * s1 / s2[:, None], -np.inf)
-    best = np.argmax(score, axis=0)
     cols = np.arange(nvox)
-    p = np.stack([np.maximum(s1[best, cols], 0.0) / s2[best], lw[best], lu[best]])  # (3, N)
+    # Two starts: the best grid point, and the best one with a fast uptake (λu ≥ 5 λw), which lies in
+    # the other basin of the uptake–washout objective; the lower final cost is kept.
+    fast = lu >= 5.0 * lw
+    starts = [np.argmax(score, axis=0), np.flatnonzero(fast)[np.argmax(score[fast], axis=0)]]
+    p_starts = [np.stack([np.maximum(s1[b, cols], 0.0) / s2[b], lw[b], lu[b]]) for b in starts]  # (3, N)
     del s1, score
 
-    f, ew, eu = _bi_eval(t, p)
-    cost = np.sum((f - a) ** 2, axis=0)
-    mu = np.full(nvox, 1e-3)
-    active = np.arange(nvox)
-    for _ in range(_BI_ITERATIONS):
-        if active.size == 0:
-            break
-        pa, aa = p[:, active], a[:, active]
-        fa, ewa, eua = f[:, active], ew[:, active], eu[:, active]
-        j = _bi_jac(t, pa, ewa, eua)
-        h, g = _normal_eq(j, fa - aa)
-        m = mu[active]
-        for key in ("00", "11", "22"):
-            h[key] = h[key] * (1.0 + m)
-        (x0, x1, x2), _det, _cof = _solve3(h, g)
-        step = np.stack([x0, x1, x2])
-        step = np.where(np.isfinite(step), step, 0.0)
-        q = pa - step
-        q[1] = np.clip(q[1], lam_phys, MAX_RATE_PER_H * 0.999)
-        q[2] = np.clip(q[2], q[1] * (1 + 1e-6), MAX_RATE_PER_H)
-        q[0] = np.maximum(q[0], 0.0)
-        fq, ewq, euq = _bi_eval(t, q)
-        cq = np.sum((fq - aa) ** 2, axis=0)
-        c_old = cost[active]
-        better = cq < c_old
-        sel = active[better]
-        p[:, sel] = q[:, better]
-        f[:, sel], ew[:, sel], eu[:, sel] = fq[:, better], ewq[:, better], euq[:, better]
-        cost[sel] = cq[better]
-        mu[active] = np.where(better, m * 0.3, m * 10.0)
-        # converged: the cost changed by less than 1e-10 relative, or the damping blew up
-        done = (better & (c_old - cq <= 1e-10 * c_old)) | (mu[active] > 1e8)
-        active = active[~done]
+    def refine(p):
+        f, ew, eu = _bi_eval(t, p)
+        cost = np.sum((f - a) ** 2, axis=0)
+        mu = np.full(nvox, 1e-3)
+        active = np.arange(nvox)
+        for _ in range(_BI_ITERATIONS):
+            if active.size == 0:
+                break
+            pa, aa = p[:, active], a[:, active]
+            fa, ewa, eua = f[:, active], ew[:, active], eu[:, active]
+            j = _bi_jac(t, pa, ewa, eua)
+            h, g = _normal_eq(j, fa - aa)
+            m = mu[active]
+            for key in ("00", "11", "22"):
+                h[key] = h[key] * (1.0 + m)
+            (x0, x1, x2), _det, _cof = _solve3(h, g)
+            step = np.stack([x0, x1, x2])
+            step = np.where(np.isfinite(step), step, 0.0)
+            q = pa - step
+            q[1] = np.clip(q[1], lam_phys, MAX_RATE_PER_H * 0.999)
+            q[2] = np.clip(q[2], q[1] * (1 + 1e-6), MAX_RATE_PER_H)
+            q[0] = np.maximum(q[0], 0.0)
+            fq, ewq, euq = _bi_eval(t, q)
+            cq = np.sum((fq - aa) ** 2, axis=0)
+            c_old = cost[active]
+            better = cq < c_old
+            sel = active[better]
+            p[:, sel] = q[:, better]
+            f[:, sel], ew[:, sel], eu[:, sel] = fq[:, better], ewq[:, better], euq[:, better]
+            cost[sel] = cq[better]
+            mu[active] = np.where(better, m * 0.3, m * 10.0)
+            # converged: the cost changed by less than 1e-14 relative, or the damping blew up
+            done = (better & (c_old - cq <= 1e-14 * c_old)) | (mu[active] > 1e10)
+            active = active[~done]
+        return p, f, ew, eu, cost
+
+    p, f, ew, eu, cost = refine(p_starts[0])
+    p2, f2, ew2, eu2, cost2 = refine(p_starts[1])
+    second = cost2 < cost
+    p = np.where(second[None, :], p2, p)
+    f, ew, eu = (np.where(second[None, :], x2, x) for x, x2 in ((f, f2), (ew, ew2), (eu, eu2)))
+    cost = np.where(second, cost2, cost)
     rss = cost
     j = _bi_jac(t, p, ew, eu)
     h, _ = _normal_eq(j, None)
@@ -387,7 +399,9 @@ def fit_voxels(t_h, activity, *, nuclide: Union[Radionuclide, str, None] = None,
                 aicc_bi = aic_bi + 24.0 / (n - 4)
                 wins = ok & (~mono_ok[rising] | (aicc_bi < aicc_mono[rising]))
             else:  # n = k + 1: the guard of .fit (AIC margin and parameter precision)
-                wins = ok & (~mono_ok[rising] | ((aic_bi < aic_mono[rising] - AIC_MARGIN) & (rel < MAX_RELATIVE_SE)))
+                # (unlike a VOI, a voxel's bi-exponential must be determined by the data even when the
+                # mono-exponential was rejected: otherwise the voxel falls back to the trapezoid)
+                wins = ok & (rel < MAX_RELATIVE_SE) & (~mono_ok[rising] | (aic_bi < aic_mono[rising] - AIC_MARGIN))
             sel = rising[wins]
             chosen_tia[sel] = (p[0] * (1.0 / p[1] - 1.0 / p[2]))[wins]
             chosen_code[sel] = MODEL_CODES["bi_exponential"]
