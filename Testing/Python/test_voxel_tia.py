@@ -66,16 +66,21 @@ def test_three_points_never_bi_and_two_points_closed_form():
 
 
 def test_fallbacks_zero_and_noisy_voxels():
-    a = np.array([[0.0, 0.0, 0.0, 0.0], [30.0, 80.0, 5.0, 60.0]]).T  # nothing; wildly noisy
+    # nothing; wild and highest at the end (physical tail); wild with a peak (tail fitted from the peak on)
+    a = np.array([[0.0, 0.0, 0.0, 0.0], [30.0, 5.0, 10.0, 60.0], [30.0, 80.0, 5.0, 60.0]]).T
     tia_h, code = fit_voxels(T, a)
     assert code[0] == MODEL_CODES["none"] and tia_h[0] == 0.0
     assert code[1] == MODEL_CODES["trapezoid"]  # no exponential fits this with TIA SE < 100 %
     expected = MODELS["trapezoid"].integral(TrapezoidKnots(T, a[:, 1], LAM_P, "linear"))
     assert tia_h[1] == pytest.approx(expected, rel=1e-9)
+    assert code[2] == MODEL_CODES["trapezoid_fitted_tail"]
+    slope = np.polyfit(T[1:], np.log(a[1:, 2]), 1)[0]  # log-linear clearance from the peak on
+    trap = MODELS["trapezoid"].integral(TrapezoidKnots(T, a[:, 2], LAM_P, "linear"))
+    assert tia_h[2] == pytest.approx(trap - 60.0 / LAM_P + 60.0 / -slope, rel=1e-9)
     # the noise threshold decides: a strict one sends every noisy voxel to the trapezoid
     noisy, _ = _curves(10, np.random.default_rng(5), noise=0.2)
     _, strict = fit_voxels(T, noisy, max_tia_relative_se=1e-6)
-    assert np.all(strict == MODEL_CODES["trapezoid"])
+    assert np.all(np.isin(strict, (MODEL_CODES["trapezoid"], MODEL_CODES["trapezoid_fitted_tail"])))
     only_trap, code_t = fit_voxels(T, _curves(4, np.random.default_rng(3))[0], models=("trapezoid",))
     assert np.all(code_t == MODEL_CODES["trapezoid"]) and np.all(only_trap > 0)
 
