@@ -54,6 +54,10 @@ class RunOptions:
         transfer matrix (Rousset 1998), which needs ``psf_fwhm_mm``.
     psf_fwhm_mm : float, optional
         FWHM of the reconstructed SPECT's point-spread function (mm), for ``pvc="gtm"``.
+    masks_per_time_point : list of dict, optional
+        VOIs given directly (e.g. segmentations edited in Slicer) instead of the study's RTSTRUCTs:
+        one ``{name: ndarray (z,y,x)}`` per time point, each on that time point's SPECT grid (values ≥ 0.5
+        are inside).
     """
 
     dose_method: str = "dvk"
@@ -68,6 +72,7 @@ class RunOptions:
     nuclide: str = "Lu-177"
     pvc: str = "none"
     psf_fwhm_mm: Optional[float] = None
+    masks_per_time_point: Optional[list] = None
 
 
 @dataclass
@@ -294,9 +299,22 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
 
     # VOIs per time point.
     per_tp_masks = []
+    given = options.masks_per_time_point
+    if given is not None and len(given) != len(spects):
+        raise StudyError(f"{len(given)} sets of VOI masks given for {len(spects)} time points", study_dir)
     for i, sp in enumerate(spects):
         progress.sub(0.3, 0.45).report(i / len(spects), f"VOIs of time point {i + 1}")
-        masks, _ = _masks_for_time_point(inv, i, sp, options.supersample)
+        if given is not None:
+            shape = sitk.GetArrayViewFromImage(sp.image).shape
+            masks = {}
+            for name, m in given[i].items():
+                m = np.asarray(m)
+                if m.shape != shape:
+                    raise StructureError(f"mask {name!r} of time point {i + 1} has shape {m.shape}, "
+                                         f"the SPECT grid {shape}", study_dir)
+                masks[name] = (m >= 0.5).astype(np.float32)
+        else:
+            masks, _ = _masks_for_time_point(inv, i, sp, options.supersample)
         per_tp_masks.append(masks)
     with_vois = [i for i, m in enumerate(per_tp_masks) if m]
     if not with_vois:

@@ -237,3 +237,28 @@ def test_rtdose_output_validates_and_reads_everywhere(study, tmp_path):
     assert img.GetSize() == ours.GetSize()
     np.testing.assert_allclose(img.GetOrigin(), ours.GetOrigin(), atol=1e-3)
     assert pydicom.dcmread(path).DoseUnits == "GY"
+
+
+def test_masks_given_directly_replace_the_rtstructs(study):
+    import SimpleITK as sitk
+
+    from LuDosimetryLib.io.images import read_spect
+    from LuDosimetryLib.io.inventory import scan_study
+    from LuDosimetryLib.pipeline import _masks_for_time_point, choose_spect_series
+
+    inv = scan_study(study.root)
+    entries = choose_spect_series(inv, RunOptions())
+    masks = []
+    for i, e in enumerate(entries):
+        sp = read_spect(e.files, injection_time=inv.injection_time)
+        m, _ = _masks_for_time_point(inv, i, sp, 3)
+        masks.append({"Liver only": m["Liver"]})
+    res = run_study(study.root, RunOptions(dose_method="ldm", masks_per_time_point=masks))
+    assert list(res.vois) == ["Liver only"]
+    ref = run_study(study.root, RunOptions(dose_method="ldm"))
+    assert res.vois["Liver only"].tia_bq_s == pytest.approx(ref.vois["Liver"].tia_bq_s, rel=1e-6)
+    with pytest.raises(StudyError, match="2 sets of VOI masks given for 4"):
+        run_study(study.root, RunOptions(masks_per_time_point=masks[:2]))
+    bad = [{"x": np.zeros((2, 2, 2))} for _ in masks]
+    with pytest.raises(StructureError, match="shape"):
+        run_study(study.root, RunOptions(masks_per_time_point=bad))
