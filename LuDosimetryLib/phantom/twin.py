@@ -303,7 +303,8 @@ def _register_to_reference(image: sitk.Image, grid: Grid, motion: Motion, ref_mo
     return map_coordinates(arr, idx, order=1, mode="nearest")
 
 
-def _write_projections(recon, root, k, code, act_fine, mu, fine, acq, p, study, frame, seed, fast, prog):
+def _write_projections(recon, root, k, code, act_fine, mu, fine, acq, p, study, frame, seed, fast, prog,
+                       n_views=None, matrix=None):
     """Work 6 through :mod:`LuDosimetryLib.recon`: one simulated acquisition written in the three forms,
     each moved into its own folder, plus the xSPECT (256²) and Flash3D (128²) mu-maps."""
     write_projection_series, write_mumap_series = recon
@@ -322,7 +323,8 @@ def _write_projections(recon, root, k, code, act_fine, mu, fine, acq, p, study, 
                                     duration_s=ACQUISITION_DURATION_S, injected_activity_bq=p.injected_activity_bq,
                                     injection_datetime=p.injection_time, patient=p.patient, study=study,
                                     series_description=f"{code} Lu177 SPECT Tomo", forms=forms,
-                                    n_views=32 if fast else 120, matrix=64 if fast else 128, seed=seed + 1000 * k,
+                                    n_views=n_views or (32 if fast else 120),
+                                    matrix=matrix or (64 if fast else 128), seed=seed + 1000 * k,
                                     progress=None)
     for form, path in zip(forms, paths):
         (base / form).mkdir(parents=True, exist_ok=True)
@@ -352,9 +354,9 @@ def _write_pretherapy(root: Path, p: TwinPreset, fine: Grid, spect_grid: Grid, c
         act += frac * np.float32(PET_SUV[key] * bq_per_ml_suv1)
     sig = [PET_FWHM_MM / (2.0 * math.sqrt(2.0 * math.log(2.0))) / s for s in fine.spacing[::-1]]
     pet = block_mean(gaussian_filter(act, sig, mode="nearest"), (2, 2, 2))
-    counts_per_bq_ml = 0.05  # count-level noise of a 3-min-per-bed acquisition (relative noise ~ 10 % at SUV 1)
-    pet = rng.poisson(np.clip(pet, 0, None) * counts_per_bq_ml / max(bq_per_ml_suv1 / 2000.0, 1e-9) * 1e-3)
-    pet = pet / (counts_per_bq_ml / max(bq_per_ml_suv1 / 2000.0, 1e-9) * 1e-3)
+    # Count-level noise: 100 counts per voxel at SUV 1 (10 % relative noise in the background).
+    counts_per_bq_ml = 100.0 / bq_per_ml_suv1
+    pet = rng.poisson(np.clip(pet, 0, None) * counts_per_bq_ml) / counts_per_bq_ml
     study = StudyInfo(ids("pet study"), pet_start, "P1", "Ga68 DOTATATE PET/CT pretherapy", "TWP001")
     frame = ids("pet frame")
     patient = PatientInfo(**vars(p.patient))
