@@ -125,7 +125,8 @@ def _run(study, out, args, overwrite: bool) -> int:
     opts = RunOptions(dose_method=args.dose_method, spect_series_uid=args.spect_series or None,
                       spect_calibration_bq_per_ml_per_unit=args.spect_calibration,
                       density_correction=not args.no_density_correction, pvc=args.pvc,
-                      psf_fwhm_mm=args.psf_fwhm_mm, **_injection_kwargs(args))
+                      psf_fwhm_mm=args.psf_fwhm_mm, spect_source=args.spect,
+                      extra_study_dirs=tuple(args.recon_dir), **_injection_kwargs(args))
     bar = TerminalProgress(quiet=args.quiet)
     try:
         results = run_study(study, opts, progress=bar)
@@ -150,6 +151,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pvc", choices=("none", "gtm"), default="none",
                    help="partial-volume correction of VOI activities (gtm: geometric transfer matrix)")
     p.add_argument("--psf-fwhm-mm", type=float, help="SPECT resolution FWHM (mm), needed by --pvc gtm")
+    p.add_argument("--spect", choices=("auto", "vendor", "reconstructed"), default="auto",
+                   help="which reconstructed SPECT to use: the vendor's or ours from 'ludosimetry reconstruct'")
+    p.add_argument("--recon-dir", action="append", default=[], metavar="DIR",
+                   help="output folder of 'ludosimetry reconstruct' read with the study (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing LuDosimetry output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
@@ -172,6 +177,23 @@ def cmd_dvh(args) -> int:
         for name, s in stats.items():
             print(f"{name[:23]:<24}{s['volume_ml']:10.2f}{s['mean_dose_gy']:10.3f}{s['d2_gy']:8.3f}"
                   f"{s['d50_gy']:8.3f}{s['d98_gy']:8.3f}{s['max_dose_gy']:8.3f}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    from .recon.reconstruct import ReconOptions, reconstruct_study
+    opts = ReconOptions(algorithm=args.algorithm, iterations=args.iterations, subsets=args.subsets,
+                        calibration_cps_per_mbq=args.calibration_cps_per_mbq, psf=not args.no_psf,
+                        scatter=args.scatter)
+    bar = TerminalProgress(quiet=args.quiet)
+    try:
+        written = reconstruct_study(args.study, args.out, opts, progress=bar, overwrite=args.overwrite)
+    finally:
+        bar.close()
+    if not args.quiet:
+        for path in written:
+            print(f"wrote {path}")
+        print(f"\nUse it: ludosimetry run {args.study} --recon-dir {args.out} --spect reconstructed --out RESULTS")
     return 0
 
 
@@ -257,6 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_dvh)
+
+    p = sub.add_parser("reconstruct", help="reconstruct SPECT (Bq/mL) from the projections with PyTomography")
+    p.add_argument("study")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per reconstruction)")
+    p.add_argument("--algorithm", choices=("osem", "bsrem"), default="osem")
+    p.add_argument("--iterations", type=int, default=4)
+    p.add_argument("--subsets", type=int, default=8)
+    p.add_argument("--calibration-cps-per-mbq", type=float,
+                   help="system sensitivity in the photopeak (cps/MBq); default: from the header")
+    p.add_argument("--no-psf", action="store_true", help="no collimator-detector response model")
+    p.add_argument("--scatter", choices=("tew", "dew", "none"), default="tew")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("phantom", help="write the synthetic patient (with truth.json)")
     p.add_argument("out")

@@ -54,6 +54,11 @@ class RunOptions:
         transfer matrix (Rousset 1998), which needs ``psf_fwhm_mm``.
     psf_fwhm_mm : float, optional
         FWHM of the reconstructed SPECT's point-spread function (mm), for ``pvc="gtm"``.
+    spect_source : str
+        ``"auto"`` (the only reconstructed SPECT of each time point), ``"vendor"`` (ignore the
+        reconstructions made by ``ludosimetry reconstruct``) or ``"reconstructed"`` (use only those).
+    extra_study_dirs : tuple of path-like
+        More folders read with the study, e.g. the output folder of ``ludosimetry reconstruct``.
     masks_per_time_point : list of dict, optional
         VOIs given directly (e.g. segmentations edited in Slicer) instead of the study's RTSTRUCTs:
         one ``{name: ndarray (z,y,x)}`` per time point, each on that time point's SPECT grid (values ≥ 0.5
@@ -73,6 +78,8 @@ class RunOptions:
     pvc: str = "none"
     psf_fwhm_mm: Optional[float] = None
     masks_per_time_point: Optional[list] = None
+    spect_source: str = "auto"
+    extra_study_dirs: tuple = ()
 
 
 @dataclass
@@ -162,9 +169,19 @@ def choose_spect_series(inv: Inventory, options: RunOptions) -> List[SeriesEntry
     if unknown:
         raise StudyError(f"--spect-series {', '.join(sorted(unknown))} is not a reconstructed SPECT series "
                          "of this study (see 'ludosimetry inspect')", inv.root)
+    if options.spect_source not in ("auto", "vendor", "reconstructed"):
+        raise StudyError(f"unknown SPECT source {options.spect_source!r} (use auto, vendor or reconstructed)")
     chosen = []
     for tp in inv.time_points:
         uids = [u for u in tp.spect_series_uids if not wanted or u in wanted] if wanted else tp.spect_series_uids
+        if options.spect_source != "auto":
+            ours = options.spect_source == "reconstructed"
+            kept = [u for u in uids if inv.get(u).reconstructed_here == ours]
+            if not kept:
+                raise StudyError(f"time point {tp.index + 1} has no {options.spect_source} SPECT "
+                                 + ("(run 'ludosimetry reconstruct' and pass its folder with --recon-dir)"
+                                    if ours else "(only LuDosimetry reconstructions)"), inv.root)
+            uids = kept
         if wanted and not uids:
             uids = tp.spect_series_uids
         if len(uids) > 1:
@@ -263,7 +280,8 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
 
     progress.report(0.0, "reading study")
     inv = scan_study(study_dir, injected_activity_bq=options.injected_activity_bq,
-                     injection_time=options.injection_time, progress=progress.sub(0.0, 0.1))
+                     injection_time=options.injection_time, progress=progress.sub(0.0, 0.1),
+                     extra_roots=tuple(options.extra_study_dirs))
     run_warnings += inv.warnings
     broken = [item for item in inv.skipped if item["reason"].startswith("unreadable DICOM")]
     if broken:

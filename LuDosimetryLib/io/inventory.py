@@ -85,6 +85,7 @@ class SeriesEntry:
     injected_activity_bq: Optional[float] = None
     injection_time: Optional[datetime] = None
     radiopharmaceutical: str = ""
+    reconstructed_here: bool = False
 
 
 @dataclass
@@ -143,7 +144,8 @@ class Inventory:
                         "description": s.description, "code": s.code, "time_point": s.time_point,
                         "files": len(s.files),
                         "acquisition_time": s.acquisition_time.isoformat() if s.acquisition_time else None,
-                        "form": s.form or None} for s in self.series],
+                        "form": s.form or None,
+                        "reconstructed_by_ludosimetry": s.reconstructed_here} for s in self.series],
             "skipped": self.skipped,
             "warnings": self.warnings,
         }
@@ -257,7 +259,7 @@ def _read_header(path: str):
 
 
 def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_time: Optional[datetime] = None,
-               progress=None, cluster_hours: float = 6.0) -> Inventory:
+               progress=None, cluster_hours: float = 6.0, extra_roots=()) -> Inventory:
     """Walk ``root``, classify every file by its header, group series and time points.
 
     Parameters
@@ -269,6 +271,8 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
     progress : callable or Progress, optional
     cluster_hours : float
         Reconstructed SPECT series acquired within this many hours form one time point (h).
+    extra_roots : sequence of path-like
+        More folders read as part of the same study (e.g. the output of ``ludosimetry reconstruct``).
 
     Raises
     ------
@@ -281,7 +285,10 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
     if not root.is_dir():
         raise StudyError("study path is not a folder", root)
     progress = as_progress(progress)
-    paths = sorted(str(p) for p in root.rglob("*") if p.is_file())
+    for extra in extra_roots:
+        if not Path(extra).is_dir():
+            raise StudyError("additional study folder does not exist", extra)
+    paths = sorted(str(p) for r in (root, *map(Path, extra_roots)) for p in r.rglob("*") if p.is_file())
     if not paths:
         raise StudyError("study folder is empty", root)
     skipped = []
@@ -340,7 +347,8 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
             patient_id=str(first.get("PatientID", "")), form=forms.most_common(1)[0][0],
             referenced_series_uids=refs, rows=int(first.get("Rows", 0) or 0),
             columns=int(first.get("Columns", 0) or 0), units=_units(first),
-            injected_activity_bq=activity, injection_time=inj_time, radiopharmaceutical=radio)
+            injected_activity_bq=activity, injection_time=inj_time, radiopharmaceutical=radio,
+            reconstructed_here="PyTomography" in str(first.get("DerivationDescription", "") or ""))
         if role in ("spect_recon", "spect_projections", "planar_whole_body") and src and "Acquisition" not in src:
             inv_warnings.append(f"series {uid} ({desc}): no acquisition date/time in the header; "
                                 f"using {src}")

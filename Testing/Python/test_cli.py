@@ -56,3 +56,24 @@ def test_phantom_and_demo_fast(tmp_path, capsys):
     # organs within 10 % of the analytic truth on the coarse fast grid, with the demo's GTM correction
     for name in ("Liver", "Kidney_L", "Kidney_R", "Spleen"):
         assert res["vois"][name]["tia_bq_s"] == pytest.approx(truth["vois"][name]["tia_bq_s"], rel=0.10), name
+
+
+def test_reconstruct_without_projections_is_a_clear_error(tmp_path, capsys):
+    built = build_study(tmp_path / "study")
+    assert main(["reconstruct", str(built.root), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ludosimetry: error:") and "projection" in err
+    assert main(["reconstruct", str(built.root), "--out", str(tmp_path / "r"), "--iterations", "0"]) == 2
+    assert "iterations" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_spect_source_choice(tmp_path, capsys):
+    built = build_study(tmp_path / "study")
+    # the analytic study has only vendor-style SPECT: asking for our reconstructions is a clear error
+    assert main(["run", str(built.root), "--out", str(tmp_path / "o"), "--spect", "reconstructed"]) == 2
+    assert "ludosimetry reconstruct" in capsys.readouterr().err
+    assert main(["run", str(built.root), "--out", str(tmp_path / "o"), "--spect", "vendor", "--quiet",
+                 "--dose-method", "ldm"]) == 0
+    assert main(["run", str(built.root), "--out", str(tmp_path / "o2"), "--recon-dir", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
