@@ -1,18 +1,27 @@
 """LuDosimetry: the 3D Slicer module over LuDosimetryLib (Lu-177 DOTATATE patient-specific dosimetry).
 
-The module is a thin shell: the widget collects the study folder and options, the logic calls
-:func:`LuDosimetryLib.pipeline.run_study` and :func:`LuDosimetryLib.pipeline.write_outputs`, and a small
-helper (:func:`addResultsToScene`) shows the dose, the time-integrated activity and the per-VOI table in
-the scene. No physics happens here.
+The module is a thin shell. The panel has the sections a user works down: Study (a study of Slicer's
+DICOM database or a folder, its inventory, the injection), Reconstruction (when the study holds
+projections), Registration (the reference time point), VOIs (one segmentation per time point, Segment
+Editor, recompute with the edited VOIs), Fits and TIA (TAC plot), Dose, and Results (table, DVH plot,
+exports). The logic calls :func:`LuDosimetryLib.pipeline.run_study` and
+:func:`LuDosimetryLib.pipeline.write_outputs`, :mod:`LuDosimetryLib.mrml` puts the results in the scene.
+No physics happens here.
 
 LuDosimetryLib is imported inside the functions that need it: the module must load (and its panel
 show) even before the library's dependencies are installed in Slicer's Python.
 """
+import csv
 import importlib.util
+import io
 import logging
 import math
+import os
 import pathlib
+import shutil
+import tempfile
 import traceback
+from datetime import datetime
 from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import ctk
@@ -67,6 +76,44 @@ RESULT_COLUMNS: Tuple[Tuple[str, str], ...] = (
 
 #: Title of the VOI-name column.
 VOI_COLUMN = "VOI"
+
+#: Columns of the study inventory table: (key of a row from :func:`inventoryRows`, column title).
+INVENTORY_COLUMNS: Tuple[Tuple[str, str], ...] = (
+    ("time_point", "Time point"),
+    ("hours_post_injection", "Hours p.i."),
+    ("role", "Role"),
+    ("modality", "Modality"),
+    ("description", "Description"),
+    ("code", "Code"),
+    ("files", "Files"),
+)
+
+#: Columns of the fits table: (key of a row from :func:`fitRows`, column title).
+FIT_COLUMNS: Tuple[Tuple[str, str], ...] = (
+    ("fit_model", "Model"),
+    ("effective_half_life_h", "Effective half-life (h)"),
+    ("tia_bq_s", "TIA (Bq·s)"),
+    ("tia_se_bq_s", "TIA SE (Bq·s)"),
+    ("tiac_h", "TIAC (h)"),
+    ("fit_warnings", "Warnings"),
+)
+
+#: Packages of the reconstruction (heavy: installed only when the user asks), in install order:
+#: torch first (so that pytomography does not bring another build of it), then pytomography.
+RECON_PACKAGES: Tuple[Tuple[str, str], ...] = (
+    ("torch", "torch==2.13.0"),
+    ("pytomography", "pytomography"),
+)
+
+#: Files the Results exports copy out of a run's output folder (written by write_outputs).
+RTDOSE_FILE = "rtdose.dcm"
+RESULTS_FILE = "results.json"
+DVH_FILE = "dvh.csv"
+VOI_RESULTS_FILE = "voi_results.csv"
+
+#: Singleton tags of the plot view nodes that show the charts in the panel.
+TAC_PLOT_VIEW_TAG = "LuDosimetryTACPlotView"
+DVH_PLOT_VIEW_TAG = "LuDosimetryDVHPlotView"
 
 #: Fraction of the progress range given to run_study; write_outputs and the scene get the rest.
 _RUN_STUDY_SHARE = 0.9
@@ -140,6 +187,50 @@ class ctkPathLineEditToStrConnector(GuiConnector):
             self._widget.currentPath = value
 
 
+@parameterNodeGuiConnector
+class QDateTimeEditToStrConnector(GuiConnector):
+    """Connects a QDateTimeEdit to a ``str`` parameter holding an ISO 8601 date/time ("" = not set).
+
+    The widget's minimum date/time stands for "not set" (shown as its specialValueText).
+    """
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return type(widget) == qt.QDateTimeEdit and unannotatedType(datatype) == str
+
+    @staticmethod
+    def create(widget, datatype):
+        if QDateTimeEditToStrConnector.canRepresent(widget, datatype):
+            return QDateTimeEditToStrConnector(widget)
+        return None
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self):
+        self._widget.dateTimeChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._widget.dateTimeChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> str:
+        if self._widget.dateTime == self._widget.minimumDateTime:
+            return ""
+        return self._widget.dateTime.toString("yyyy-MM-dd'T'HH:mm:ss")
+
+    def write(self, value: str) -> None:
+        if self.read() == value:
+            return
+        if not value:
+            self._widget.dateTime = self._widget.minimumDateTime
+        else:
+            self._widget.dateTime = qt.QDateTime.fromString(value[:19], "yyyy-MM-dd'T'HH:mm:ss")
+
+
 @parameterNodeWrapper
 class LuDosimetryParameterNode:
     """What the panel remembers in the scene.
@@ -152,6 +243,11 @@ class LuDosimetryParameterNode:
     referenceTimePoint - index (0-based) of the time point whose grid carries the dose.
     pvc - partial-volume correction: "none" or "gtm" (needs psfFwhmMm, mm).
     densityCorrection - scale the dose by the CT density.
+    dicomStudyInstanceUid - the study taken from Slicer's DICOM database ("" for a study folder).
+    injectionTime - override of the injection date/time, ISO 8601 ("" uses the DICOM headers).
+    reconAlgorithm, reconIterations, reconSubsets, reconScatter, reconPsf - reconstruction options.
+    voiTimePoint - index (0-based) of the time point shown in the VOIs section.
+    voiSegmentation - that time point's VOI segmentation.
     """
 
     studyDirectory: str = ""
@@ -164,6 +260,15 @@ class LuDosimetryParameterNode:
     pvc: Annotated[str, Choice(["none", "gtm"])] = "none"
     psfFwhmMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     densityCorrection: bool = True
+    dicomStudyInstanceUid: str = ""
+    injectionTime: str = ""
+    reconAlgorithm: Annotated[str, Choice(["osem", "bsrem"])] = "osem"
+    reconIterations: Annotated[int, WithinRange(1, 100)] = 4
+    reconSubsets: Annotated[int, WithinRange(1, 64)] = 8
+    reconScatter: Annotated[str, Choice(["tew", "dew", "none"])] = "tew"
+    reconPsf: bool = True
+    voiTimePoint: Annotated[int, WithinRange(0, 9)] = 0
+    voiSegmentation: slicer.vtkMRMLSegmentationNode
 
 
 #
@@ -172,7 +277,11 @@ class LuDosimetryParameterNode:
 
 
 class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: options, Run/Cancel, progress and the results table. No computation here."""
+    """The panel: study, reconstruction, registration, VOIs, fits, dose, Run/Cancel, progress and results.
+
+    Every option lives in the parameter node (saved with the scene); the widget only moves values between
+    the panel and the logic. No computation here.
+    """
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -183,6 +292,10 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running = False
         self._cancelRequested = False
         self._lastStudyDirectory = ""
+        self._lastVoiTimePoint = 0
+        self._lastVoiSegmentation = None
+        self._inventoryJson = None
+        self._dicomStudies: List[Dict[str, str]] = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -200,10 +313,26 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runButton.connect("clicked(bool)", self.onRunButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.recomputeButton.connect("clicked(bool)", self.onRecomputeButton)
+        self.ui.dicomRefreshButton.connect("clicked(bool)", self.onDicomRefreshButton)
+        self.ui.dicomUseStudyButton.connect("clicked(bool)", self.onDicomUseStudyButton)
+        self.ui.scanStudyButton.connect("clicked(bool)", self.onScanStudyButton)
+        self.ui.reconstructButton.connect("clicked(bool)", self.onReconstructButton)
+        self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
+        self.ui.exportRtstructButton.connect("clicked(bool)", self.onExportRtstructButton)
+        self.ui.exportRtDoseButton.connect("clicked(bool)", self.onExportRtDoseButton)
+        self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsvButton)
+        self.ui.exportReportButton.connect("clicked(bool)", self.onExportReportButton)
+
+        # "Not set" of the injection date/time is the lowest date (shown as "from DICOM headers").
+        self.ui.injectionTimeEdit.minimumDateTime = qt.QDateTime(qt.QDate(2000, 1, 1), qt.QTime(0, 0, 0))
+        self.ui.injectionTimeEdit.dateTime = self.ui.injectionTimeEdit.minimumDateTime
 
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.text = ""
-        self._setupResultsTable()
+        self._setupTable(self.ui.resultsTableWidget, [VOI_COLUMN] + [title for _, title in RESULT_COLUMNS])
+        self._setupTable(self.ui.inventoryTableWidget, [title for _, title in INVENTORY_COLUMNS])
+        self._setupTable(self.ui.fitsTableWidget, [VOI_COLUMN] + [title for _, title in FIT_COLUMNS])
+        self.onDicomRefreshButton()
 
         self.initializeParameterNode()
 
@@ -223,6 +352,8 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self.logic.timePointItems = []
+        self.logic.lastNodes = {}
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -239,37 +370,270 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._lastStudyDirectory = self._parameterNode.studyDirectory
+            self._lastVoiTimePoint = self._parameterNode.voiTimePoint
+            self._lastVoiSegmentation = self._parameterNode.voiSegmentation
+            self._restoreFromScene()
         self._checkCanRun()
+
+    def _restoreFromScene(self) -> None:
+        """After a scene (.mrb) is loaded: the study's inventory, the charts and the output files again."""
+        node = self._parameterNode
+        if node.studyDirectory.strip() and pathlib.Path(node.studyDirectory).is_dir():
+            self._scanStudy(quiet=True)
+        tac, dvh = self.logic.chartNodes()
+        if tac is not None:
+            self._showChart(self.ui.tacPlotWidget, tac, TAC_PLOT_VIEW_TAG)
+        if dvh is not None:
+            self._showChart(self.ui.dvhPlotWidget, dvh, DVH_PLOT_VIEW_TAG)
 
     def _checkCanRun(self, caller=None, event=None) -> None:
         node = self._parameterNode
         ready = bool(node and node.studyDirectory.strip() and node.outputDirectory.strip())
-        self.ui.runButton.enabled = ready and not self._running
+        idle = not self._running
+        segmentations = self.logic.segmentationNodesByTimePoint() if self.logic else []
+        self.ui.runButton.enabled = ready and idle
         self.ui.cancelButton.enabled = self._running
-        self.ui.recomputeButton.enabled = (ready and not self._running
-                                           and any(n is not None for n in self.logic.segmentationNodesByTimePoint()))
-        self.ui.studyCollapsibleButton.enabled = not self._running
+        self.ui.recomputeButton.enabled = (ready and idle and bool(segmentations)
+                                           and all(n is not None for n in segmentations))
+        for section in (self.ui.studyCollapsibleButton, self.ui.registrationCollapsibleButton,
+                        self.ui.voisCollapsibleButton, self.ui.fitsCollapsibleButton, self.ui.doseCollapsibleButton):
+            section.enabled = idle
+        projections = hasProjections(self._inventoryJson)
+        self.ui.reconstructionCollapsibleButton.enabled = idle and projections
+        self.ui.reconstructButton.enabled = idle and projections and bool(node and node.outputDirectory.strip())
+        hasSegmentation = bool(node and node.voiSegmentation is not None)
+        self.ui.segmentEditorButton.enabled = idle and hasSegmentation
+        self.ui.exportRtstructButton.enabled = idle and hasSegmentation and bool(node.studyDirectory.strip())
+        outputs = self._outputDirectory()
+        for button, name in ((self.ui.exportRtDoseButton, RTDOSE_FILE), (self.ui.exportCsvButton, RESULTS_FILE),
+                             (self.ui.exportReportButton, RESULTS_FILE)):
+            button.enabled = idle and outputs is not None and (outputs / name).is_file()
+        self.ui.voiTimePointSpinBox.maximum = max(len(segmentations) - 1, 0)
         self.ui.runButton.toolTip = ("Compute TACs, TIA, absorbed dose and DVHs and write them to the output folder."
-                                     if ready else "Choose the study folder and the output folder.")
+                                     if ready else "Choose the study (DICOM database or folder) and the output folder.")
+
+    def _outputDirectory(self) -> Optional[pathlib.Path]:
+        """The folder of the last run's outputs (this session's run, else the panel's output folder)."""
+        if self.logic and self.logic.lastOutputDirectory is not None:
+            return pathlib.Path(self.logic.lastOutputDirectory)
+        node = self._parameterNode
+        if node and node.outputDirectory.strip():
+            return pathlib.Path(node.outputDirectory)
+        return None
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Propose an output folder beside a newly chosen study when none is set; update the buttons.
+        """Propose an output folder beside a newly chosen study when none is set; rescan a new study; keep
+        the VOI selector and the time point's segmentation in step; update the buttons.
 
-        Done here, after the parameter node took the new study folder, rather than on the path widget's
-        signal: setting a parameter from that signal would rewrite the widgets from a node that does not
-        hold the new study folder yet.
+        Done here, after the parameter node took the new value, rather than on the widgets' signals: setting
+        a parameter from such a signal would rewrite the widgets from a node that does not hold the new
+        value yet.
         """
         node = self._parameterNode
-        if node and node.studyDirectory != self._lastStudyDirectory:
+        if not node:
+            return
+        if node.studyDirectory != self._lastStudyDirectory:
             self._lastStudyDirectory = node.studyDirectory
             if node.studyDirectory.strip() and not node.outputDirectory.strip():
                 node.outputDirectory = str(defaultOutputDirectory(node.studyDirectory))
+            self._inventoryJson = None
+            self.ui.inventoryTableWidget.setRowCount(0)
+            if node.studyDirectory.strip() and pathlib.Path(node.studyDirectory).is_dir():
+                self._scanStudy(quiet=True)
+        if node.voiTimePoint != self._lastVoiTimePoint:
+            # Another time point: show its segmentation.
+            self._lastVoiTimePoint = node.voiTimePoint
+            segmentations = self.logic.segmentationNodesByTimePoint()
+            shown = segmentations[node.voiTimePoint] if node.voiTimePoint < len(segmentations) else None
+            self._lastVoiSegmentation = shown
+            node.voiSegmentation = shown
+        elif node.voiSegmentation is not self._lastVoiSegmentation:
+            # The user chose another segmentation for this time point.
+            self._lastVoiSegmentation = node.voiSegmentation
+            if node.voiSegmentation is not None:
+                self.logic.setSegmentationForTimePoint(node.voiTimePoint, node.voiSegmentation)
         self._checkCanRun()
+
+    # ---------------------------------------------------------------------------------------- Study
+
+    def onDicomRefreshButton(self) -> None:
+        """Fill the study list from Slicer's DICOM database."""
+        combo = self.ui.dicomStudyComboBox
+        combo.clear()
+        database = getattr(slicer, "dicomDatabase", None)
+        self._dicomStudies = self.logic.dicomStudies(database) if database is not None else []
+        for study in self._dicomStudies:
+            combo.addItem(study["label"], study["study_instance_uid"])
+        self.ui.dicomUseStudyButton.enabled = bool(self._dicomStudies)
+        if not self._dicomStudies:
+            combo.addItem("(no study in the DICOM database)")
+        node = self._parameterNode
+        if node and node.dicomStudyInstanceUid:
+            index = combo.findData(node.dicomStudyInstanceUid)
+            if index >= 0:
+                combo.currentIndex = index
+
+    def onDicomUseStudyButton(self) -> None:
+        """Link the chosen database study's files into a temporary study folder and scan it."""
+        node = self._parameterNode
+        index = self.ui.dicomStudyComboBox.currentIndex
+        if not node or not (0 <= index < len(self._dicomStudies)):
+            return
+        if not self._ensureDependencies():
+            return
+        from LuDosimetryLib.errors import LuDosimetryError
+
+        study = self._dicomStudies[index]
+        try:
+            view = self.logic.studyViewFromDatabase(study["study_instance_uid"], database=slicer.dicomDatabase)
+        except LuDosimetryError as error:
+            slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
+            return
+        # The output folder first: the one proposed beside a study folder would lie in the temporary view.
+        if not node.outputDirectory.strip():
+            node.outputDirectory = str(defaultOutputDirectory(
+                pathlib.Path(slicer.app.defaultScenePath) / safeFolderName(study["label"])))
+        node.dicomStudyInstanceUid = study["study_instance_uid"]
+        node.studyDirectory = str(view)
+
+    def onScanStudyButton(self) -> None:
+        self._scanStudy(quiet=False)
+
+    def _scanStudy(self, quiet: bool) -> None:
+        """Inventory of the study folder into the table (errors shown unless ``quiet``)."""
+        node = self._parameterNode
+        if not node or missingRequirements():
+            return
+        from LuDosimetryLib.errors import LuDosimetryError
+
+        try:
+            with slicer.util.WaitCursor():
+                inventory = self.logic.inventory(node.studyDirectory, activityMBqToBq(node.injectedActivityMBq),
+                                                 injectionTimeFromText(node.injectionTime))
+        except LuDosimetryError as error:
+            self._inventoryJson = None
+            self.ui.inventoryTableWidget.setRowCount(0)
+            if not quiet:
+                slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
+            return
+        self._inventoryJson = inventory.to_json()
+        self._fillTable(self.ui.inventoryTableWidget,
+                        [[row[key] for key, _ in INVENTORY_COLUMNS] for row in inventoryRows(self._inventoryJson)])
+        timePoints = len(self._inventoryJson["time_points"])
+        self.ui.referenceTimePointSpinBox.maximum = max(timePoints - 1, 0)
+        projections = hasProjections(self._inventoryJson)
+        self.ui.reconstructionLabel.text = (
+            "The study holds SPECT projections: reconstruct them into quantitative SPECT for the dosimetry."
+            if projections else "The study has no SPECT projections.")
+        if projections:
+            self.ui.reconstructionCollapsibleButton.collapsed = False
+        activity = self._inventoryJson.get("injected_activity_bq")
+        when = self._inventoryJson.get("injection_time")
+        self.ui.statusLabel.text = (f"{len(self._inventoryJson['series'])} series, {timePoints} time point(s); "
+                                    f"injection {activity / 1e6:.0f} MBq" if activity else "injected activity unknown")
+        self.ui.statusLabel.text += f" at {when}" if when else ", injection time unknown"
+        self._checkCanRun()
+
+    # -------------------------------------------------------------------------------- Reconstruction
+
+    def onReconstructButton(self) -> None:
+        node = self._parameterNode
+        if self._running or not node:
+            return
+        unavailable = reconstructionUnavailableReason()
+        if unavailable:
+            slicer.util.errorDisplay(unavailable, windowTitle="LuDosimetry")
+            return
+        if not self._ensureReconstructionDependencies():
+            return
+        from LuDosimetryLib.errors import CancelledError, LuDosimetryError
+
+        self._setRunning(True)
+        try:
+            view = self.logic.reconstruct(node.studyDirectory, defaultReconstructionDirectory(node.outputDirectory),
+                                          algorithm=node.reconAlgorithm, iterations=node.reconIterations,
+                                          subsets=node.reconSubsets, scatter=node.reconScatter, psf=node.reconPsf,
+                                          overwrite=node.overwrite, progress=self._onProgress)
+        except CancelledError:
+            self.ui.statusLabel.text = "Cancelled."
+        except LuDosimetryError as error:
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
+        else:
+            node.studyDirectory = str(view)  # the dosimetry now runs on the new reconstructions
+            self.ui.statusLabel.text = f"Reconstructed; the study folder is now {view}"
+        finally:
+            self._setRunning(False)
+
+    def _ensureReconstructionDependencies(self) -> bool:
+        """Ask before installing torch and PyTomography (large downloads); True when both are there."""
+        missing = missingRequirements(RECON_PACKAGES)
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                "Reconstruction needs PyTorch and PyTomography, which are not installed yet:\n" + "\n".join(missing)
+                + "\n\nThe download is large (PyTorch: several hundred MB) and takes minutes. Install them now?",
+                windowTitle="LuDosimetry"):
+            return False
+        with slicer.util.tryWithErrorDisplay("Installing PyTorch/PyTomography failed.", waitCursor=True):
+            for requirement in missing:  # in RECON_PACKAGES order: torch first
+                slicer.util.pip_install(requirement)
+            importlib.invalidate_caches()
+            return not missingRequirements(RECON_PACKAGES)
+        return False
+
+    # ------------------------------------------------------------------------------------------ VOIs
+
+    def onSegmentEditorButton(self) -> None:
+        """Open Segment Editor on this time point's segmentation and SPECT."""
+        node = self._parameterNode
+        if not node or node.voiSegmentation is None:
+            return
+        segmentation = node.voiSegmentation
+        source = self.logic.sourceVolumeForSegmentation(segmentation)
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentation)
+        if source is not None:
+            if hasattr(editor, "setSourceVolumeNode"):
+                editor.setSourceVolumeNode(source)
+            else:  # Slicer before 5.2
+                editor.setMasterVolumeNode(source)
+
+    def onExportRtstructButton(self) -> None:
+        """Write this time point's segmentation as a new RTSTRUCT (never over an existing file)."""
+        node = self._parameterNode
+        if not node or node.voiSegmentation is None:
+            return
+        from LuDosimetryLib.errors import LuDosimetryError
+
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(), "Export edited VOIs as RTSTRUCT",
+            str(pathlib.Path(node.outputDirectory or ".") / f"TP{node.voiTimePoint + 1}_edited_VOIs.dcm"),
+            "DICOM RTSTRUCT (*.dcm)", None, qt.QFileDialog.DontConfirmOverwrite)
+        if not path:
+            return
+        try:
+            with slicer.util.WaitCursor():
+                written = self.logic.exportSegmentationAsRtstruct(node.voiSegmentation, path, node.voiTimePoint,
+                                                                  study_dir=node.studyDirectory)
+        except LuDosimetryError as error:
+            slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
+        else:
+            self.ui.statusLabel.text = f"Edited VOIs written to {written}"
+
+    # ------------------------------------------------------------------------------------------ Run
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True
         self.ui.cancelButton.enabled = False
         self.ui.statusLabel.text = "Cancelling at the next step..."
+
+    def _runOptionsFromPanel(self) -> Dict[str, Any]:
+        node = self._parameterNode
+        return dict(dose_method=node.doseMethod, injected_activity_bq=activityMBqToBq(node.injectedActivityMBq),
+                    injection_time=injectionTimeFromText(node.injectionTime), overwrite=node.overwrite,
+                    progress=self._onProgress, **self._pipelineOptions())
 
     def onRunButton(self) -> None:
         if self._running or not self._parameterNode:
@@ -277,20 +641,38 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         if not self._ensureDependencies():
             return
+        self._runAndShow(lambda: self.logic.run(node.studyDirectory, node.outputDirectory, load_time_points=True,
+                                                **self._runOptionsFromPanel()),
+                         f"Done. Results written to {node.outputDirectory}")
+        segmentations = self.logic.segmentationNodesByTimePoint()
+        if segmentations:
+            self._lastVoiTimePoint = 0
+            self._lastVoiSegmentation = segmentations[0]
+            node.voiTimePoint = 0
+            node.voiSegmentation = segmentations[0]
+
+    def _pipelineOptions(self) -> Dict[str, Any]:
+        node = self._parameterNode
+        return dict(pvc=node.pvc, psf_fwhm_mm=node.psfFwhmMm if node.psfFwhmMm > 0 else None,
+                    density_correction=node.densityCorrection, reference_time_point=node.referenceTimePoint)
+
+    def onRecomputeButton(self) -> None:
+        """Rerun with the scene's VOI segmentations (one per time point) into ``<output folder>-edited``."""
+        if self._running or not self._parameterNode:
+            return
+        node = self._parameterNode
+        out = editedOutputDirectory(node.outputDirectory)
+        self._runAndShow(lambda: self.logic.recomputeWithEditedVois(
+            node.studyDirectory, self.logic.segmentationNodesByTimePoint(), out, **self._runOptionsFromPanel()),
+            f"Done. Results with the edited VOIs written to {out}")
+
+    def _runAndShow(self, compute: Callable[[], Any], doneText: str) -> None:
+        """Run ``compute`` (a logic call) with progress and Cancel, then show its results or its error."""
         from LuDosimetryLib.errors import CancelledError, LuDosimetryError
 
         self._setRunning(True)
         try:
-            results = self.logic.run(
-                node.studyDirectory,
-                node.outputDirectory,
-                dose_method=node.doseMethod,
-                injected_activity_bq=activityMBqToBq(node.injectedActivityMBq),
-                overwrite=node.overwrite,
-                progress=self._onProgress,
-                **self._pipelineOptions(),
-                load_time_points=True,
-            )
+            results = compute()
         except CancelledError:
             self.ui.statusLabel.text = "Cancelled."
         except LuDosimetryError as error:
@@ -307,40 +689,8 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             runWarnings = list(getattr(results, "warnings", None) or [])
             for warning in runWarnings:
                 logging.warning(f"LuDosimetry: {warning}")
-            self.ui.statusLabel.text = (f"Done. Results written to {node.outputDirectory}"
-                                        + (f" ({len(runWarnings)} warnings, see the Python console)"
-                                           if runWarnings else ""))
-        finally:
-            self._setRunning(False)
-
-    def _pipelineOptions(self) -> Dict[str, Any]:
-        node = self._parameterNode
-        return dict(pvc=node.pvc, psf_fwhm_mm=node.psfFwhmMm if node.psfFwhmMm > 0 else None,
-                    density_correction=node.densityCorrection, reference_time_point=node.referenceTimePoint)
-
-    def onRecomputeButton(self) -> None:
-        """Rerun with the scene's VOI segmentations (one per time point) into a new output folder."""
-        if self._running or not self._parameterNode:
-            return
-        node = self._parameterNode
-        from LuDosimetryLib.errors import CancelledError, LuDosimetryError
-
-        out = pathlib.Path(node.outputDirectory)
-        out = out.with_name(out.name + "-edited")
-        self._setRunning(True)
-        try:
-            results = self.logic.recomputeWithEditedVois(
-                node.studyDirectory, self.logic.segmentationNodesByTimePoint(), out, dose_method=node.doseMethod,
-                injected_activity_bq=activityMBqToBq(node.injectedActivityMBq), overwrite=node.overwrite,
-                progress=self._onProgress, **self._pipelineOptions())
-        except CancelledError:
-            self.ui.statusLabel.text = "Cancelled."
-        except LuDosimetryError as error:
-            self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
-        else:
-            self.showResults(results)
-            self.ui.statusLabel.text = f"Done. Results with the edited VOIs written to {out}"
+            self.ui.statusLabel.text = doneText + (f" ({len(runWarnings)} warnings, see the Python console)"
+                                                   if runWarnings else "")
         finally:
             self._setRunning(False)
 
@@ -378,26 +728,89 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return not missingRequirements()
         return False
 
-    def _setupResultsTable(self) -> None:
-        table = self.ui.resultsTableWidget
-        headers = [VOI_COLUMN] + [title for _, title in RESULT_COLUMNS]
+    # -------------------------------------------------------------------------------------- Results
+
+    def onExportRtDoseButton(self) -> None:
+        self._export("Export RT Dose", "rtdose.dcm", "DICOM RT Dose (*.dcm)",
+                     lambda path, overwrite: [self.logic.exportRtDose(self._outputDirectory(), path, overwrite)])
+
+    def onExportReportButton(self) -> None:
+        self._export("Export report", "results.json", "JSON (*.json)",
+                     lambda path, overwrite: [self.logic.exportReport(self._outputDirectory(), path, overwrite)])
+
+    def onExportCsvButton(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export CSV into folder",
+                                                     str(self._outputDirectory() or "."))
+        if not folder:
+            return
+        targets = [pathlib.Path(folder) / DVH_FILE, pathlib.Path(folder) / VOI_RESULTS_FILE]
+        self._confirmAndExport(targets, lambda overwrite: self.logic.exportCsv(self._outputDirectory(), folder,
+                                                                               overwrite))
+
+    def _export(self, title: str, defaultName: str, fileFilter: str, write) -> None:
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), title, str(pathlib.Path.home() / defaultName),
+                                              fileFilter, None, qt.QFileDialog.DontConfirmOverwrite)
+        if path:
+            self._confirmAndExport([pathlib.Path(path)], lambda overwrite: write(path, overwrite))
+
+    def _confirmAndExport(self, targets: Sequence[pathlib.Path], write) -> None:
+        """Ask before replacing existing files, then write (atomically, in the logic)."""
+        from LuDosimetryLib.errors import LuDosimetryError
+
+        existing = [str(t) for t in targets if t.exists()]
+        if existing and not slicer.util.confirmOkCancelDisplay(
+                "These files exist:\n" + "\n".join(existing) + "\n\nReplace them?", windowTitle="LuDosimetry"):
+            return
+        try:
+            written = write(bool(existing))
+        except LuDosimetryError as error:
+            slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
+        else:
+            self.ui.statusLabel.text = "Written: " + ", ".join(str(w) for w in written)
+
+    def _setupTable(self, table, headers: Sequence[str]) -> None:
         table.setColumnCount(len(headers))
-        table.setHorizontalHeaderLabels(headers)
+        table.setHorizontalHeaderLabels(list(headers))
         table.setRowCount(0)
 
-    def showResults(self, results) -> None:
-        """Fill the Qt results table from the results of run_study."""
-        table = self.ui.resultsTableWidget
-        rows = resultRows(results)
+    def _fillTable(self, table, rows: Sequence[Sequence[Any]], attributes: Optional[Sequence[str]] = None) -> None:
+        """Rows of cells (text as is, numbers formatted by :func:`formatValue`) into a QTableWidget."""
         table.setRowCount(len(rows))
-        for rowIndex, (voiName, values) in enumerate(rows):
-            table.setItem(rowIndex, 0, qt.QTableWidgetItem(voiName))
-            for columnIndex, ((attribute, _), value) in enumerate(zip(RESULT_COLUMNS, values), start=1):
-                item = qt.QTableWidgetItem(formatValue(attribute, value))
-                if not isinstance(value, str):
+        for rowIndex, row in enumerate(rows):
+            for columnIndex, value in enumerate(row):
+                attribute = attributes[columnIndex] if attributes else ""
+                item = qt.QTableWidgetItem(value if isinstance(value, str) else formatValue(attribute, value))
+                if value is not None and not isinstance(value, str):
                     item.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
                 table.setItem(rowIndex, columnIndex, item)
         table.resizeColumnsToContents()
+
+    def showResults(self, results) -> None:
+        """Fill the results and fits tables from the results of run_study; show the TAC and DVH charts."""
+        self._fillTable(self.ui.resultsTableWidget, [[name] + values for name, values in resultRows(results)],
+                        [VOI_COLUMN] + [attribute for attribute, _ in RESULT_COLUMNS])
+        self._fillTable(self.ui.fitsTableWidget,
+                        [[row["voi"]] + [row[key] for key, _ in FIT_COLUMNS] for row in fitRows(results)],
+                        [VOI_COLUMN] + [key for key, _ in FIT_COLUMNS])
+        tac, dvh = self.logic.chartNodes()
+        if tac is not None:
+            self._showChart(self.ui.tacPlotWidget, tac, TAC_PLOT_VIEW_TAG)
+        if dvh is not None:
+            self._showChart(self.ui.dvhPlotWidget, dvh, DVH_PLOT_VIEW_TAG)
+
+    def _showChart(self, plotWidget, chartNode, singletonTag: str) -> None:
+        """Show a plot chart in one of the panel's plot widgets (through its own plot view node)."""
+        scene = slicer.mrmlScene
+        viewNode = scene.GetSingletonNode(singletonTag, "vtkMRMLPlotViewNode")
+        if viewNode is None:
+            viewNode = scene.CreateNodeByClass("vtkMRMLPlotViewNode")
+            viewNode.SetSingletonTag(singletonTag)
+            viewNode.SetName(singletonTag)
+            scene.AddNode(viewNode)
+            viewNode.UnRegister(None)  # CreateNodeByClass gave a reference of its own
+        viewNode.SetPlotChartNodeID(chartNode.GetID())
+        plotWidget.setMRMLScene(scene)
+        plotWidget.setMRMLPlotViewNode(viewNode)
 
 
 #
@@ -415,6 +828,198 @@ def defaultOutputDirectory(studyDirectory) -> pathlib.Path:
     """The output folder proposed for a study: ``<study folder>-dosimetry`` beside it."""
     study = pathlib.Path(studyDirectory)
     return study.with_name(study.name + "-dosimetry")
+
+
+def editedOutputDirectory(outputDirectory) -> pathlib.Path:
+    """The output folder of a recompute with edited VOIs: ``<output folder>-edited`` beside it."""
+    out = pathlib.Path(outputDirectory)
+    return out.with_name(out.name + "-edited")
+
+
+def defaultReconstructionDirectory(outputDirectory) -> pathlib.Path:
+    """Where reconstructions go: ``<output folder>-recon`` beside the output folder."""
+    out = pathlib.Path(outputDirectory)
+    return out.with_name(out.name + "-recon")
+
+
+def safeFolderName(text: str) -> str:
+    """A folder name made of the letters, digits, '-', '_' and '.' of ``text`` (others become '_')."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._")
+    return name or "study"
+
+
+def injectionTimeFromText(text: str) -> Optional[datetime]:
+    """Injection date/time from the panel's ISO 8601 text; ``None`` (use the headers) when empty.
+
+    Raises
+    ------
+    LuDosimetryLib.errors.StudyError
+        The text is not an ISO 8601 date/time.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        from LuDosimetryLib.errors import StudyError
+        raise StudyError(f"injection date/time {text!r} is not an ISO 8601 date/time (YYYY-MM-DDTHH:MM:SS)")
+
+
+def inventoryRows(inventoryJson: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Rows of the inventory table from ``Inventory.to_json()``: one per series, in its order.
+
+    Each row has the keys of :data:`INVENTORY_COLUMNS`: ``time_point`` ("TP<n>" or "" when the series
+    joins none), ``hours_post_injection`` (of the series' time point, h; None when unknown), ``role``
+    (with the projection form, e.g. "spect_projections (unaltered)"), ``modality``, ``description``,
+    ``code`` ("" when none) and ``files`` (count).
+    """
+    if not inventoryJson:
+        return []
+    hours = {tp["index"]: tp.get("hours_post_injection") for tp in inventoryJson.get("time_points", [])}
+    rows = []
+    for series in inventoryJson.get("series", []):
+        index = series.get("time_point")
+        role = series.get("role", "")
+        if series.get("form"):
+            role = f"{role} ({series['form']})"
+        rows.append({"time_point": "" if index is None else f"TP{index + 1}",
+                     "hours_post_injection": None if index is None else hours.get(index),
+                     "role": role, "modality": series.get("modality", ""),
+                     "description": series.get("description", ""), "code": series.get("code") or "",
+                     "files": int(series.get("files", 0))})
+    return rows
+
+
+def hasProjections(inventoryJson: Optional[Dict[str, Any]]) -> bool:
+    """Whether an ``Inventory.to_json()`` lists SPECT projection series (Reconstruction is offered)."""
+    return any(s.get("role") == "spect_projections" for s in (inventoryJson or {}).get("series", []))
+
+
+def fitRows(results) -> List[Dict[str, Any]]:
+    """Rows of the fits table: per VOI (``results.vois`` order) its name (key ``voi``) and the
+    :data:`FIT_COLUMNS` values (fit warnings joined by "; ")."""
+    rows = []
+    for name, voi in results.vois.items():
+        row: Dict[str, Any] = {"voi": str(name)}
+        for key, _ in FIT_COLUMNS:
+            value = getattr(voi, key, None)
+            row[key] = "; ".join(str(w) for w in value) if key == "fit_warnings" else value
+        rows.append(row)
+    return rows
+
+
+def reconstructionUnavailableReason() -> str:
+    """"" when this version has LuDosimetryLib's reconstruction, else the sentence to show."""
+    try:
+        importReconstruction()
+    except ImportError:
+        return "Reconstruction is not available in this version of LuDosimetry."
+    return ""
+
+
+def importReconstruction():
+    """``(reconstruct_study, ReconOptions)`` of LuDosimetryLib's reconstruction (ImportError when absent).
+
+    Importing them imports neither torch nor PyTomography.
+    """
+    try:
+        from LuDosimetryLib.recon import ReconOptions, reconstruct_study
+    except ImportError:
+        from LuDosimetryLib.recon.reconstruct import ReconOptions, reconstruct_study
+    return reconstruct_study, ReconOptions
+
+
+def makeStudyView(files: Sequence[str], folder) -> pathlib.Path:
+    """A study folder made of links to ``files`` (copies where links cannot be made).
+
+    The original files are never opened for writing. Links are named ``<n>_<file name>`` so that files
+    of the same name from different folders do not collide.
+
+    Parameters
+    ----------
+    files : sequence of path-like
+        Existing files.
+    folder : path-like
+        New or empty folder.
+
+    Raises
+    ------
+    LuDosimetryLib.errors.StudyError
+        No files, or a file that does not exist.
+    LuDosimetryLib.errors.OutputError
+        ``folder`` exists and is not empty.
+    """
+    from LuDosimetryLib.errors import OutputError, StudyError
+
+    folder = pathlib.Path(folder)
+    files = [pathlib.Path(f) for f in files]
+    if not files:
+        raise StudyError("the study has no files", folder)
+    for f in files:
+        if not f.is_file():
+            raise StudyError("file of the study does not exist", f)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise OutputError("exists and is not an empty folder; a study view needs a new folder", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, f in enumerate(files, start=1):
+        target = folder / f"{k:06d}_{f.name}"
+        try:
+            os.symlink(os.path.abspath(str(f)), str(target))
+        except (OSError, NotImplementedError):
+            shutil.copy2(str(f), str(target))
+    return folder
+
+
+def writeFileAtomically(path, data: bytes, overwrite: bool = False) -> pathlib.Path:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place.
+
+    Without ``overwrite`` an existing ``path`` is refused, also when it appears while writing (the
+    temporary file is hard-linked to the name, which fails when the name exists).
+
+    Raises
+    ------
+    LuDosimetryLib.errors.OutputError
+        ``path`` exists (and ``overwrite`` is False), or its folder does not exist.
+    """
+    from LuDosimetryLib.errors import OutputError
+
+    path = pathlib.Path(path)
+    if path.exists() and (not overwrite or path.is_dir()):
+        raise OutputError("exists; not overwritten" + (" (it is a folder)" if path.is_dir() else ""), path)
+    if not path.parent.is_dir():
+        raise OutputError("folder does not exist", path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        if overwrite:
+            os.replace(tmp, str(path))
+        else:
+            try:
+                os.link(tmp, str(path))
+            except FileExistsError:
+                raise OutputError("exists; not overwritten", path) from None
+            except OSError:  # no hard links on this file system
+                if path.exists():
+                    raise OutputError("exists; not overwritten", path) from None
+                os.replace(tmp, str(path))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def resultsCsvText(resultsJson: Dict[str, Any]) -> str:
+    """The per-VOI results CSV: a row per VOI of ``results.json`` (its ``vois``), the VOI name then the
+    :data:`RESULT_COLUMNS` values at full precision (empty where the library gives none)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([VOI_COLUMN] + [title for _, title in RESULT_COLUMNS])
+    for name, voi in resultsJson.get("vois", {}).items():
+        values = [voi.get(attribute) for attribute, _ in RESULT_COLUMNS]
+        writer.writerow([name] + ["" if v is None else (v if isinstance(v, str) else repr(float(v))) for v in values])
+    return buffer.getvalue()
 
 
 def missingRequirements(packages: Sequence[Tuple[str, str]] = REQUIRED_PACKAGES) -> List[str]:
@@ -490,8 +1095,8 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
     """Runs the pipeline of LuDosimetryLib; usable from the Python console and from scripts without the widget.
 
     After :meth:`run`, :attr:`lastNodes` holds the nodes it added to the scene (empty when none),
-    :attr:`lastResults` the results and :attr:`timePointItems` the per-time-point nodes (SPECT, CT,
-    segmentation) when the study was loaded.
+    :attr:`lastResults` the results, :attr:`lastOutputDirectory` the folder written, and
+    :attr:`timePointItems` the per-time-point nodes (SPECT, CT, segmentation) when the study was loaded.
 
     Parameters
     ----------
@@ -505,6 +1110,7 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         self.lastNodes: Dict[str, Any] = {}
         self.lastResults = None
         self.timePointItems: List[Dict[str, Any]] = []
+        self.lastOutputDirectory: Optional[pathlib.Path] = None
         self._scene = scene
 
     @property
@@ -517,7 +1123,8 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def runOptions(dose_method: str = "dvk", injected_activity_bq: Optional[float] = None, injection_time=None,
                    spect_series_uid=None, pvc: str = "none", psf_fwhm_mm: Optional[float] = None,
-                   density_correction: bool = True, reference_time_point: int = 0):
+                   density_correction: bool = True, reference_time_point: int = 0,
+                   masks_per_time_point: Optional[List[Dict[str, Any]]] = None):
         """LuDosimetryLib.pipeline.RunOptions from the panel's options (defaults leave the library's)."""
         from LuDosimetryLib.pipeline import RunOptions
 
@@ -530,6 +1137,8 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
             options["density_correction"] = False
         if reference_time_point:
             options["reference_time_point"] = int(reference_time_point)
+        if masks_per_time_point is not None:
+            options["masks_per_time_point"] = list(masks_per_time_point)
         return RunOptions(**options)
 
     def inventory(self, study_dir, injected_activity_bq: Optional[float] = None, injection_time=None):
@@ -548,7 +1157,7 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
             progress: Optional[Callable[[float, str], None]] = None,
             load_into_scene: Optional[bool] = None, pvc: str = "none", psf_fwhm_mm: Optional[float] = None,
             density_correction: bool = True, reference_time_point: int = 0,
-            load_time_points: bool = False):
+            load_time_points: bool = False, masks_per_time_point: Optional[List[Dict[str, Any]]] = None):
         """Compute the dosimetry of one study, write the outputs and (in Slicer) show them.
 
         Parameters
@@ -577,6 +1186,9 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
             Index (0-based) of the time point whose grid carries the dose.
         load_time_points : bool
             Also load each time point's SPECT, CT and VOIs (one segmentation per time point, for editing).
+        masks_per_time_point : list of dict, optional
+            VOIs given directly instead of the study's RTSTRUCTs: per time point ``{name: (z, y, x) mask}``
+            on that time point's SPECT grid (see LuDosimetryLib.pipeline.RunOptions).
 
         Returns
         -------
@@ -600,17 +1212,20 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         report = progress if progress is not None else (lambda fraction, message: None)
 
         self.lastNodes = {}
-        if (pvc, psf_fwhm_mm, density_correction, reference_time_point) == ("none", None, True, 0):
+        if (pvc, psf_fwhm_mm, density_correction, reference_time_point, masks_per_time_point) == \
+                ("none", None, True, 0, None):
             options = RunOptions(dose_method=dose_method, injected_activity_bq=injected_activity_bq,
                                  injection_time=injection_time, spect_series_uid=spect_series_uid)
         else:
             options = self.runOptions(dose_method, injected_activity_bq, injection_time, spect_series_uid,
-                                      pvc, psf_fwhm_mm, density_correction, reference_time_point)
+                                      pvc, psf_fwhm_mm, density_correction, reference_time_point,
+                                      masks_per_time_point)
         results = run_study(pathlib.Path(study_dir), options,
                             progress=lambda fraction, message: report(_RUN_STUDY_SHARE * fraction, message))
         report(_RUN_STUDY_SHARE, "Writing the results")
         write_outputs(results, pathlib.Path(out_dir), overwrite=overwrite)
         self.lastResults = results
+        self.lastOutputDirectory = pathlib.Path(out_dir)
 
         if load_into_scene is None:
             load_into_scene = self.scene is not None
@@ -632,63 +1247,127 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         return self.timePointItems
 
     def segmentationNodesByTimePoint(self) -> List[Any]:
-        """The VOI segmentation of each loaded time point (None where a time point has none)."""
-        return [item.get("segmentation") for item in self.timePointItems]
+        """The VOI segmentation of each time point (None where a time point has none).
 
-    def recomputeWithEditedVois(self, study_dir, segmentation_nodes: Sequence[Any], out_dir, work_dir=None,
-                                overwrite: bool = False, progress: Optional[Callable[[float, str], None]] = None,
-                                load_into_scene: Optional[bool] = None, **options):
-        """Rerun the dosimetry with the (edited) segmentations as VOIs.
+        From the time points this logic loaded; otherwise (e.g. after a scene was loaded from a .mrb) from
+        the scene: the segmentations whose subject-hierarchy item carries the time-point attribute.
+        """
+        if self.timePointItems:
+            return [item.get("segmentation") for item in self.timePointItems]
+        if self.scene is None:
+            return []
+        from LuDosimetryLib import mrml
 
-        The pipeline reads VOIs from RTSTRUCT files, so the segmentations become NEW RTSTRUCTs in a
-        working copy of the study (``work_dir``, by default ``<out_dir>-work``): links to the original
-        images, one RTSTRUCT per time point drawn on that time point's SPECT, and none of the original
-        RTSTRUCTs. The original study folder is never modified. Then :meth:`run` runs on the working copy.
+        found = mrml.nodes_by_time_point(self.scene, "vtkMRMLSegmentationNode")
+        if not found:
+            return []
+        return [found.get(k) for k in range(max(found) + 1)]
+
+    def setSegmentationForTimePoint(self, time_point: int, segmentation_node) -> None:
+        """Use ``segmentation_node`` as the VOIs of time point ``time_point`` (0-based).
+
+        Recorded in the scene too (the node's time-point attribute; other segmentations lose that time
+        point), so that a saved scene remembers the choice.
+        """
+        from LuDosimetryLib import mrml
+        from LuDosimetryLib.errors import StudyError
+
+        current = self.segmentationNodesByTimePoint()
+        limit = len(current) if current else 10
+        if not 0 <= int(time_point) < limit:
+            raise StudyError(f"time point {int(time_point) + 1} does not exist (the study has {len(current)})")
+        mrml.set_time_point(segmentation_node, int(time_point), exclusive_class="vtkMRMLSegmentationNode")
+        if self.timePointItems:
+            self.timePointItems[int(time_point)]["segmentation"] = segmentation_node
+
+    @staticmethod
+    def sourceVolumeForSegmentation(segmentation_node):
+        """The volume a segmentation is drawn on (its reference-geometry volume), or None."""
+        return segmentation_node.GetNodeReference("referenceImageGeometryRef") if segmentation_node else None
+
+    def chartNodes(self) -> Tuple[Any, Any]:
+        """``(TAC chart, DVH chart)`` of the last run, else the last ones in the scene (None when none)."""
+        tac, dvh = self.lastNodes.get("tac_chart"), self.lastNodes.get("dvh_chart")
+        if self.scene is None or (tac is not None and dvh is not None):
+            return tac, dvh
+        for k in range(self.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode")):
+            chart = self.scene.GetNthNodeByClass(k, "vtkMRMLPlotChartNode")
+            name = chart.GetName() or ""
+            stem, _, suffix = name.rpartition("_")
+            base = stem if suffix.isdigit() else name  # unique names get "_<n>"
+            if base.endswith(" TAC") and self.lastNodes.get("tac_chart") is None:
+                tac = chart
+            elif base.endswith(" DVH") and self.lastNodes.get("dvh_chart") is None:
+                dvh = chart
+        return tac, dvh
+
+    def editedVoiMasks(self, study_dir, segmentation_nodes: Sequence[Any], injected_activity_bq=None,
+                       injection_time=None, spect_series_uid=None, progress=None) -> List[Dict[str, Any]]:
+        """The segmentations as VOI masks on each time point's SPECT grid (``RunOptions.masks_per_time_point``).
 
         Parameters
         ----------
         segmentation_nodes : sequence of vtkMRMLSegmentationNode
             One per time point, in time-point order; all with the same segment names.
-        work_dir : path-like, optional
-            New (or empty) folder for the working copy.
+
+        Raises
+        ------
+        StudyError
+            Not one segmentation per time point.
+        """
+        from LuDosimetryLib import mrml
+        from LuDosimetryLib.errors import StudyError
+        from LuDosimetryLib.io.images import read_spect
+        from LuDosimetryLib.pipeline import choose_spect_series
+
+        report = progress if progress is not None else (lambda fraction, message: None)
+        inventory = self.inventory(study_dir, injected_activity_bq, injection_time)
+        nodes = list(segmentation_nodes)
+        if len(nodes) != len(inventory.time_points) or any(node is None for node in nodes):
+            raise StudyError(f"{len(inventory.time_points)} time points need one segmentation each "
+                             f"(got {sum(node is not None for node in nodes)})", study_dir)
+        entries = choose_spect_series(inventory, self.runOptions(spect_series_uid=spect_series_uid))
+        masks = []
+        for k, (entry, node) in enumerate(zip(entries, nodes)):
+            report(k / len(nodes), f"Reading the VOIs of time point {k + 1}")
+            spect = read_spect(entry.files, injection_time=inventory.injection_time,
+                               what=f"SPECT {entry.description or entry.series_instance_uid}")
+            masks.append(mrml.masks_from_segmentation(node, spect.image))
+        return masks
+
+    def recomputeWithEditedVois(self, study_dir, segmentation_nodes: Sequence[Any], out_dir,
+                                overwrite: bool = False, progress: Optional[Callable[[float, str], None]] = None,
+                                load_into_scene: Optional[bool] = None, **options):
+        """Rerun the dosimetry with the (edited) segmentations as VOIs.
+
+        The segments become masks on each time point's SPECT grid and go to the pipeline directly
+        (``RunOptions.masks_per_time_point``); the study's RTSTRUCTs are not used and no file is written
+        besides the outputs (use :meth:`exportSegmentationAsRtstruct` for an RTSTRUCT of the edited VOIs).
+
+        Parameters
+        ----------
+        segmentation_nodes : sequence of vtkMRMLSegmentationNode
+            One per time point, in time-point order; all with the same segment names.
         options
-            As for :meth:`run` (dose_method, pvc, psf_fwhm_mm, ...).
+            As for :meth:`run` (dose_method, injected_activity_bq, injection_time, pvc, psf_fwhm_mm, ...).
 
         Returns
         -------
         The results of the rerun.
         """
-        from LuDosimetryLib import mrml
-        from LuDosimetryLib.errors import OutputError, StudyError
+        from LuDosimetryLib.errors import OutputError
         from LuDosimetryLib.io.export import check_output_dir
-        from LuDosimetryLib.io.images import read_spect
-        from LuDosimetryLib.pipeline import choose_spect_series
 
         if out_dir is None or not str(out_dir).strip():
             raise OutputError("no output folder chosen")
         check_output_dir(pathlib.Path(out_dir), overwrite)
         report = progress if progress is not None else (lambda fraction, message: None)
-        inventory = self.inventory(study_dir, options.get("injected_activity_bq"), options.get("injection_time"))
-        nodes = list(segmentation_nodes)
-        if len(nodes) != len(inventory.time_points) or any(node is None for node in nodes):
-            raise StudyError(f"{len(inventory.time_points)} time points need one segmentation each "
-                             f"(got {sum(node is not None for node in nodes)})", study_dir)
-        entries = choose_spect_series(inventory, self.runOptions(spect_series_uid=options.get("spect_series_uid")))
-        masks, references = [], []
-        for k, (entry, node) in enumerate(zip(entries, nodes)):
-            report(0.1 * k / len(nodes), f"Reading the VOIs of time point {k + 1}")
-            spect = read_spect(entry.files, injection_time=inventory.injection_time,
-                               what=f"SPECT {entry.description or entry.series_instance_uid}")
-            references.append(spect.image)
-            masks.append(mrml.masks_from_segmentation(node, spect.image))
-        colors = mrml.segment_colors(nodes[0])
-        work = pathlib.Path(work_dir) if work_dir else pathlib.Path(str(out_dir).rstrip("/\\") + "-work")
-        report(0.1, "Writing the edited VOIs as new RTSTRUCTs")
-        mrml.write_working_study(inventory, masks, references, [e.series_instance_uid for e in entries], work,
-                                 colors=colors)
-        self.lastWorkDirectory = work
-        return self.run(work, out_dir, overwrite=overwrite, load_into_scene=load_into_scene,
-                        progress=lambda fraction, message: report(0.15 + 0.85 * fraction, message), **options)
+        masks = self.editedVoiMasks(study_dir, segmentation_nodes, options.get("injected_activity_bq"),
+                                    options.get("injection_time"), options.get("spect_series_uid"),
+                                    progress=lambda fraction, message: report(0.1 * fraction, message))
+        return self.run(study_dir, out_dir, overwrite=overwrite, load_into_scene=load_into_scene,
+                        masks_per_time_point=masks,
+                        progress=lambda fraction, message: report(0.1 + 0.9 * fraction, message), **options)
 
     def exportSegmentationAsRtstruct(self, segmentation_node, path, time_point: int, study_dir=None):
         """Write one time point's (edited) segmentation as a NEW RTSTRUCT file drawn on its SPECT."""
@@ -706,6 +1385,139 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         from LuDosimetryLib import mrml
 
         return mrml.save_mrb(self.scene, path)
+
+    # ------------------------------------------------------------------------------ DICOM database
+
+    @staticmethod
+    def dicomStudies(database) -> List[Dict[str, str]]:
+        """The studies of a DICOM database (``slicer.dicomDatabase``), patient by patient.
+
+        Returns
+        -------
+        list of dict
+            ``{"patient_id", "patient_name", "study_instance_uid", "study_date", "description", "label"}``;
+            ``label`` is the text of the panel's study list.
+        """
+        studies = []
+        for patient in database.patients():
+            name = str(database.nameForPatient(patient) or "").replace("^", " ").strip()
+            patientId = str(database.fieldForPatient("PatientID", patient) or "")
+            for study in database.studiesForPatient(patient):
+                date = str(database.fieldForStudy("StudyDate", study) or "")
+                description = str(database.fieldForStudy("StudyDescription", study) or "")
+                label = " / ".join(part for part in (name or patientId, date, description) if part) or study
+                studies.append({"patient_id": patientId, "patient_name": name, "study_instance_uid": str(study),
+                                "study_date": date, "description": description, "label": label})
+        return studies
+
+    @staticmethod
+    def studyFilesFromDatabase(study_instance_uid: str, database) -> List[str]:
+        """Every file of a study in a DICOM database (all its series).
+
+        Raises
+        ------
+        StudyError
+            The study is not in the database or has no files.
+        """
+        from LuDosimetryLib.errors import StudyError
+
+        files: List[str] = []
+        for series in database.seriesForStudy(study_instance_uid):
+            files.extend(str(f) for f in database.filesForSeries(series))
+        if not files:
+            raise StudyError(f"study {study_instance_uid} has no files in the DICOM database")
+        return files
+
+    def studyViewFromDatabase(self, study_instance_uid: str, database, view_dir=None) -> pathlib.Path:
+        """A study folder for a study of the DICOM database: links to its files in ``view_dir`` (a new
+        temporary folder by default); the database's files are not changed. Scanned once to check it."""
+        files = self.studyFilesFromDatabase(study_instance_uid, database)
+        folder = pathlib.Path(view_dir) if view_dir else pathlib.Path(tempfile.mkdtemp(prefix="ludosimetry-study-"))
+        makeStudyView(files, folder)
+        self.inventory(folder)
+        return folder
+
+    # ----------------------------------------------------------------------------- reconstruction
+
+    def reconstruct(self, study_dir, recon_dir, algorithm: str = "osem", iterations: int = 4, subsets: int = 8,
+                    scatter: str = "tew", psf: bool = True, overwrite: bool = False,
+                    progress: Optional[Callable[[float, str], None]] = None) -> pathlib.Path:
+        """Reconstruct the study's projections and return a study folder that uses the reconstructions.
+
+        ``LuDosimetryLib.recon.reconstruct_study`` writes the reconstructions into ``recon_dir``; then
+        ``recon_dir/study`` is made: links to every file of the study except its reconstructed SPECT
+        series, and links to the new reconstructions. The dosimetry runs on that folder.
+
+        Raises
+        ------
+        StudyError
+            This version has no reconstruction, or the study cannot be reconstructed.
+        OutputError
+            ``recon_dir`` holds an earlier reconstruction and ``overwrite`` is False.
+        """
+        from LuDosimetryLib.errors import OutputError, StudyError
+
+        unavailable = reconstructionUnavailableReason()
+        if unavailable:
+            raise StudyError(unavailable)
+        reconstruct_study, ReconOptions = importReconstruction()
+        report = progress if progress is not None else (lambda fraction, message: None)
+        recon_dir = pathlib.Path(recon_dir)
+        view = recon_dir / "study"
+        if view.exists():
+            if not overwrite:
+                raise OutputError("holds an earlier reconstruction; allow overwriting to replace it", recon_dir)
+            shutil.rmtree(str(view))
+        inventory = self.inventory(study_dir)
+        options = ReconOptions(algorithm=algorithm, iterations=int(iterations), subsets=int(subsets),
+                               scatter=scatter, psf=bool(psf))
+        written = reconstruct_study(pathlib.Path(study_dir), recon_dir, options,
+                                    progress=lambda fraction, message: report(0.95 * fraction, message),
+                                    overwrite=overwrite)
+        report(0.95, "Linking the reconstructions into a study folder")
+        kept = [f for series in inventory.series if series.role != "spect_recon" for f in series.files]
+        makeStudyView(kept + [str(f) for f in written], view)
+        report(1.0, "Reconstructed")
+        return view
+
+    # -------------------------------------------------------------------------------------- exports
+
+    @staticmethod
+    def _runFile(out_dir, name: str) -> pathlib.Path:
+        from LuDosimetryLib.errors import OutputError
+
+        if out_dir is None or not str(out_dir).strip():
+            raise OutputError(f"no output folder with a {name}; run the dosimetry first")
+        path = pathlib.Path(out_dir) / name
+        if not path.is_file():
+            raise OutputError(f"has no {name}; run the dosimetry first", pathlib.Path(out_dir))
+        return path
+
+    def exportRtDose(self, out_dir, path, overwrite: bool = False) -> pathlib.Path:
+        """Copy the run's RT Dose (``rtdose.dcm`` of ``out_dir``) to ``path`` (atomic; an existing file
+        only with ``overwrite``)."""
+        return writeFileAtomically(path, self._runFile(out_dir, RTDOSE_FILE).read_bytes(), overwrite)
+
+    def exportReport(self, out_dir, path, overwrite: bool = False) -> pathlib.Path:
+        """Copy the run's ``results.json`` to ``path`` (atomic; an existing file only with ``overwrite``)."""
+        return writeFileAtomically(path, self._runFile(out_dir, RESULTS_FILE).read_bytes(), overwrite)
+
+    def exportCsv(self, out_dir, folder, overwrite: bool = False) -> List[pathlib.Path]:
+        """Write ``dvh.csv`` (the run's) and ``voi_results.csv`` (a row per VOI of results.json) into
+        ``folder``; nothing is written when either exists and ``overwrite`` is False."""
+        import json
+
+        from LuDosimetryLib.errors import OutputError
+
+        folder = pathlib.Path(folder)
+        targets = [folder / DVH_FILE, folder / VOI_RESULTS_FILE]
+        existing = [t for t in targets if t.exists()]
+        if existing and not overwrite:
+            raise OutputError("exists; not overwritten", existing[0])
+        dvh = self._runFile(out_dir, DVH_FILE).read_bytes()
+        saved = json.loads(self._runFile(out_dir, RESULTS_FILE).read_text(encoding="utf-8"))
+        return [writeFileAtomically(targets[0], dvh, overwrite),
+                writeFileAtomically(targets[1], resultsCsvText(saved).encode("utf-8"), overwrite)]
 
 
 #

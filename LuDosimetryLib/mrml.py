@@ -186,6 +186,48 @@ def place_in_hierarchy(node, parent_item: Optional[int], time_point: Optional[in
     return item
 
 
+def time_point_of(node) -> Optional[int]:
+    """Time-point index (0-based) stored on a node's subject-hierarchy item, or None."""
+    sh = _subject_hierarchy(node.GetScene())
+    item = sh.GetItemByDataNode(node)
+    value = sh.GetItemAttribute(item, TIME_POINT_ATTRIBUTE) if item else ""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def nodes_by_time_point(scene, class_name: str) -> Dict[int, Any]:
+    """``{time point: node}`` of the nodes of ``class_name`` that carry a time point (the last one in the
+    scene where several carry the same)."""
+    out: Dict[int, Any] = {}
+    for k in range(scene.GetNumberOfNodesByClass(class_name)):
+        node = scene.GetNthNodeByClass(k, class_name)
+        index = time_point_of(node)
+        if index is not None:
+            out[index] = node
+    return out
+
+
+def set_time_point(node, time_point: int, exclusive_class: Optional[str] = None) -> None:
+    """Store ``time_point`` on a node's subject-hierarchy item (the item is created when absent).
+
+    With ``exclusive_class``, the other nodes of that class lose this time point, so that
+    :func:`nodes_by_time_point` finds ``node`` for it.
+    """
+    scene = node.GetScene()
+    sh = _subject_hierarchy(scene)
+    if exclusive_class:
+        for k in range(scene.GetNumberOfNodesByClass(exclusive_class)):
+            other = scene.GetNthNodeByClass(k, exclusive_class)
+            if other is not node and time_point_of(other) == int(time_point):
+                sh.RemoveItemAttribute(sh.GetItemByDataNode(other), TIME_POINT_ATTRIBUTE)
+    item = sh.GetItemByDataNode(node)
+    if not item:
+        item = sh.CreateItem(sh.GetSceneItemID(), node)
+    sh.SetItemAttribute(item, TIME_POINT_ATTRIBUTE, str(int(time_point)))
+
+
 def vtk_id_list():
     import vtk
     return vtk.vtkIdList()

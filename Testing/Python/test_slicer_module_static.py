@@ -115,13 +115,32 @@ def test_ui_is_a_qt_designer_form():
 _QT_CUSTOM_WIDGETS = {
     "ctkCollapsibleButton": "from PyQt5.QtWidgets import QGroupBox\n"
                             "class ctkCollapsibleButton(QGroupBox):\n"
-                            "    def setText(self, text):\n        self.setTitle(text)\n",
+                            "    def setText(self, text):\n        self.setTitle(text)\n"
+                            "    def setCollapsed(self, value):\n        self.collapsed = value\n",
     "ctkPathLineEdit": "from PyQt5.QtWidgets import QLineEdit\n"
                        "class ctkPathLineEdit(QLineEdit):\n"
                        "    Dirs, Drives, NoDot, NoDotDot, Readable = 1, 2, 4, 8, 16\n"
                        "    def setFilters(self, value):\n        self.filters = value\n"
                        "    def setSettingKey(self, value):\n        self.settingKey = value\n",
-    "qMRMLWidget": "from PyQt5.QtWidgets import QWidget\nclass qMRMLWidget(QWidget):\n    pass\n",
+    # mrmlSceneChanged(vtkMRMLScene*) records the slots the form connects to it.
+    "qMRMLWidget": "from PyQt5.QtWidgets import QWidget\n"
+                   "class _Signal:\n"
+                   "    def __init__(self):\n        self.slots = []\n"
+                   "    def __getitem__(self, signature):\n        assert signature == 'vtkMRMLScene*'\n"
+                   "        return self\n"
+                   "    def connect(self, slot):\n        self.slots.append(slot)\n"
+                   "class qMRMLWidget(QWidget):\n"
+                   "    def __init__(self, *args, **kwargs):\n"
+                   "        super().__init__(*args, **kwargs)\n        self.mrmlSceneChanged = _Signal()\n",
+    "qMRMLNodeComboBox": "from PyQt5.QtWidgets import QComboBox\n"
+                         "class qMRMLNodeComboBox(QComboBox):\n"
+                         "    def setMRMLScene(self, scene):\n        self.scene = scene\n"
+                         "    def setNodeTypes(self, value):\n        self.nodeTypes = value\n"
+                         "    def setNoneEnabled(self, value):\n        self.noneEnabled = value\n"
+                         "    def setAddEnabled(self, value):\n        self.addEnabled = value\n"
+                         "    def setRemoveEnabled(self, value):\n        self.removeEnabled = value\n",
+    "qMRMLPlotWidget": "from PyQt5.QtWidgets import QWidget\nclass qMRMLPlotWidget(QWidget):\n"
+                       "    def setMRMLScene(self, scene):\n        self.scene = scene\n",
 }
 
 
@@ -142,6 +161,14 @@ def test_ui_loads_in_qt(tmp_path, monkeypatch):
     assert spin.specialValueText() == "from DICOM headers" and spin.value() == spin.minimum() == 0.0
     assert spin.property("SlicerParameterName") == "injectedActivityMBq"
     assert form.findChild(QTableWidget, "resultsTableWidget").editTriggers() == QTableWidget.NoEditTriggers
+    from PyQt5.QtWidgets import QDateTimeEdit
+    when = form.findChild(QDateTimeEdit, "injectionTimeEdit")
+    assert when.specialValueText() == "from DICOM headers" and when.property("SlicerParameterName") == "injectionTime"
+    for name in ("inventoryTableWidget", "fitsTableWidget"):
+        assert form.findChild(QTableWidget, name).editTriggers() == QTableWidget.NoEditTriggers, name
+    # The MRML widgets get the scene from the form.
+    receivers = {slot.__self__.objectName() for slot in form.mrmlSceneChanged.slots}
+    assert receivers == {"voiSegmentationSelector", "tacPlotWidget", "dvhPlotWidget"}
 
 
 def test_widget_names_used_by_the_module_exist_in_the_ui():
@@ -169,6 +196,9 @@ def test_every_slicer_parameter_name_is_a_parameter_its_widget_can_show():
         "QLineEdit": {"str"}, "QLabel": {"str"}, "QTextEdit": {"str"},
         "ctkPathLineEdit": {"str", "pathlib.Path", "Path"},
         "ctkDirectoryButton": {"pathlib.Path", "Path"},
+        # the module's own QDateTimeEdit <-> ISO 8601 str connector
+        "QDateTimeEdit": {"str"},
+        "qMRMLNodeComboBox": {"slicer.vtkMRMLSegmentationNode", "vtkMRMLSegmentationNode"},
     }
     connected = {}
     for widget in _ui_widgets():
@@ -240,7 +270,8 @@ def _stdlib_names() -> set:
     names = getattr(sys, "stdlib_module_names", None)
     if names is None:  # Python 3.9: the modules the module file may use
         names = {"importlib", "logging", "math", "pathlib", "traceback", "typing", "os", "sys", "tempfile",
-                 "json", "re", "unittest", "datetime", "functools", "collections", "dataclasses"}
+                 "json", "re", "unittest", "datetime", "functools", "collections", "dataclasses", "csv", "io",
+                 "shutil"}
     return set(names)
 
 
@@ -416,6 +447,7 @@ class _FakeScriptedLogic(_Base):
 def _fake_slicer_modules() -> dict:
     slicer = types.ModuleType("slicer")
     slicer.mrmlScene = None
+    slicer.vtkMRMLSegmentationNode = type("vtkMRMLSegmentationNode", (), {})  # a parameter's annotation
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = _Base
     slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
