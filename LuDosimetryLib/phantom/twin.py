@@ -309,7 +309,7 @@ def _write_projections(recon, root, k, code, act_fine, mu, fine, acq, p, study, 
     each moved into its own folder, plus the xSPECT (256²) and Flash3D (128²) mu-maps."""
     write_projection_series, write_mumap_series = recon
     if fast:  # the simulator's cost grows with the voxels: give it the 2x coarser grid in fast mode
-        coarse = Grid(tuple(o - s / 4.0 for o, s in zip(fine.origin, fine.spacing)),
+        coarse = Grid(tuple(o + s / 2.0 for o, s in zip(fine.origin, fine.spacing)),
                       tuple(2 * s for s in fine.spacing), tuple(n // 2 for n in fine.size))
         act_img = coarse.image(block_mean(act_fine, (2, 2, 2)).astype(np.float32))
         mu_img = coarse.image(block_mean(mu, (2, 2, 2)).astype(np.float32))
