@@ -135,11 +135,13 @@ class LuDosimetry(ScriptedLoadableModule):
         self.parent.contributors = ["LuDosimetry developers"]
         self.parent.helpText = """
 Patient-specific absorbed dose for Lu-177 DOTATATE therapy from post-therapy quantitative SPECT/CT.
-Choose the study folder (SPECT and CT of each time point, and the RTSTRUCT of organs and lesions) and an
-output folder, then Run: time-activity curves are fitted per VOI, integrated to time-integrated activity,
-and converted to absorbed dose with a dose-voxel kernel (dvk) or local deposition (ldm). The dose and
-TIA images and a table of per-VOI results are added to the scene; results.json, dvh.csv, plots, NRRD
-images and an RT Dose are written to the output folder.
+Work down the sections. Study: pick a study of the DICOM database (its files are linked into a temporary
+folder, never changed) or a study folder (SPECT and CT of each time point, RTSTRUCT of organs and lesions),
+check the inventory (time points, hours after injection) and, if needed, the injected activity and time.
+Reconstruction (when the study holds projections): OSEM/BSREM with scatter and PSF options. VOIs: each
+time point's segmentation, Segment Editor, Recompute with edited VOIs. Fits and TIA: TAC plot. Dose:
+dose-voxel kernel (dvk) or local deposition (ldm), density correction. Results: per-VOI table, DVH plot,
+export of the RT Dose, the edited VOIs (RTSTRUCT), CSV and results.json.
 """
         self.parent.acknowledgementText = """
 Decay data: ICRP Publication 107 (icrp107-database package).
@@ -218,7 +220,7 @@ class QDateTimeEditToStrConnector(GuiConnector):
         return self._widget
 
     def read(self) -> str:
-        if self._widget.dateTime == self._widget.minimumDateTime:
+        if self._widget.dateTime.toMSecsSinceEpoch() == self._widget.minimumDateTime.toMSecsSinceEpoch():
             return ""
         return self._widget.dateTime.toString("yyyy-MM-dd'T'HH:mm:ss")
 
@@ -607,10 +609,9 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         from LuDosimetryLib.errors import LuDosimetryError
 
-        path = qt.QFileDialog.getSaveFileName(
-            slicer.util.mainWindow(), "Export edited VOIs as RTSTRUCT",
-            str(pathlib.Path(node.outputDirectory or ".") / f"TP{node.voiTimePoint + 1}_edited_VOIs.dcm"),
-            "DICOM RTSTRUCT (*.dcm)", None, qt.QFileDialog.DontConfirmOverwrite)
+        path = self._askSavePath("Export edited VOIs as RTSTRUCT",
+                                 pathlib.Path(node.outputDirectory or ".") / f"TP{node.voiTimePoint + 1}_edited_VOIs.dcm",
+                                 "DICOM RTSTRUCT (*.dcm)")
         if not path:
             return
         try:
@@ -747,9 +748,21 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._confirmAndExport(targets, lambda overwrite: self.logic.exportCsv(self._outputDirectory(), folder,
                                                                                overwrite))
 
+    @staticmethod
+    def _askSavePath(title: str, default: pathlib.Path, fileFilter: str) -> str:
+        """A file name from a save dialog ("" when cancelled); replacing a file is asked separately."""
+        dialog = qt.QFileDialog(slicer.util.mainWindow(), title, str(default.parent), fileFilter)
+        dialog.setAcceptMode(qt.QFileDialog.AcceptSave)
+        dialog.setOption(qt.QFileDialog.DontConfirmOverwrite)
+        dialog.selectFile(default.name)
+        if not dialog.exec_():
+            return ""
+        files = dialog.selectedFiles()
+        return str(files[0]) if files else ""
+
     def _export(self, title: str, defaultName: str, fileFilter: str, write) -> None:
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), title, str(pathlib.Path.home() / defaultName),
-                                              fileFilter, None, qt.QFileDialog.DontConfirmOverwrite)
+        path = self._askSavePath(title, (self._outputDirectory() or pathlib.Path.home()).parent / defaultName,
+                                 fileFilter)
         if path:
             self._confirmAndExport([pathlib.Path(path)], lambda overwrite: write(path, overwrite))
 

@@ -629,3 +629,109 @@ def test_logic_on_the_synthetic_patient(module, tmp_path):
                     f"{name}.{attribute}"
             else:
                 assert math.isclose(stored, value, rel_tol=1e-9), f"{name}.{attribute}: {stored} != {value}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure helpers of the panel's sections
+
+
+def test_panel_helpers(module, tmp_path):
+    from datetime import datetime
+
+    from LuDosimetryLib.errors import StudyError
+
+    assert module.injectionTimeFromText("") is None and module.injectionTimeFromText("  ") is None
+    assert module.injectionTimeFromText("2024-03-05T09:30:00") == datetime(2024, 3, 5, 9, 30)
+    with pytest.raises(StudyError, match="'yesterday' is not an ISO 8601"):
+        module.injectionTimeFromText("yesterday")
+    assert module.safeFolderName("Doe Jane / 20240102 / Lu-177") == "Doe_Jane___20240102___Lu-177"
+    assert module.safeFolderName("///") == "study"
+    assert module.editedOutputDirectory(tmp_path / "out") == tmp_path / "out-edited"
+    assert module.defaultReconstructionDirectory(tmp_path / "out") == tmp_path / "out-recon"
+    # Every parameter-node option of the Reconstruction section is a ReconOptions field.
+    recon = pytest.importorskip("LuDosimetryLib.recon.reconstruct")
+    _, options = module.importReconstruction()
+    assert options is recon.ReconOptions
+    fields = _parameter_node_fields()
+    for parameter, values in (("reconAlgorithm", recon.ALGORITHMS), ("reconScatter", ("tew", "dew", "none"))):
+        choice = [e for e in ast.walk(fields[parameter]) if isinstance(e, ast.Call)][0]
+        assert tuple(ast.literal_eval(choice.args[0])) == tuple(values), parameter
+
+
+def test_inventory_rows_and_projections(module):
+    document = {
+        "time_points": [{"index": 0, "hours_post_injection": 4.25}, {"index": 1, "hours_post_injection": None}],
+        "series": [
+            {"role": "spect_recon", "modality": "NM", "description": "SPECT 4h", "code": "C1S1D0", "time_point": 0,
+             "files": 1, "form": None},
+            {"role": "spect_projections", "modality": "NM", "description": "tomo", "code": None, "time_point": 1,
+             "files": 3, "form": "unaltered"},
+            {"role": "pet", "modality": "PT", "description": "Ga-68", "code": None, "time_point": None, "files": 90},
+        ]}
+    rows = module.inventoryRows(document)
+    assert rows == [
+        {"time_point": "TP1", "hours_post_injection": 4.25, "role": "spect_recon", "modality": "NM",
+         "description": "SPECT 4h", "code": "C1S1D0", "files": 1},
+        {"time_point": "TP2", "hours_post_injection": None, "role": "spect_projections (unaltered)", "modality": "NM",
+         "description": "tomo", "code": "", "files": 3},
+        {"time_point": "", "hours_post_injection": None, "role": "pet", "modality": "PT", "description": "Ga-68",
+         "code": "", "files": 90}]
+    assert module.hasProjections(document)
+    assert not module.hasProjections({"series": document["series"][::2]})
+    assert module.inventoryRows(None) == [] and not module.hasProjections(None)
+
+
+def test_fit_rows_and_results_csv(module):
+    import csv
+
+    results = SimpleNamespace(vois={"liver": SimpleNamespace(fit_model="bi_exponential", effective_half_life_h=60.5,
+                                                             tia_bq_s=1.0e12, tia_se_bq_s=None, tiac_h=40.1,
+                                                             fit_warnings=["a", "b"])})
+    assert module.fitRows(results) == [{"voi": "liver", "fit_model": "bi_exponential", "effective_half_life_h": 60.5,
+                                        "tia_bq_s": 1.0e12, "tia_se_bq_s": None, "tiac_h": 40.1,
+                                        "fit_warnings": "a; b"}]
+    saved = {"vois": {"liver": {"volume_ml": 1500.123456789, "fit_model": "mono_exponential", "d2_gy": None},
+                      "lesion, 1": {"volume_ml": 2.0}}}
+    rows = list(csv.reader(module.resultsCsvText(saved).splitlines()))
+    assert rows[0][0] == module.VOI_COLUMN and len(rows) == 3
+    columns = [a for a, _ in module.RESULT_COLUMNS]
+    assert rows[1][0] == "liver" and float(rows[1][1 + columns.index("volume_ml")]) == 1500.123456789
+    assert rows[1][1 + columns.index("fit_model")] == "mono_exponential"
+    assert rows[1][1 + columns.index("d2_gy")] == "" and rows[2][0] == "lesion, 1"
+
+
+def test_write_file_atomically_refuses_to_overwrite(module, tmp_path):
+    from LuDosimetryLib.errors import OutputError
+
+    target = tmp_path / "a.txt"
+    assert module.writeFileAtomically(target, b"one") == target and target.read_bytes() == b"one"
+    with pytest.raises(OutputError, match="exists; not overwritten"):
+        module.writeFileAtomically(target, b"two")
+    assert target.read_bytes() == b"one"
+    module.writeFileAtomically(target, b"three", overwrite=True)
+    assert target.read_bytes() == b"three"
+    with pytest.raises(OutputError, match="folder"):
+        module.writeFileAtomically(tmp_path, b"x", overwrite=True)
+    with pytest.raises(OutputError, match="folder does not exist"):
+        module.writeFileAtomically(tmp_path / "missing" / "b.txt", b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temporary left
+
+
+def test_make_study_view(module, tmp_path):
+    from LuDosimetryLib.errors import OutputError, StudyError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    files = [tmp_path / "a" / "x.dcm", tmp_path / "b" / "x.dcm"]
+    for k, f in enumerate(files):
+        f.write_bytes(bytes([k]))
+    view = module.makeStudyView(files, tmp_path / "view")
+    links = sorted(view.iterdir())
+    assert [p.name for p in links] == ["000001_x.dcm", "000002_x.dcm"]  # same names do not collide
+    assert all(p.is_symlink() for p in links) and [p.read_bytes() for p in links] == [b"\x00", b"\x01"]
+    with pytest.raises(OutputError, match="not an empty folder"):
+        module.makeStudyView(files, view)
+    with pytest.raises(StudyError, match="no files"):
+        module.makeStudyView([], tmp_path / "v2")
+    with pytest.raises(StudyError, match="does not exist"):
+        module.makeStudyView([tmp_path / "nope.dcm"], tmp_path / "v3")
