@@ -68,6 +68,16 @@ def _injection_kwargs(args) -> dict:
     return {"injected_activity_bq": activity, "injection_time": when}
 
 
+def _time_points(text: Optional[str]):
+    """'2,3' → (2, 3)."""
+    if not text:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError as exc:
+        raise LuDosimetryError(f"--time-points {text!r} is not a list of time point numbers (e.g. 2,3)") from exc
+
+
 def cmd_inspect(args) -> int:
     from .io.inventory import scan_study
     inv = scan_study(args.study, **_injection_kwargs(args))
@@ -113,6 +123,12 @@ def _print_table(results) -> None:
         print(f"{name[:17]:<18}{v.volume_ml:9.1f}{v.mass_g:9.1f}{v.tia_bq_s / 3.6e9:12.1f}{v.tiac_h:8.3f}"
               f"{v.fit_model:>17}{teff}{v.mean_dose_gy:9.3f}{v.d2_gy:7.2f}{v.d50_gy:7.2f}{v.d98_gy:7.2f}"
               f"{v.gy_per_gbq:8.3f}")
+    reduced = [(n, v) for n, v in results.vois.items() if v.tia_full_bq_s]
+    if reduced:
+        print(f"\nReduced time points {results.time_points_used}: TIA vs the fit of all time points")
+        for name, v in reduced:
+            print(f"  {name[:17]:<18}{v.tia_bq_s / 3.6e9:12.1f} vs {v.tia_full_bq_s / 3.6e9:12.1f} MBq·h "
+                  f"({100 * v.reduced_relative_difference:+.1f} %)")
     for w in results.warnings:
         print(f"warning: {w}")
 
@@ -126,7 +142,10 @@ def _run(study, out, args, overwrite: bool) -> int:
                       spect_calibration_bq_per_ml_per_unit=args.spect_calibration,
                       density_correction=not args.no_density_correction, pvc=args.pvc,
                       psf_fwhm_mm=args.psf_fwhm_mm, spect_source=args.spect,
-                      extra_study_dirs=tuple(args.recon_dir), **_injection_kwargs(args))
+                      extra_study_dirs=tuple(args.recon_dir),
+                      reference_time_point=args.reference_time_point - 1, registration=args.registration,
+                      vois=args.vois, tia_map=args.tia_map, time_points=_time_points(args.time_points),
+                      reduced_method=args.reduced_method, **_injection_kwargs(args))
     bar = TerminalProgress(quiet=args.quiet)
     try:
         results = run_study(study, opts, progress=bar)
@@ -155,6 +174,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="which reconstructed SPECT to use: the vendor's or ours from 'ludosimetry reconstruct'")
     p.add_argument("--recon-dir", action="append", default=[], metavar="DIR",
                    help="output folder of 'ludosimetry reconstruct' read with the study (repeatable)")
+    p.add_argument("--reference-time-point", type=int, default=1, metavar="K",
+                   help="time point (1-based) whose grid carries the TIA and dose maps")
+    p.add_argument("--registration", choices=("none", "rigid", "deformable"), default="none",
+                   help="register every time point's CT (and SPECT per VOI) to the reference")
+    p.add_argument("--vois", choices=("per-time-point", "reference-only"), default="per-time-point",
+                   help="each time point's own contours, or the reference's propagated by the registration")
+    p.add_argument("--tia-map", choices=("voi", "voxel"), default="voi",
+                   help="TIA map from the VOI fits (organ TIA conserved) or from voxel-level fits")
+    p.add_argument("--time-points", metavar="LIST",
+                   help="reduced imaging: use only these time points (1-based, e.g. 2,3); the full fit is "
+                        "reported beside it")
+    p.add_argument("--reduced-method", default="population_prior",
+                   choices=("population_prior", "hanscheid", "madsen", "two_point"),
+                   help="TIA method for --time-points")
     p.add_argument("--overwrite", action="store_true", help="replace an existing LuDosimetry output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
 

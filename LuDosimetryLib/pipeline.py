@@ -59,6 +59,25 @@ class RunOptions:
         reconstructions made by ``ludosimetry reconstruct``) or ``"reconstructed"`` (use only those).
     extra_study_dirs : tuple of path-like
         More folders read with the study, e.g. the output folder of ``ludosimetry reconstruct``.
+    registration : str
+        ``"none"`` (time points share the scanner's frame of reference as they are), ``"rigid"`` or
+        ``"deformable"``: CT–CT registration of every time point to the reference, refined per VOI on
+        SPECT intensity (contour-intensity alignment); used to carry SPECT to the reference grid for the
+        TIA map and to propagate VOIs. Transforms are kept in the results and written by ``write_outputs``.
+    vois : str
+        ``"per-time-point"`` (each time point's own RTSTRUCT; time points without one get the reference's
+        contours propagated when a registration is asked) or ``"reference-only"`` (only the reference
+        time point's contours, propagated to the others; needs ``registration``).
+    tia_map : str
+        ``"voi"``: each VOI region's fitted TIA spread like its activity at the reference time point
+        (organ-level TIA exactly conserved); ``"voxel"``: every voxel's curve fitted (same models and
+        AICc guard as the VOI fits) on the time points carried to the reference grid.
+    time_points : tuple of int, optional
+        1-based subset of time points (reduced imaging): the TIA comes from
+        :func:`~LuDosimetryLib.kinetics.reduced.fit_reduced` on the subset and the full fit's TIA is
+        reported beside it. The reference time point must be in the subset.
+    reduced_method : str
+        Method of :func:`~LuDosimetryLib.kinetics.reduced.fit_reduced` for a subset.
     masks_per_time_point : list of dict, optional
         VOIs given directly (e.g. segmentations edited in Slicer) instead of the study's RTSTRUCTs:
         one ``{name: ndarray (z,y,x)}`` per time point, each on that time point's SPECT grid (values ≥ 0.5
@@ -80,6 +99,11 @@ class RunOptions:
     masks_per_time_point: Optional[list] = None
     spect_source: str = "auto"
     extra_study_dirs: tuple = ()
+    registration: str = "none"
+    vois: str = "per-time-point"
+    tia_map: str = "voi"
+    time_points: Optional[tuple] = None
+    reduced_method: str = "population_prior"
 
 
 @dataclass
@@ -106,6 +130,9 @@ class VoiResult:
     gy_per_gbq: float
     structure_set: str = ""
     fit_warnings: List[str] = field(default_factory=list)
+    tia_map_bq_s: Optional[float] = None
+    tia_full_bq_s: Optional[float] = None
+    reduced_relative_difference: Optional[float] = None
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -143,6 +170,9 @@ class StudyResults:
     patient_name: str = ""
     warnings: List[str] = field(default_factory=list)
     inventory: Optional[Inventory] = None
+    registrations: Dict[int, object] = field(default_factory=dict)
+    reference_index: int = 0
+    time_points_used: Optional[List[int]] = None
 
     def to_json(self) -> dict:
         return {
@@ -154,6 +184,9 @@ class StudyResults:
                              "spect_series_uid": t.spect_series_uid, "description": t.description}
                             for t in self.time_points],
             "dose_method": self.dose_method,
+            "reference_time_point": self.reference_index + 1,
+            "time_points_used": self.time_points_used,
+            "registered": sorted(i + 1 for i in self.registrations),
             "vois": {name: v.to_json() for name, v in self.vois.items()},
             "warnings": self.warnings,
         }
@@ -266,6 +299,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     from .dose import density_from_hu, dose_dvk, dose_ldm
     from .dvh import cumulative_dvh, dose_statistics
     from .kinetics import fit_time_activity_curve
+    from .kinetics.reduced import fit_reduced
 
     options = options or RunOptions()
     if options.dose_method not in ("dvk", "ldm"):
@@ -298,11 +332,25 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
         raise StudyError("no injection time in the headers (RadiopharmaceuticalStartDateTime); "
                          "give --injection-time", study_dir)
     spect_entries = choose_spect_series(inv, options)
+    n_tp = len(spect_entries)
+    ref = options.reference_time_point
+    if not 0 <= ref < n_tp:
+        raise StudyError(f"reference time point {ref + 1} does not exist (study has {n_tp})")
+    subset = _time_point_subset(options, n_tp, ref, study_dir)
+    if options.registration not in ("none", "rigid", "deformable"):
+        raise StudyError(f"unknown registration {options.registration!r} (use none, rigid or deformable)")
+    if options.vois not in ("per-time-point", "reference-only"):
+        raise StudyError(f"unknown VOI mode {options.vois!r} (use per-time-point or reference-only)")
+    if options.tia_map not in ("voi", "voxel"):
+        raise StudyError(f"unknown TIA map method {options.tia_map!r} (use voi or voxel)")
+    if options.vois == "reference-only" and options.registration == "none":
+        raise StudyError("--vois reference-only propagates the reference contours and needs a registration "
+                         "(--registration rigid or deformable)", study_dir)
 
     # Quantitative SPECT per time point.
     spects: List[SpectVolume] = []
     for i, entry in enumerate(spect_entries):
-        progress.sub(0.1, 0.3).report(i / len(spect_entries), f"reading SPECT {i + 1}/{len(spect_entries)}")
+        progress.sub(0.1, 0.25).report(i / n_tp, f"reading SPECT {i + 1}/{n_tp}")
         spects.append(read_spect(entry.files, injection_time=inv.injection_time, nuclide=nuclide,
                                  calibration_bq_per_ml_per_unit=options.spect_calibration_bq_per_ml_per_unit,
                                  what=f"SPECT {entry.description or entry.series_instance_uid}"))
@@ -315,84 +363,90 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
                              f"({inv.injection_time.isoformat()}); check --injection-time", entry.files[0])
         hours.append(h)
 
-    # VOIs per time point.
-    per_tp_masks = []
-    given = options.masks_per_time_point
-    if given is not None and len(given) != len(spects):
-        raise StudyError(f"{len(given)} sets of VOI masks given for {len(spects)} time points", study_dir)
-    for i, sp in enumerate(spects):
-        progress.sub(0.3, 0.45).report(i / len(spects), f"VOIs of time point {i + 1}")
-        if given is not None:
-            shape = sitk.GetArrayViewFromImage(sp.image).shape
-            masks = {}
-            for name, m in given[i].items():
-                m = np.asarray(m)
-                if m.shape != shape:
-                    raise StructureError(f"mask {name!r} of time point {i + 1} has shape {m.shape}, "
-                                         f"the SPECT grid {shape}", study_dir)
-                masks[name] = (m >= 0.5).astype(np.float32)
-        else:
-            masks, _ = _masks_for_time_point(inv, i, sp, options.supersample)
-        per_tp_masks.append(masks)
-    with_vois = [i for i, m in enumerate(per_tp_masks) if m]
-    if not with_vois:
-        raise StudyError("no RTSTRUCT matches any SPECT time point (same frame of reference or referenced "
-                         "series); nothing to report", study_dir)
-    missing = [i + 1 for i, m in enumerate(per_tp_masks) if not m]
-    if missing:
-        raise StudyError(f"time point(s) {missing} have no RTSTRUCT of their own; VOI propagation from a "
-                         "reference time point needs registration (not available in this version)", study_dir)
-    names = list(per_tp_masks[0])
-    for i, m in enumerate(per_tp_masks[1:], start=2):
-        if set(m) != set(names):
-            only_ref = sorted(set(names) - set(m))
-            only_here = sorted(set(m) - set(names))
-            raise StudyError(f"VOI names differ between time point 1 and {i}: missing at {i}: {only_ref}, "
-                             f"only at {i}: {only_here}; rename the ROIs so that every VOI is on every time point",
-                             study_dir)
-
-    # CT density on each SPECT grid (for masses) and on the reference grid (for dose).
-    ref = options.reference_time_point
-    if not 0 <= ref < len(spects):
-        raise StudyError(f"reference time point {ref + 1} does not exist (study has {len(spects)})")
+    # CT per time point: HU (registration) and density on the SPECT grid (masses, dose).
+    cts: List[Optional[sitk.Image]] = []
     densities: List[Optional[np.ndarray]] = []
     for i, sp in enumerate(spects):
-        cts = [s for s in inv.by_role("ct") if s.time_point == i and
-               (not sp.frame_of_reference_uid or s.frame_of_reference_uid == sp.frame_of_reference_uid)]
-        if not cts:
+        progress.sub(0.25, 0.35).report(i / n_tp, f"CT density {i + 1}/{n_tp}")
+        entries = [s for s in inv.by_role("ct") if s.time_point == i and
+                   (not sp.frame_of_reference_uid or s.frame_of_reference_uid == sp.frame_of_reference_uid)]
+        if not entries:
+            cts.append(None)
             densities.append(None)
             run_warnings.append(f"time point {i + 1}: no CT in the SPECT's frame of reference; "
                                 "masses assume 1.04 g/mL (ICRU 46 soft tissue)")
             continue
-        hu = read_ct(cts[0].files, what=f"CT {cts[0].description}")
+        hu = read_ct(entries[0].files, what=f"CT {entries[0].description}")
+        cts.append(hu)
         hu_on_spect = mean_over_grid(hu, sp.image, default=-1000.0)
         densities.append(density_from_hu(sitk.GetArrayFromImage(hu_on_spect)).astype(np.float32))
-        progress.sub(0.45, 0.55).report((i + 1) / len(spects), f"CT density {i + 1}/{len(spects)}")
+
+    # VOIs per time point (RTSTRUCTs, or masks given directly).
+    per_tp_masks = _vois_per_time_point(inv, spects, options, study_dir, progress.sub(0.35, 0.45))
+
+    # Registration of every time point to the reference, and VOI propagation.
+    registrations: Dict[int, object] = {}
+    if options.registration != "none":
+        registrations = _register(spects, cts, per_tp_masks, ref, options, study_dir, progress.sub(0.45, 0.6))
+        from .registration import propagate_masks
+        for i in range(n_tp):
+            if i != ref and (options.vois == "reference-only" or not per_tp_masks[i]):
+                moved = propagate_masks(per_tp_masks[ref], spects[ref].image, registrations[i], spects[i].image)
+                per_tp_masks[i] = {k: np.asarray(m, dtype=np.float32) for k, m in moved.items()}
+    if not per_tp_masks[ref]:
+        raise StudyError(f"the reference time point {ref + 1} has no RTSTRUCT (same frame of reference or "
+                         "referenced series); nothing to report", study_dir)
+    missing = [i + 1 for i, m in enumerate(per_tp_masks) if not m]
+    if missing:
+        raise StudyError(f"time point(s) {missing} have no RTSTRUCT of their own; propagate the reference "
+                         "contours with --registration rigid or deformable", study_dir)
+    names = list(per_tp_masks[ref])
+    for i, m in enumerate(per_tp_masks):
+        if set(m) != set(names):
+            only_ref = sorted(set(names) - set(m))
+            only_here = sorted(set(m) - set(names))
+            raise StudyError(f"VOI names differ between time point {ref + 1} and {i + 1}: missing at {i + 1}: "
+                             f"{only_ref}, only at {i + 1}: {only_here}; rename the ROIs so that every VOI is on "
+                             "every time point", study_dir)
 
     # Non-overlapping regions per time point (lesions carved out of organs) and, with PVC, their true
     # mean concentrations by GTM.
     partitions = [_partition(m) for m in per_tp_masks]
-    gtm = [None] * len(spects)
+    gtm = [None] * n_tp
     if options.pvc == "gtm":
         from .pvc import gtm_concentrations
         for i, sp in enumerate(spects):
-            progress.sub(0.55, 0.6).report(i / len(spects), f"partial-volume correction {i + 1}/{len(spects)}")
+            progress.sub(0.6, 0.63).report(i / n_tp, f"partial-volume correction {i + 1}/{n_tp}")
             gtm[i] = gtm_concentrations(sitk.GetArrayViewFromImage(sp.image), partitions[i],
                                         sp.image.GetSpacing(), options.psf_fwhm_mm)
 
+    def fit_tac(acts, name, label=None):
+        """Full fit on every time point; with a subset, the reduced-time-point fit (and the full one)."""
+        label = label or name
+        try:
+            full = fit_time_activity_curve(np.array(hours), np.array(acts), models=options.models,
+                                           nuclide=nuclide, label=label)
+            if subset is None:
+                return full, None
+            idx = list(subset)
+            red = fit_reduced(np.array(hours)[idx], np.array(acts)[idx], options.reduced_method, organ=name,
+                              nuclide=nuclide, label=label)
+            return red, full
+        except FitError as exc:
+            raise FitError(f"VOI {label!r}: {exc.problem}", study_dir) from exc
+
     # TACs and fits per VOI.
-    fits = {}
-    vois: Dict[str, VoiResult] = {}
+    fits, full_fits = {}, {}
+    vois: Dict[str, dict] = {}
     spacing = spects[ref].image.GetSpacing()
     for k, name in enumerate(names):
-        progress.sub(0.55, 0.65).report(k / len(names), f"fitting {name}")
+        progress.sub(0.63, 0.68).report(k / len(names), f"fitting {name}")
         acts, concs, vols, masses = [], [], [], []
         for i, sp in enumerate(spects):
             w = per_tp_masks[i][name]
             vml = float(np.prod(sp.image.GetSpacing())) / 1000.0
-            arr = sitk.GetArrayViewFromImage(sp.image)
             if gtm[i] is None:
-                a = float(np.sum(w * arr)) * vml
+                a = float(np.sum(w * sitk.GetArrayViewFromImage(sp.image))) * vml
             else:
                 inside = w > 0
                 a = sum(gtm[i][n] * float(np.count_nonzero(partitions[i][n] & inside)) for n in partitions[i]) * vml
@@ -402,30 +456,38 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
             concs.append(a / v if v > 0 else float("nan"))
             dens = densities[i]
             masses.append(float(np.sum(w * dens)) * vml if dens is not None else v * 1.04)
-        try:
-            fit = fit_time_activity_curve(np.array(hours), np.array(acts), models=options.models,
-                                          nuclide=nuclide, label=name)
-        except FitError as exc:
-            raise FitError(f"VOI {name!r}: {exc.problem}", study_dir) from exc
+        fit, full = fit_tac(acts, name)
         fits[name] = fit
+        if full is not None:
+            full_fits[name] = full
         run_warnings += list(fit.warnings)  # already prefixed with the VOI name
-        vois[name] = dict(activity_bq=acts, concentration_bq_per_ml=concs,
-                          volume_ml=vols[ref], mass_g=masses[ref], fit=fit)
+        vois[name] = dict(activity_bq=acts, concentration_bq_per_ml=concs, volume_ml=vols[ref],
+                          mass_g=masses[ref], fit=fit, full=full)
 
-    # TIA map on the reference grid: each (non-overlapping) region's TIA spread like its activity at the
-    # reference time point; outside the VOIs, voxel-wise trapezoid + physical tail.
-    progress.report(0.66, "TIA map")
+    # TIA map (Bq·s/mL) on the reference grid.
+    progress.report(0.68, "TIA map")
     ref_img = spects[ref].image
-    tia_map = _tia_map(spects, hours, partitions, gtm, ref, nuclide, options, fit_time_activity_curve)
+    on_ref = _images_on_reference(spects, ref, registrations)
+    if options.tia_map == "voxel":
+        from .kinetics.voxel import voxel_tia_map
+        use = list(subset) if subset is not None else list(range(n_tp))
+        body = None if densities[ref] is None else densities[ref] > 0.5
+        tia_img, _, _ = voxel_tia_map([on_ref[i] for i in use], [hours[i] for i in use], nuclide=nuclide,
+                                      models=[m for m in options.models if m != "tri_exponential"], mask=body,
+                                      progress=progress.sub(0.68, 0.75))
+        tia_map = sitk.GetArrayFromImage(tia_img).astype(np.float32)
+    else:
+        tia_map = _tia_map(on_ref, hours, partitions, gtm, ref, nuclide, spects,
+                           lambda acts, name: fit_tac(acts, name, f"{name} (region)")[0], subset)
     vml_ref = float(np.prod(spacing)) / 1000.0
     tia_voxel = tia_map * vml_ref  # Bq·s per voxel
     density = densities[ref]
     dens_for_dose = density if (options.density_correction and density is not None) else None
 
-    progress.report(0.72, f"absorbed dose ({options.dose_method})")
+    progress.report(0.75, f"absorbed dose ({options.dose_method})")
     if options.dose_method == "dvk":
         dose = dose_dvk(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide,
-                        progress=progress.sub(0.72, 0.9))
+                        progress=progress.sub(0.75, 0.9))
     else:
         dose = dose_ldm(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide)
     dose = np.asarray(dose, dtype=np.float32)
@@ -437,7 +499,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     for name in names:
         w = per_tp_masks[ref][name]
         info = vois[name]
-        fit = info["fit"]
+        fit, full = info["fit"], info["full"]
         if float(w.sum()) > 0:
             stats = dose_statistics(dose, w, vml_ref)
             dvhs[name] = cumulative_dvh(dose, w, vml_ref)
@@ -454,7 +516,10 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
             effective_half_life_h=None if fit.effective_half_life_h is None else float(fit.effective_half_life_h),
             mean_dose_gy=float(stats["mean_dose_gy"]), d2_gy=float(stats["d2_gy"]), d50_gy=float(stats["d50_gy"]),
             d98_gy=float(stats["d98_gy"]), max_dose_gy=float(stats["max_dose_gy"]),
-            gy_per_gbq=float(stats["mean_dose_gy"]) / gbq, fit_warnings=list(fit.warnings))
+            gy_per_gbq=float(stats["mean_dose_gy"]) / gbq, fit_warnings=list(fit.warnings),
+            tia_map_bq_s=float(np.sum(tia_voxel * (w >= 0.5))),
+            tia_full_bq_s=None if full is None else float(full.tia_bq_s),
+            reduced_relative_difference=None if full is None else float(fit.tia_bq_s / full.tia_bq_s - 1.0))
 
     def as_image(arr):
         img = sitk.GetImageFromArray(np.asarray(arr, dtype=np.float32))
@@ -472,7 +537,89 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
         tia_bq_s_per_ml=as_image(tia_map), reference_spect=ref_img,
         density_g_per_ml=None if density is None else as_image(density), dvhs=dvhs, fits=fits,
         frame_of_reference_uid=spects[ref].frame_of_reference_uid,
-        study_instance_uid=spect_entries[ref].study_instance_uid, warnings=run_warnings, inventory=inv)
+        study_instance_uid=spect_entries[ref].study_instance_uid, warnings=run_warnings, inventory=inv,
+        registrations=registrations, reference_index=ref,
+        time_points_used=None if subset is None else [i + 1 for i in subset])
+
+
+def _time_point_subset(options: RunOptions, n_tp: int, ref: int, study_dir) -> Optional[List[int]]:
+    """0-based indices of ``options.time_points`` (1-based), validated; None for all time points."""
+    if options.time_points is None:
+        return None
+    idx = sorted({int(t) - 1 for t in options.time_points})
+    bad = [i + 1 for i in idx if not 0 <= i < n_tp]
+    if bad:
+        raise StudyError(f"--time-points {bad} do not exist (the study has {n_tp} time points)", study_dir)
+    if not idx:
+        raise StudyError("--time-points is empty", study_dir)
+    if ref not in idx:
+        raise StudyError(f"the reference time point {ref + 1} must be one of --time-points "
+                         f"{[i + 1 for i in idx]}", study_dir)
+    return None if len(idx) == n_tp else idx
+
+
+def _vois_per_time_point(inv, spects, options, study_dir, progress) -> List[Dict[str, np.ndarray]]:
+    """VOI masks (z,y,x float32 0/1) on each time point's SPECT grid; empty dict where there are none."""
+    given = options.masks_per_time_point
+    if given is not None and len(given) != len(spects):
+        raise StudyError(f"{len(given)} sets of VOI masks given for {len(spects)} time points", study_dir)
+    out = []
+    for i, sp in enumerate(spects):
+        progress.report(i / len(spects), f"VOIs of time point {i + 1}")
+        if given is not None:
+            shape = sitk.GetArrayViewFromImage(sp.image).shape
+            masks = {}
+            for name, m in given[i].items():
+                m = np.asarray(m)
+                if m.shape != shape:
+                    raise StructureError(f"mask {name!r} of time point {i + 1} has shape {m.shape}, "
+                                         f"the SPECT grid {shape}", study_dir)
+                masks[name] = (m >= 0.5).astype(np.float32)
+        elif options.vois == "reference-only" and i != options.reference_time_point:
+            masks = {}
+        else:
+            masks, _ = _masks_for_time_point(inv, i, sp, options.supersample)
+        out.append(masks)
+    if not any(out):
+        raise StudyError("no RTSTRUCT matches any SPECT time point (same frame of reference or referenced "
+                         "series); nothing to report", study_dir)
+    return out
+
+
+def _register(spects, cts, per_tp_masks, ref, options, study_dir, progress) -> Dict[int, object]:
+    """Registration of every time point to the reference (CT–CT, refined per VOI on SPECT)."""
+    from .registration import register_time_points
+
+    if cts[ref] is None:
+        raise StudyError(f"registration needs the reference time point's CT (time point {ref + 1} has none)",
+                         study_dir)
+    fixed_masks = {k: m >= 0.5 for k, m in per_tp_masks[ref].items()} if per_tp_masks[ref] else None
+    regs = {}
+    others = [i for i in range(len(spects)) if i != ref]
+    for n, i in enumerate(others):
+        if cts[i] is None:
+            raise StudyError(f"registration needs a CT at every time point (time point {i + 1} has none)",
+                             study_dir)
+        regs[i] = register_time_points(cts[ref], cts[i], spect_fixed=spects[ref].image,
+                                       spect_moving=spects[i].image, masks_fixed=fixed_masks,
+                                       deformable=options.registration == "deformable",
+                                       progress=progress.sub(n / len(others), (n + 1) / len(others)))
+    return regs
+
+
+def _images_on_reference(spects, ref, registrations) -> List[sitk.Image]:
+    """Every time point's SPECT (Bq/mL) on the reference grid: registered (activity-conserving with the
+    deformation's Jacobian) or, without registration, resampled in the shared patient coordinates."""
+    ref_img = spects[ref].image
+    out = []
+    for i, sp in enumerate(spects):
+        if i == ref:
+            out.append(ref_img)
+        elif i in registrations:
+            out.append(registrations[i].apply_to_image(sp.image, ref_img, jacobian=True))
+        else:
+            out.append(resample_to(sp.image, ref_img, default=0.0))
+    return out
 
 
 def sitk_header_value(entry: SeriesEntry):
@@ -481,24 +628,29 @@ def sitk_header_value(entry: SeriesEntry):
     return pydicom.dcmread(entry.files[0], stop_before_pixels=True)
 
 
-def _tia_map(spects, hours, partitions, gtm, ref, nuclide, options, fit_fn) -> np.ndarray:
-    """TIA concentration map (Bq·s/mL) on the reference SPECT grid.
+def _tia_map(on_ref, hours, partitions, gtm, ref, nuclide, spects, fit_fn, subset) -> np.ndarray:
+    """VOI-based TIA concentration map (Bq·s/mL) on the reference SPECT grid.
 
-    Inside each VOI region the region's fitted TIA is distributed in proportion to the reference
-    image (so the map's integral over a VOI equals the VOI's TIA, the organ-level result). Outside VOIs
-    each voxel is integrated by trapezoids with a physical-decay tail, on the time points resampled to
-    the reference grid (same frame of reference; registration is a later step).
+    Inside each VOI region (lesions carved out of organs) the region's fitted TIA is distributed in
+    proportion to the reference image, so the map's integral over a VOI equals the VOI's TIA (the
+    organ-level result). Outside the VOIs each voxel is integrated by trapezoids from (0, 0) with a
+    physical-decay tail, on the time points carried to the reference grid (``on_ref``).
+
+    Parameters
+    ----------
+    on_ref : list of SimpleITK.Image
+        Every time point's SPECT (Bq/mL) on the reference grid.
+    fit_fn : callable ``(activities_bq, name) -> fit``
+        The VOI fit (full, or reduced on ``subset``).
+    subset : list of int or None
+        Time points (0-based) used outside the VOIs.
     """
     ref_img = spects[ref].image
     ref_arr = sitk.GetArrayFromImage(ref_img).astype(np.float64)
-    stack = []
-    for i, sp in enumerate(spects):
-        img = sp.image if i == ref else resample_to(sp.image, ref_img, default=0.0)
-        stack.append(np.clip(sitk.GetArrayViewFromImage(img).astype(np.float64), 0.0, None))
-    stack = np.stack(stack)  # (t, z, y, x) Bq/mL
-    t_s = np.asarray(hours) * 3600.0
+    use = list(range(len(on_ref))) if subset is None else list(subset)
+    t_s = np.asarray(hours, dtype=float)[use] * 3600.0
+    stack = [np.clip(sitk.GetArrayViewFromImage(on_ref[i]).astype(np.float64), 0.0, None) for i in use]
     lam = nuclide.decay_constant_per_s
-    # Trapezoids from (0, 0) through the points, then the physical tail from the last point.
     tia = 0.5 * stack[0] * t_s[0]
     for i in range(1, len(t_s)):
         tia += 0.5 * (stack[i] + stack[i - 1]) * (t_s[i] - t_s[i - 1])
@@ -513,13 +665,11 @@ def _tia_map(spects, hours, partitions, gtm, ref, nuclide, options, fit_fn) -> n
             m_i = partitions[i][name]
             vml_i = float(np.prod(sp.image.GetSpacing())) / 1000.0
             if gtm[i] is None:
-                arr = sitk.GetArrayViewFromImage(sp.image)
-                acts.append(float(np.sum(arr[m_i])) * vml_i)
+                acts.append(float(np.sum(sitk.GetArrayViewFromImage(sp.image)[m_i])) * vml_i)
             else:
                 acts.append(gtm[i][name] * float(np.count_nonzero(m_i)) * vml_i)
         try:
-            fit = fit_fn(np.asarray(hours), np.asarray(acts), models=options.models, nuclide=nuclide, label=name)
-            region_tia = float(fit.tia_bq_s)
+            region_tia = float(fit_fn(acts, name).tia_bq_s)
         except FitError:
             region_tia = float(np.sum(tia[region])) * vml
         weights = np.clip(ref_arr[region], 0.0, None)

@@ -47,7 +47,8 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
     """Write every output of a run into ``out_dir`` atomically.
 
     Files: ``results.json``, ``dvh.csv``, ``dvh.png``, ``tac.png``, ``dose_gy.nrrd``,
-    ``tia_bq_s_per_ml.nrrd``, ``rtdose.dcm`` (DoseUnits GY, SPECT grid, the study's frame of reference).
+    ``tia_bq_s_per_ml.nrrd``, ``rtdose.dcm`` (DoseUnits GY, SPECT grid, the study's frame of reference),
+    and with a registration ``registration/tp<k>_to_tp<ref>/`` (ITK .tfm, displacement field .nrrd, JSON).
     """
     from .dvh import plot_dvh, write_dvh_csv
     from .io.dicom_common import PatientInfo, StudyInfo
@@ -63,6 +64,8 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
         patient = PatientInfo(patient_id=results.patient_id, patient_name=results.patient_name or results.patient_id)
         study = StudyInfo(study_instance_uid=results.study_instance_uid or StudyInfo().study_instance_uid,
                           study_datetime=results.time_points[0].acquisition_time)
+        for i, reg in sorted(results.registrations.items()):
+            reg.save(tmp / "registration" / f"tp{i + 1}_to_tp{results.reference_index + 1}")
         write_rtdose(tmp / "rtdose.dcm", results.dose_gy, patient, study,
                      frame_of_reference_uid=results.frame_of_reference_uid,
                      series_description=f"LuDosimetry absorbed dose ({results.dose_method.upper()})",

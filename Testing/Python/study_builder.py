@@ -93,23 +93,53 @@ class BuiltStudy:
     spect_uids: List[str] = field(default_factory=list)
 
 
+def _shifted(spheres, shift_mm):
+    return tuple(Sphere(s.name, tuple(c + d for c, d in zip(s.centre_mm, shift_mm)), s.radius_mm, s.a0_bq,
+                        s.t_eff_h, s.uptake_h) for s in spheres)
+
+
+def _ct_hu(ct_ref: sitk.Image, spheres, shift_mm) -> np.ndarray:
+    """A CT with structure to register: air, an elliptic body (20 HU), the spheres (60 HU) and a 'spine'
+    (700 HU), all moved by ``shift_mm``."""
+    size = ct_ref.GetSize()
+    sp = np.array(ct_ref.GetSpacing())
+    org = np.array(ct_ref.GetOrigin())
+    zz, yy, xx = np.meshgrid(np.arange(size[2]), np.arange(size[1]), np.arange(size[0]), indexing="ij")
+    x = org[0] + xx * sp[0] - shift_mm[0]
+    y = org[1] + yy * sp[1] - shift_mm[1]
+    hu = np.full(zz.shape, -1000.0, np.float32)
+    hu[(x / 90.0) ** 2 + (y / 70.0) ** 2 <= 1.0] = 20.0
+    for s in spheres:
+        hu[coverage(ct_ref, s, n=1) >= 0.5] = 60.0
+    hu[((x - 0.0) / 12.0) ** 2 + ((y - 45.0) / 12.0) ** 2 <= 1.0] = 700.0
+    return hu
+
+
 def build_study(root: Path, *, spheres=DEFAULT_SPHERES, hours=HOURS, spect_format: str = "pt_slices",
                 decay_correction: str = "ADMIN", with_ct: bool = True, with_rtstruct: bool = True,
-                injected_activity_bq: float = 7.21e9, background_bq_per_ml: float = 0.0) -> BuiltStudy:
-    """Write the analytic study under ``root``; returns what was written."""
+                injected_activity_bq: float = 7.21e9, background_bq_per_ml: float = 0.0,
+                shifts_mm=None, rtstruct_time_points=None) -> BuiltStudy:
+    """Write the analytic study under ``root``; returns what was written.
+
+    ``shifts_mm``: one (x, y, z) patient shift per time point (mm; the anatomy, SPECT, CT and contours
+    move together, the scanner frame stays). ``rtstruct_time_points``: 0-based time points that get an
+    RTSTRUCT (default all).
+    """
     root = Path(root)
     patient = PatientInfo(patient_id="TEST001", patient_name="Test^Analytic", sex="M", birth_date="19540101")
     spect_ref = _grid((40, 32, 24), (4.8, 4.8, 4.8), (-96.0, -76.8, -57.6))
     ct_ref = _grid((80, 64, 24), (2.4, 2.4, 4.8), (-97.2, -78.0, -57.6))
     built = BuiltStudy(root, tuple(spheres), tuple(hours))
-    spect_cov = {s.name: coverage(spect_ref, s) for s in spheres}
-    ct_cov = {s.name: coverage(ct_ref, s, n=3) for s in spheres}
     for k, h in enumerate(hours):
+        shift = (0.0, 0.0, 0.0) if shifts_mm is None else tuple(shifts_mm[k])
+        moved = _shifted(spheres, shift)
+        spect_cov = {s.name: coverage(spect_ref, s) for s in moved}
+        ct_cov = {s.name: coverage(ct_ref, s, n=3) for s in moved}
         acq = INJECTION + timedelta(hours=h)
         study = StudyInfo(study_instance_uid=new_uid(), study_datetime=acq, study_id=str(k + 1))
         for_uid = new_uid()
         arr = np.full(spect_cov[spheres[0].name].shape, background_bq_per_ml, np.float32)
-        for s in spheres:
+        for s in moved:
             conc = float(s.activity_bq(h)) / s.volume_ml
             arr = arr + spect_cov[s.name] * conc
         img = sitk.GetImageFromArray(arr)
@@ -126,14 +156,17 @@ def build_study(root: Path, *, spheres=DEFAULT_SPHERES, hours=HOURS, spect_forma
                                       sseries, **common)
         built.spect_uids.append(ref.series_instance_uid)
         if with_ct:
-            hu = np.full(ct_cov[spheres[0].name].shape, 40.0, np.float32)  # soft tissue
+            if shifts_mm is None:
+                hu = np.full(ct_cov[spheres[0].name].shape, 40.0, np.float32)  # soft tissue
+            else:
+                hu = _ct_hu(ct_ref, moved, shift)
             cti = sitk.GetImageFromArray(hu)
             cti.CopyInformation(ct_ref)
             cseries = SeriesInfo(modality="CT", series_number=2, description=f"{code} CT",
                                  frame_of_reference_uid=for_uid)
             ct_refd = write_ct_series(cti, root / f"scan{k + 1}" / "ct", patient, study, cseries,
                                       acquisition_datetime=acq)
-            if with_rtstruct:
+            if with_rtstruct and (rtstruct_time_points is None or k in rtstruct_time_points):
                 masks = {s.name: ct_cov[s.name] >= 0.5 for s in spheres}
                 write_rtstruct(root / f"scan{k + 1}" / "vois" / "rtstruct.dcm", masks, ct_ref, ct_refd, patient,
                                study, series_description=f"{code} VOIs")

@@ -262,3 +262,46 @@ def test_masks_given_directly_replace_the_rtstructs(study):
     bad = [{"x": np.zeros((2, 2, 2))} for _ in masks]
     with pytest.raises(StructureError, match="shape"):
         run_study(study.root, RunOptions(masks_per_time_point=bad))
+
+
+@pytest.fixture(scope="module")
+def moving_study(tmp_path_factory):
+    """Patient shifted by up to 10 mm between time points; contours only at time point 1."""
+    root = tmp_path_factory.mktemp("moving") / "study"
+    return build_study(root, shifts_mm=[(0, 0, 0), (8, -5, 4.8), (-6, 4, -4.8), (5, 6, 0)],
+                       rtstruct_time_points=[0])
+
+
+def test_reference_only_vois_need_a_registration(moving_study, tmp_path, capsys):
+    _fails(["run", str(moving_study.root), "--out", str(tmp_path / "o")], capsys, "--registration")
+    _fails(["run", str(moving_study.root), "--out", str(tmp_path / "o"), "--vois", "reference-only"], capsys,
+           "needs a registration")
+
+
+def test_registration_propagates_vois_and_is_saved(moving_study, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", str(moving_study.root), "--out", str(out), "--quiet", "--dose-method", "ldm",
+                 "--registration", "rigid", "--vois", "reference-only"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["registered"] == [2, 3, 4]
+    for s in moving_study.spheres:
+        assert res["vois"][s.name]["tia_bq_s"] == pytest.approx(s.tia_bq_s(), rel=0.06), s.name
+    for k in (2, 3, 4):
+        folder = out / "registration" / f"tp{k}_to_tp1"
+        assert any(p.suffix == ".tfm" for p in folder.iterdir()), folder
+
+
+def test_voxel_tia_map_and_reduced_time_points(moving_study):
+    voxel = run_study(moving_study.root, RunOptions(dose_method="ldm", registration="rigid",
+                                                    vois="reference-only", tia_map="voxel"))
+    reduced = run_study(moving_study.root, RunOptions(dose_method="ldm", registration="rigid",
+                                                      vois="reference-only", time_points=(1, 3)))
+    for s in moving_study.spheres:
+        assert voxel.vois[s.name].tia_map_bq_s == pytest.approx(s.tia_bq_s(), rel=0.08), s.name
+        r = reduced.vois[s.name]
+        assert r.tia_full_bq_s is not None and r.reduced_relative_difference == pytest.approx(
+            r.tia_bq_s / r.tia_full_bq_s - 1.0)
+        assert r.tia_bq_s == pytest.approx(s.tia_bq_s(), rel=0.10), s.name
+    assert reduced.time_points_used == [1, 3]
+    with pytest.raises(StudyError, match="reference time point 1 must be one of"):
+        run_study(moving_study.root, RunOptions(registration="rigid", vois="reference-only", time_points=(2, 3)))
