@@ -13,3 +13,7 @@ reconstruction and simulation paths (:mod:`._pyt`).
 - :mod:`.simulate` — simulated Siemens-like projection files for tests and benchmarks.
 """
 from __future__ import annotations
+
+from .reconstruct import ReconOptions, reconstruct_study  # noqa: E402  (no torch/pytomography import)
+
+__all__ = ["ReconOptions", "reconstruct_study"]
