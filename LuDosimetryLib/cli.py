@@ -232,15 +232,23 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_phantom(args) -> int:
     from .io.export import atomic_output_dir
-    from .phantom import write_synthetic_patient
+    from .phantom import write_synthetic_patient, write_twin
     bar = TerminalProgress(quiet=args.quiet)
     try:
         with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
-            write_synthetic_patient(tmp, seed=args.seed, fast=args.fast, noise=not args.noise_free, progress=bar)
+            if args.preset:
+                where = write_twin(tmp, preset=args.preset, seed=args.seed, fast=args.fast, progress=bar,
+                                   projections=not args.no_projections)
+                where = Path(args.out) / where.relative_to(tmp)
+            else:
+                write_synthetic_patient(tmp, seed=args.seed, fast=args.fast, noise=not args.noise_free,
+                                        progress=bar)
+                where = Path(args.out)
     finally:
         bar.close()
     if not args.quiet:
-        print(f"Synthetic patient written to {args.out} (truth in {Path(args.out) / 'truth.json'})")
+        kind = f"digital twin of the collection's {args.preset}" if args.preset else "synthetic patient"
+        print(f"{kind} written to {where} (truth in {where / 'truth.json'})")
     return 0
 
 
@@ -332,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="small grid, for tests")
     p.add_argument("--noise-free", action="store_true")
+    p.add_argument("--preset", choices=("patient4", "patient6"),
+                   help="the digital twin of the published Lu-177 DOTATATE collection (all six works)")
+    p.add_argument("--no-projections", action="store_true",
+                   help="twin without work 6 (projections and mu-maps; the slow part)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_phantom)

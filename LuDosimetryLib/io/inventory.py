@@ -239,9 +239,13 @@ def classify(ds, path: str = "") -> "tuple[str, str]":
             radio = " ".join([str(item.get("Radiopharmaceutical", "") or "")] +
                              [str(c.get("CodeMeaning", "")) for c in (item.get("RadionuclideCodeSequence") or [])])
             if item.get("RadionuclideHalfLife") not in (None, ""):
-                # Lu-177: 574 300 s; PET nuclides live minutes to hours.
-                if float(item.RadionuclideHalfLife) > 2.0e5:
+                # Lu-177: 574 300 s; PET nuclides (F-18 6586 s, Ga-68 4062 s, Cu-64 45 720 s) far less:
+                # the half-life decides before any name (a Ga-68 DOTATATE PET is not a Lu-177 SPECT).
+                half_life_s = float(item.RadionuclideHalfLife)
+                if half_life_s > 2.0e5:
                     return "spect_recon", ""
+                if half_life_s < 1.0e5:
+                    return "pet", ""
         if _LU177_WORDS.search(radio) or re.search(r"SPECT|xSPECT|Lu-?177", desc, re.IGNORECASE):
             return "spect_recon", ""
         return "pet", ""

@@ -31,7 +31,7 @@ GA68_DOTATATE_CODE = ("724025002", "SCT", "Dotatate Ga^68^")
 def write_pet_series(image_bqml: sitk.Image, folder: os.PathLike, patient: PatientInfo, study: StudyInfo,
                      series: SeriesInfo, *, acquisition_datetime: datetime, duration_s: float,
                      injected_activity_bq: float, injection_datetime: datetime,
-                     radiopharmaceutical: str = "Ga-68 DOTA-TATE") -> ReferencedSeries:
+                     radiopharmaceutical: str = "Ga-68 DOTATATE") -> ReferencedSeries:
     """Write a Ga-68 PET (Bq/mL at the acquisition start) as PT slices (DecayCorrection START).
 
     ``patient.weight_kg`` must be set (SUV needs PatientWeight). ``radiopharmaceutical`` is free text

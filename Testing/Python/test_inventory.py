@@ -98,3 +98,17 @@ def test_empty_acquisition_date_falls_back_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="no acquisition date/time"):
         inv = scan_study(tmp_path)
     assert inv.time_points[0].acquisition_time == acq
+
+
+def test_ga68_dotatate_pet_is_pet_not_lu177_spect():
+    from pydicom.dataset import Dataset
+    ds = Dataset()
+    ds.Modality = "PT"
+    item = Dataset()
+    item.Radiopharmaceutical = "Ga-68 DOTATATE"
+    item.RadionuclideHalfLife = "4062.6"
+    ds.RadiopharmaceuticalInformationSequence = [item]
+    assert classify(ds)[0] == "pet"
+    item.RadionuclideHalfLife = "574300.8"
+    item.Radiopharmaceutical = "Lu-177 DOTATATE"
+    assert classify(ds)[0] == "spect_recon"
