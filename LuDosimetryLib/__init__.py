@@ -1,6 +1,6 @@
 """LuDosimetryLib: patient-specific Lu-177 dosimetry from post-therapy SPECT/CT.
 
-Plain-Python core of the LuDosimetry 3D Slicer extension (no Qt, no ``slicer.app``).
+Plain-Python core of the LuDosimetry 3D Slicer extension (no Qt, no Slicer application object).
 Every step is a function or a small class with numpy / SimpleITK in and out:
 
 - :mod:`LuDosimetryLib.radionuclides` — decay data (ICRP 107) and decay correction.

@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -32,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import DicomFileError, OutputError, StructureError
+from .io.export import atomic_file
 
 #: Default thresholds (Gy) for the ``v_gy`` entry of :func:`dose_statistics`: 2 Gy (red marrow),
 #: 23 Gy (kidney limit commonly used for Lu-177 PRRT, from EBRT tolerance; Bodei et al., EJNMMI 2008),
@@ -248,13 +248,6 @@ def dvh_table(dvhs: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> List[Dict[st
     return rows
 
 
-def _atomic_target(path: Path, suffix: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=str(path.parent))
-    os.close(fd)
-    return tmp
-
-
 def write_dvh_csv(path: os.PathLike, dvhs: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> Path:
     """Write DVHs as a long-format CSV (columns :data:`DVH_CSV_COLUMNS`), atomically.
 
@@ -263,21 +256,14 @@ def write_dvh_csv(path: os.PathLike, dvhs: Mapping[str, Tuple[np.ndarray, np.nda
     path = Path(path)
     rows = dvh_table(dvhs)
     try:
-        tmp = _atomic_target(path, ".csv")
-    except OSError as exc:
-        raise OutputError(f"cannot write the DVH table ({exc.strerror or exc})", path) from None
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        with atomic_file(path, ".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(DVH_CSV_COLUMNS)
             for row in rows:
                 writer.writerow([row["voi"], f"{row['dose_gy']:.6g}", f"{row['volume_ml']:.6g}",
                                  f"{row['volume_percent']:.6g}"])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write the DVH table ({exc.strerror or exc})", path) from None
     return path
 
 
@@ -309,16 +295,10 @@ def plot_dvh(path: os.PathLike, dvhs: Mapping[str, Tuple[np.ndarray, np.ndarray]
         axes.legend(loc="upper right", fontsize="small")
     figure.tight_layout()
     try:
-        tmp = _atomic_target(path, path.suffix or ".png")
+        with atomic_file(path, path.suffix or ".png") as tmp:
+            figure.savefig(tmp, format=(path.suffix.lstrip(".") or "png"))
     except OSError as exc:
         raise OutputError(f"cannot write the DVH plot ({exc.strerror or exc})", path) from None
-    try:
-        figure.savefig(tmp, format=(path.suffix.lstrip(".") or "png"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -7,7 +7,6 @@ dose statistics and DVH.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from .io.export import atomic_file
 from .errors import OutputError, StructureError, StudyError
 from .progress import as_progress
 
@@ -173,9 +173,8 @@ class Registration:
         out.mkdir(parents=True, exist_ok=True)
 
         def atomic(name, writer):
-            tmp = out / (".tmp_" + name)
-            writer(str(tmp))
-            os.replace(tmp, out / name)
+            with atomic_file(out / name) as tmp:
+                writer(tmp)
 
         atomic("rigid.tfm", lambda p: sitk.WriteTransform(self.rigid, p))
         if self.displacement is not None:

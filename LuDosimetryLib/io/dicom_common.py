@@ -7,7 +7,6 @@ Common modules (DICOM PS3.3 C.7.1.1, C.7.2.1, C.7.3.1, C.7.4.1, C.7.5.1, C.12.1)
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -161,18 +160,14 @@ def write_dataset(ds: Dataset, path: os.PathLike) -> Path:
 
     Returns the path written. A failure leaves no partial file behind.
     """
+    from .export import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".dcm", dir=str(path.parent))
-    os.close(fd)
-    try:
-        pydicom.dcmwrite(tmp, ds, enforce_file_format=True) if _has_enforce() else ds.save_as(
-            tmp, write_like_original=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path, ".dcm") as tmp:
+        if _has_enforce():
+            pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+        else:
+            ds.save_as(tmp, write_like_original=False)
     return path
 
 

@@ -69,6 +69,26 @@ def atomic_output_dir(out, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_file(path, suffix: str = "") -> Iterator[str]:
+    """Context manager yielding a temporary path beside ``path`` that becomes ``path`` on success.
+
+    The parent folder is created; on an exception the temporary file is removed and ``path`` is left
+    as it was. Every file LuDosimetry writes goes through here (or :func:`atomic_output_dir`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix or path.suffix, dir=str(path.parent))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def _clean(obj):
     """JSON-safe: NaN/inf → None, numpy scalars → Python."""
     if isinstance(obj, dict):
@@ -88,9 +108,7 @@ def _clean(obj):
 def write_json(path, data) -> Path:
     """Write ``data`` as indented JSON atomically (NaN written as null)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=str(path.parent))
-    with os.fdopen(fd, "w") as fh:
+    with atomic_file(path, ".json") as tmp, open(tmp, "w") as fh:
         json.dump(_clean(data), fh, indent=2, allow_nan=False)
         fh.write("\n")
-    os.replace(tmp, path)
     return path

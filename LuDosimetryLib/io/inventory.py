@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import DicomFileError, StudyError

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
-import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence

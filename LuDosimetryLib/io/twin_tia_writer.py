@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pydicom
 import SimpleITK as sitk
-from pydicom.sequence import Sequence as DicomSequence
 
 from .dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
 from .rtstruct import ReferencedSeries

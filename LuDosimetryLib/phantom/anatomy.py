@@ -11,7 +11,7 @@ fraction of each voxel occupied by each tissue, sampled on ``supersample``³ poi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np

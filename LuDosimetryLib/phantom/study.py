@@ -26,18 +26,18 @@ Absorbed doses in the truth are local-deposition electron doses: TIA × mean ele
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
 from ..errors import LuDosimetryError, OutputError
+from ..io.export import write_json
 from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo
 from ..io.rtstruct import write_rtstruct
 from ..io.series_writer import derived_uid, write_ct_series, write_nm_multiframe, write_pt_slices
@@ -277,6 +277,4 @@ def _write_truth(out: Path, seed, fast, noise, fwhm, sensitivity, spect_format, 
         "fov_total_activity_bq": fov_total,
         "injected_activity_decayed_bq": injected_decayed,
     }
-    tmp = out / ".truth.json.tmp"
-    tmp.write_text(json.dumps(truth, indent=2))
-    os.replace(tmp, out / "truth.json")
+    write_json(out / "truth.json", truth)
