@@ -47,6 +47,9 @@ class RunOptions:
         Index of the time point whose grid carries the TIA and dose maps.
     models : tuple of str
         Candidate TAC models for the AICc selection.
+    models_per_voi : dict, optional
+        VOI name → tuple of models, overriding ``models`` for that VOI (e.g. ``("trapezoid",)`` or
+        ``("bi_exponential",)`` chosen by the physicist).
     nuclide : str
     pvc : str
         ``"none"`` (default) or ``"gtm"``: partial-volume correction of VOI activities by the geometric
@@ -92,6 +95,7 @@ class RunOptions:
     density_correction: bool = True
     reference_time_point: int = 0
     models: tuple = ("mono_exponential", "bi_exponential", "tri_exponential")
+    models_per_voi: Optional[dict] = None
     nuclide: str = "Lu-177"
     pvc: str = "none"
     psf_fwhm_mm: Optional[float] = None
@@ -400,6 +404,10 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
         raise StudyError(f"time point(s) {missing} have no RTSTRUCT of their own; propagate the reference "
                          "contours with --registration rigid or deformable", study_dir)
     names = list(per_tp_masks[ref])
+    unknown = sorted(set(options.models_per_voi or {}) - set(names))
+    if unknown:
+        raise StudyError(f"models are given for VOIs that the study does not have: {unknown} "
+                         f"(VOIs: {names})", study_dir)
     for i, m in enumerate(per_tp_masks):
         if set(m) != set(names):
             only_ref = sorted(set(names) - set(m))
@@ -422,8 +430,9 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     def fit_tac(acts, name, label=None):
         """Full fit on every time point; with a subset, the reduced-time-point fit (and the full one)."""
         label = label or name
+        models = (options.models_per_voi or {}).get(name, options.models)
         try:
-            full = fit_time_activity_curve(np.array(hours), np.array(acts), models=options.models,
+            full = fit_time_activity_curve(np.array(hours), np.array(acts), models=models,
                                            nuclide=nuclide, label=label)
             if subset is None:
                 return full, None

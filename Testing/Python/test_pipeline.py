@@ -305,3 +305,11 @@ def test_voxel_tia_map_and_reduced_time_points(moving_study):
     assert reduced.time_points_used == [1, 3]
     with pytest.raises(StudyError, match="reference time point 1 must be one of"):
         run_study(moving_study.root, RunOptions(registration="rigid", vois="reference-only", time_points=(2, 3)))
+
+
+def test_models_per_voi(study):
+    res = run_study(study.root, RunOptions(dose_method="ldm", models_per_voi={"Liver": ("trapezoid",)}))
+    assert res.vois["Liver"].fit_model == "trapezoid"
+    assert res.vois["Kidney_L"].fit_model != "trapezoid"
+    with pytest.raises(StudyError, match="Lever"):
+        run_study(study.root, RunOptions(models_per_voi={"Lever": ("mono_exponential",)}))
