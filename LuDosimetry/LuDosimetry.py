@@ -2,9 +2,11 @@
 
 The module is a thin shell. The panel has the sections a user works down: Study (a study of Slicer's
 DICOM database or a folder, its inventory, the injection), Reconstruction (when the study holds
-projections), Registration (the reference time point), VOIs (one segmentation per time point, Segment
-Editor, recompute with the edited VOIs), Fits and TIA (TAC plot), Dose, and Results (table, DVH plot,
-exports). The logic calls :func:`LuDosimetryLib.pipeline.run_study` and
+projections), Registration (reference time point, none/rigid/deformable, VOIs per time point or
+propagated from the reference, a check view of each registered time point over the reference), VOIs
+(one segmentation per time point, Segment Editor, recompute with the edited VOIs), Fits and TIA (TIA
+map per VOI or per voxel, reduced time points, the model of each VOI, TAC plot), Dose, and Results
+(table, DVH plot, exports). The logic calls :func:`LuDosimetryLib.pipeline.run_study` and
 :func:`LuDosimetryLib.pipeline.write_outputs`, :mod:`LuDosimetryLib.mrml` puts the results in the scene.
 No physics happens here.
 
@@ -74,8 +76,40 @@ RESULT_COLUMNS: Tuple[Tuple[str, str], ...] = (
     ("gy_per_gbq", "Dose per activity (Gy/GBq)"),
 )
 
+#: Per-VOI quantities shown after RESULT_COLUMNS only when a run gives them (reduced time points: the TIA
+#: of the fit on every time point and the relative difference of the reduced TIA from it).
+OPTIONAL_RESULT_COLUMNS: Tuple[Tuple[str, str], ...] = (
+    ("tia_full_bq_s", "TIA all time points (Bq·s)"),
+    ("reduced_relative_difference", "Reduced vs all time points (relative)"),
+)
+
 #: Title of the VOI-name column.
 VOI_COLUMN = "VOI"
+
+#: Registration of the time points to the reference (RunOptions.registration).
+REGISTRATION_METHODS: Tuple[str, ...] = ("none", "rigid", "deformable")
+
+#: Where each time point's VOIs come from (RunOptions.vois).
+VOI_MODES: Tuple[str, ...] = ("per-time-point", "reference-only")
+
+#: How the TIA map is made (RunOptions.tia_map).
+TIA_MAP_METHODS: Tuple[str, ...] = ("voi", "voxel")
+
+#: TIA methods for a subset of time points (RunOptions.reduced_method; those of ``ludosimetry run``).
+REDUCED_METHODS: Tuple[str, ...] = ("population_prior", "hanscheid", "madsen", "two_point")
+
+#: Model choices of the per-VOI model table: (choice shown, the models of RunOptions.models_per_voi).
+#: "auto" leaves the VOI to the AICc selection among the default models (not in models_per_voi).
+MODEL_CHOICES: Tuple[Tuple[str, Optional[Tuple[str, ...]]], ...] = (
+    ("auto", None),
+    ("mono", ("mono_exponential",)),
+    ("bi", ("bi_exponential",)),
+    ("tri", ("tri_exponential",)),
+    ("trapezoid", ("trapezoid",)),
+)
+
+#: Object name of the per-VOI model table in the .ui (its parameter connector is tied to this widget).
+VOI_MODELS_TABLE = "voiModelsTableWidget"
 
 #: Columns of the study inventory table: (key of a row from :func:`inventoryRows`, column title).
 INVENTORY_COLUMNS: Tuple[Tuple[str, str], ...] = (
@@ -138,8 +172,11 @@ Patient-specific absorbed dose for Lu-177 DOTATATE therapy from post-therapy qua
 Work down the sections. Study: pick a study of the DICOM database (its files are linked into a temporary
 folder, never changed) or a study folder (SPECT and CT of each time point, RTSTRUCT of organs and lesions),
 check the inventory (time points, hours after injection) and, if needed, the injected activity and time.
-Reconstruction (when the study holds projections): OSEM/BSREM with scatter and PSF options. VOIs: each
-time point's segmentation, Segment Editor, Recompute with edited VOIs. Fits and TIA: TAC plot. Dose:
+Reconstruction (when the study holds projections): OSEM/BSREM with scatter and PSF options. Registration:
+reference time point, none/rigid/deformable, VOIs of each time point or the reference's propagated, and a
+check view (a registered time point over the reference). VOIs: each time point's segmentation, Segment
+Editor, Recompute with edited VOIs. Fits and TIA: TIA map from the VOI fits or per voxel, reduced time
+points (e.g. 2,3) with their method, the model of each VOI (auto = AICc), TAC plot. Dose:
 dose-voxel kernel (dvk) or local deposition (ldm), density correction. Results: per-VOI table, DVH plot,
 export of the RT Dose, the edited VOIs (RTSTRUCT), CSV and results.json.
 """
@@ -233,6 +270,84 @@ class QDateTimeEditToStrConnector(GuiConnector):
             self._widget.dateTime = qt.QDateTime.fromString(value[:19], "yyyy-MM-dd'T'HH:mm:ss")
 
 
+@parameterNodeGuiConnector
+class VoiModelsTableToStrConnector(GuiConnector):
+    """Connects the per-VOI model table (the QTableWidget named :data:`VOI_MODELS_TABLE`: a row per VOI,
+    its name and a combo box of :data:`MODEL_CHOICES`) to a ``str`` parameter holding the table as JSON,
+    ``{"Liver": "trapezoid", "Kidney_L": "auto"}`` (see :func:`parseVoiModels`).
+
+    The parameter decides the rows: writing a value with other VOI names rebuilds the table.
+    """
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return (type(widget) == qt.QTableWidget and widget.objectName == VOI_MODELS_TABLE
+                and unannotatedType(datatype) == str)
+
+    @staticmethod
+    def create(widget, datatype):
+        if VoiModelsTableToStrConnector.canRepresent(widget, datatype):
+            return VoiModelsTableToStrConnector(widget)
+        return None
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+        self._combos: List[Any] = []
+        self._connected = False
+        self._widget.setColumnCount(2)
+        self._widget.setHorizontalHeaderLabels([VOI_COLUMN, "Model"])
+
+    def _connect(self):
+        self._connected = True
+        for combo in self._combos:
+            combo.currentIndexChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._connected = False
+        for combo in self._combos:
+            combo.currentIndexChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def _names(self) -> List[str]:
+        return [self._widget.item(row, 0).text() for row in range(self._widget.rowCount)]
+
+    def read(self) -> str:
+        return formatVoiModels({name: combo.currentText for name, combo in zip(self._names(), self._combos)})
+
+    def write(self, value: str) -> None:
+        try:
+            models = parseVoiModels(value)
+        except Exception:  # a hand-edited scene: show no rows rather than fail
+            models = {}
+        if list(models) != self._names():
+            wasConnected = self._connected
+            if wasConnected:
+                self._disconnect()
+            self._widget.setRowCount(0)
+            self._combos = []
+            self._widget.setRowCount(len(models))
+            for row, name in enumerate(models):
+                item = qt.QTableWidgetItem(name)
+                item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
+                self._widget.setItem(row, 0, item)
+                combo = qt.QComboBox()
+                for choice, _ in MODEL_CHOICES:
+                    combo.addItem(choice)
+                combo.toolTip = ("auto: the AICc choice among mono-, bi- and tri-exponential; or this model "
+                                 "only (trapezoid: trapezoids with a physical-decay tail, no fit)")
+                self._widget.setCellWidget(row, 1, combo)
+                self._combos.append(combo)
+            if wasConnected:
+                self._connect()
+        for combo, choice in zip(self._combos, models.values()):
+            if combo.currentText != choice:
+                combo.setCurrentIndex(combo.findText(choice))
+        self._widget.resizeColumnsToContents()
+
+
 @parameterNodeWrapper
 class LuDosimetryParameterNode:
     """What the panel remembers in the scene.
@@ -243,6 +358,9 @@ class LuDosimetryParameterNode:
     injectedActivityMBq - override of the injected activity in MBq; 0 uses the DICOM headers.
     overwrite - replace the files of an earlier run in the output folder.
     referenceTimePoint - index (0-based) of the time point whose grid carries the dose.
+    registrationMethod - "none", "rigid" or "deformable" (RunOptions.registration).
+    voiMode - "per-time-point" or "reference-only" (RunOptions.vois: the reference's VOIs propagated).
+    registrationCheckTimePoint - index (0-based) of the time point shown over the reference in the check view.
     pvc - partial-volume correction: "none" or "gtm" (needs psfFwhmMm, mm).
     densityCorrection - scale the dose by the CT density.
     dicomStudyInstanceUid - the study taken from Slicer's DICOM database ("" for a study folder).
@@ -250,6 +368,11 @@ class LuDosimetryParameterNode:
     reconAlgorithm, reconIterations, reconSubsets, reconScatter, reconPsf - reconstruction options.
     voiTimePoint - index (0-based) of the time point shown in the VOIs section.
     voiSegmentation - that time point's VOI segmentation.
+    tiaMap - "voi" (VOI fits spread over the VOI) or "voxel" (voxel-level fits) (RunOptions.tia_map).
+    reducedTimePoints - time points (1-based) used for the TIA, e.g. "2,3"; "" for all (RunOptions.time_points).
+    reducedMethod - TIA method for reduced time points (RunOptions.reduced_method).
+    voiModels - the model of each VOI as JSON {"Liver": "trapezoid", ...}; "auto" = AICc
+        (RunOptions.models_per_voi holds the others).
     """
 
     studyDirectory: str = ""
@@ -271,6 +394,13 @@ class LuDosimetryParameterNode:
     reconPsf: bool = True
     voiTimePoint: Annotated[int, WithinRange(0, 9)] = 0
     voiSegmentation: slicer.vtkMRMLSegmentationNode
+    registrationMethod: Annotated[str, Choice(["none", "rigid", "deformable"])] = "none"
+    voiMode: Annotated[str, Choice(["per-time-point", "reference-only"])] = "per-time-point"
+    registrationCheckTimePoint: Annotated[int, WithinRange(0, 9)] = 1
+    tiaMap: Annotated[str, Choice(["voi", "voxel"])] = "voi"
+    reducedTimePoints: str = ""
+    reducedMethod: Annotated[str, Choice(["population_prior", "hanscheid", "madsen", "two_point"])] = "population_prior"
+    voiModels: str = ""
 
 
 #
@@ -324,6 +454,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportRtDoseButton.connect("clicked(bool)", self.onExportRtDoseButton)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsvButton)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReportButton)
+        self.ui.showRegistrationCheckButton.connect("clicked(bool)", self.onShowRegistrationCheckButton)
 
         # "Not set" of the injection date/time is the lowest date (shown as "from DICOM headers").
         self.ui.injectionTimeEdit.minimumDateTime = qt.QDateTime(qt.QDate(2000, 1, 1), qt.QTime(0, 0, 0))
@@ -356,6 +487,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         self.logic.timePointItems = []
         self.logic.lastNodes = {}
+        self.logic.registrationNodes = {}
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -406,11 +538,21 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasSegmentation = bool(node and node.voiSegmentation is not None)
         self.ui.segmentEditorButton.enabled = idle and hasSegmentation
         self.ui.exportRtstructButton.enabled = idle and hasSegmentation and bool(node.studyDirectory.strip())
+        registered = self.logic.registeredSpectNodes() if self.logic else {}
+        self.ui.showRegistrationCheckButton.enabled = idle and bool(registered)
+        self.ui.showRegistrationCheckButton.toolTip = (
+            "Show the chosen time point's SPECT, carried to the reference grid by the registration, over the "
+            "reference SPECT (50 % opacity) in the slice views." if registered else
+            "Run the dosimetry with a rigid or deformable registration first.")
+        if node:
+            self.ui.voiModeComboBox.enabled = idle and node.registrationMethod != "none"
+            self.ui.reducedMethodComboBox.enabled = idle and bool(node.reducedTimePoints.strip())
         outputs = self._outputDirectory()
         for button, name in ((self.ui.exportRtDoseButton, RTDOSE_FILE), (self.ui.exportCsvButton, RESULTS_FILE),
                              (self.ui.exportReportButton, RESULTS_FILE)):
             button.enabled = idle and outputs is not None and (outputs / name).is_file()
         self.ui.voiTimePointSpinBox.maximum = max(len(segmentations) - 1, 0)
+        self.ui.registrationCheckTimePointSpinBox.maximum = max(self.ui.referenceTimePointSpinBox.maximum, 1)
         self.ui.runButton.toolTip = ("Compute TACs, TIA, absorbed dose and DVHs and write them to the output folder."
                                      if ready else "Choose the study (DICOM database or folder) and the output folder.")
 
@@ -523,6 +665,9 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         [[row[key] for key, _ in INVENTORY_COLUMNS] for row in inventoryRows(self._inventoryJson)])
         timePoints = len(self._inventoryJson["time_points"])
         self.ui.referenceTimePointSpinBox.maximum = max(timePoints - 1, 0)
+        names = self.logic.voiNames(inventory, node.referenceTimePoint)
+        if names:
+            node.voiModels = voiModelsWithNames(node.voiModels, names)
         projections = hasProjections(self._inventoryJson)
         self.ui.reconstructionLabel.text = (
             "The study holds SPECT projections: reconstruct them into quantitative SPECT for the dosimetry."
@@ -623,6 +768,25 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.statusLabel.text = f"Edited VOIs written to {written}"
 
+    # ---------------------------------------------------------------------------------- Registration
+
+    def onShowRegistrationCheckButton(self) -> None:
+        """Reference SPECT as background, the chosen time point's registered SPECT as foreground (50 %)."""
+        node = self._parameterNode
+        if not node:
+            return
+        from LuDosimetryLib.errors import LuDosimetryError
+
+        try:
+            background, foreground = self.logic.registrationCheckLayers(node.registrationCheckTimePoint)
+        except LuDosimetryError as error:
+            slicer.util.errorDisplay(str(error), windowTitle="LuDosimetry")
+            return
+        slicer.util.setSliceViewerLayers(background=background, foreground=foreground, foregroundOpacity=0.5,
+                                         fit=True)
+        self.ui.statusLabel.text = (f"Check view: {foreground.GetName()} over "
+                                    f"{background.GetName() if background is not None else 'nothing'}")
+
     # ------------------------------------------------------------------------------------------ Run
 
     def onCancelButton(self) -> None:
@@ -645,6 +809,8 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runAndShow(lambda: self.logic.run(node.studyDirectory, node.outputDirectory, load_time_points=True,
                                                 **self._runOptionsFromPanel()),
                          f"Done. Results written to {node.outputDirectory}")
+        if self.logic.lastResults is not None and getattr(self.logic.lastResults, "vois", None):
+            node.voiModels = voiModelsWithNames(node.voiModels, list(self.logic.lastResults.vois))
         segmentations = self.logic.segmentationNodesByTimePoint()
         if segmentations:
             self._lastVoiTimePoint = 0
@@ -653,9 +819,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.voiSegmentation = segmentations[0]
 
     def _pipelineOptions(self) -> Dict[str, Any]:
-        node = self._parameterNode
-        return dict(pvc=node.pvc, psf_fwhm_mm=node.psfFwhmMm if node.psfFwhmMm > 0 else None,
-                    density_correction=node.densityCorrection, reference_time_point=node.referenceTimePoint)
+        return pipelineOptionsFromParameters(self._parameterNode)
 
     def onRecomputeButton(self) -> None:
         """Rerun with the scene's VOI segmentations (one per time point) into ``<output folder>-edited``."""
@@ -799,9 +963,16 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.resizeColumnsToContents()
 
     def showResults(self, results) -> None:
-        """Fill the results and fits tables from the results of run_study; show the TAC and DVH charts."""
-        self._fillTable(self.ui.resultsTableWidget, [[name] + values for name, values in resultRows(results)],
-                        [VOI_COLUMN] + [attribute for attribute, _ in RESULT_COLUMNS])
+        """Fill the results and fits tables from the results of run_study; show the TAC and DVH charts.
+
+        The results table has the :data:`RESULT_COLUMNS` and, after a run on reduced time points, the
+        :data:`OPTIONAL_RESULT_COLUMNS` (see :func:`resultColumnsFor`).
+        """
+        columns = resultColumnsFor(results)
+        self._setupTable(self.ui.resultsTableWidget, [VOI_COLUMN] + [title for _, title in columns])
+        self._fillTable(self.ui.resultsTableWidget,
+                        [[name] + values for name, values in resultRows(results, columns)],
+                        [VOI_COLUMN] + [attribute for attribute, _ in columns])
         self._fillTable(self.ui.fitsTableWidget,
                         [[row["voi"]] + [row[key] for key, _ in FIT_COLUMNS] for row in fitRows(results)],
                         [VOI_COLUMN] + [key for key, _ in FIT_COLUMNS])
@@ -1025,12 +1196,16 @@ def writeFileAtomically(path, data: bytes, overwrite: bool = False) -> pathlib.P
 
 def resultsCsvText(resultsJson: Dict[str, Any]) -> str:
     """The per-VOI results CSV: a row per VOI of ``results.json`` (its ``vois``), the VOI name then the
-    :data:`RESULT_COLUMNS` values at full precision (empty where the library gives none)."""
+    :data:`RESULT_COLUMNS` values at full precision (empty where the library gives none), then the
+    :data:`OPTIONAL_RESULT_COLUMNS` that some VOI has a value for."""
+    vois = resultsJson.get("vois", {})
+    columns = list(RESULT_COLUMNS) + [(attribute, title) for attribute, title in OPTIONAL_RESULT_COLUMNS
+                                      if any(voi.get(attribute) is not None for voi in vois.values())]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([VOI_COLUMN] + [title for _, title in RESULT_COLUMNS])
-    for name, voi in resultsJson.get("vois", {}).items():
-        values = [voi.get(attribute) for attribute, _ in RESULT_COLUMNS]
+    writer.writerow([VOI_COLUMN] + [title for _, title in columns])
+    for name, voi in vois.items():
+        values = [voi.get(attribute) for attribute, _ in columns]
         writer.writerow([name] + ["" if v is None else (v if isinstance(v, str) else repr(float(v))) for v in values])
     return buffer.getvalue()
 
@@ -1040,12 +1215,21 @@ def missingRequirements(packages: Sequence[Tuple[str, str]] = REQUIRED_PACKAGES)
     return [requirement for moduleName, requirement in packages if importlib.util.find_spec(moduleName) is None]
 
 
-def resultRows(results) -> List[Tuple[str, List[Any]]]:
-    """``[(voi name, [value of each RESULT_COLUMNS attribute])]`` from ``results.vois``, in its order.
+def resultColumnsFor(results) -> List[Tuple[str, str]]:
+    """The results table's columns for a run: :data:`RESULT_COLUMNS`, then each of
+    :data:`OPTIONAL_RESULT_COLUMNS` that some VOI of ``results.vois`` has a value for (not None)."""
+    vois = list(results.vois.values())
+    return list(RESULT_COLUMNS) + [(attribute, title) for attribute, title in OPTIONAL_RESULT_COLUMNS
+                                   if any(getattr(voi, attribute, None) is not None for voi in vois)]
+
+
+def resultRows(results, columns: Sequence[Tuple[str, str]] = RESULT_COLUMNS) -> List[Tuple[str, List[Any]]]:
+    """``[(voi name, [value of each ``columns`` attribute])]`` from ``results.vois``, in its order
+    (:data:`RESULT_COLUMNS` by default; :func:`resultColumnsFor` gives the columns of a run).
 
     A quantity the library leaves out (or sets to None) is ``None`` here.
     """
-    return [(str(name), [getattr(voi, attribute, None) for attribute, _ in RESULT_COLUMNS])
+    return [(str(name), [getattr(voi, attribute, None) for attribute, _ in columns])
             for name, voi in results.vois.items()]
 
 
@@ -1058,9 +1242,102 @@ def formatValue(attribute: str, value: Any) -> str:
     value = float(value)
     if not math.isfinite(value):
         return str(value)
-    if attribute == "tia_bq_s":
+    if attribute in ("tia_bq_s", "tia_full_bq_s"):
         return f"{value:.3e}"
     return f"{value:.4g}"
+
+
+def timePointsFromText(text: str) -> Optional[Tuple[int, ...]]:
+    """Reduced time points (1-based) from the panel's text, e.g. "2,3" → (2, 3); ``None`` (all time
+    points) when empty. Spaces and semicolons are accepted as separators too.
+
+    Raises
+    ------
+    LuDosimetryLib.errors.StudyError
+        Not a list of positive whole numbers.
+    """
+    parts = [p for p in (text or "").replace(";", ",").replace(" ", ",").split(",") if p]
+    if not parts:
+        return None
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        numbers = ()
+    if not numbers or any(n < 1 for n in numbers):
+        from LuDosimetryLib.errors import StudyError
+        raise StudyError(f"time points {text!r} is not a list of time point numbers (1 = first), e.g. 2,3")
+    return numbers
+
+
+def parseVoiModels(text: str) -> Dict[str, str]:
+    """The per-VOI model table from its parameter text (JSON ``{"VOI": "choice"}``, "" for none), in order.
+
+    Raises
+    ------
+    LuDosimetryLib.errors.StudyError
+        Not such a JSON object, or a choice that is not one of :data:`MODEL_CHOICES`.
+    """
+    import json
+
+    from LuDosimetryLib.errors import StudyError
+
+    if not (text or "").strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise StudyError(f"VOI models {text!r} is not a JSON object of VOI name to model")
+    choices = [choice for choice, _ in MODEL_CHOICES]
+    out: Dict[str, str] = {}
+    for name, choice in value.items():
+        if choice not in choices:
+            raise StudyError(f"VOI {name!r}: model {choice!r} is not one of {', '.join(choices)}")
+        out[str(name)] = str(choice)
+    return out
+
+
+def formatVoiModels(models: Dict[str, str]) -> str:
+    """Parameter text of the per-VOI model table (inverse of :func:`parseVoiModels`); "" when empty."""
+    import json
+
+    return json.dumps(dict(models), ensure_ascii=False) if models else ""
+
+
+def voiModelsWithNames(text: str, names: Sequence[str]) -> str:
+    """The model table for the VOIs ``names`` (in that order): each keeps its earlier choice, a new VOI
+    gets "auto", VOIs not in ``names`` are dropped. An unreadable ``text`` starts over."""
+    try:
+        current = parseVoiModels(text)
+    except Exception:
+        current = {}
+    return formatVoiModels({str(name): current.get(str(name), "auto") for name in names})
+
+
+def modelsPerVoiFromText(text: str) -> Optional[Dict[str, Tuple[str, ...]]]:
+    """``RunOptions.models_per_voi`` from the model table: ``{"Liver": ("trapezoid",)}`` for each VOI not on
+    "auto"; ``None`` when every VOI is on auto."""
+    models = dict(MODEL_CHOICES)
+    chosen = {name: tuple(models[choice]) for name, choice in parseVoiModels(text).items()
+              if models[choice] is not None}
+    return chosen or None
+
+
+def pipelineOptionsFromParameters(node) -> Dict[str, Any]:
+    """The pipeline options of the panel (keyword arguments of :meth:`LuDosimetryLogic.run` besides the
+    study, the injection and the output) from a parameter node (or any object with its attributes).
+
+    Raises
+    ------
+    LuDosimetryLib.errors.StudyError
+        Unreadable reduced time points or VOI models.
+    """
+    return dict(pvc=node.pvc, psf_fwhm_mm=node.psfFwhmMm if node.psfFwhmMm > 0 else None,
+                density_correction=node.densityCorrection, reference_time_point=node.referenceTimePoint,
+                registration=node.registrationMethod, vois=node.voiMode, tia_map=node.tiaMap,
+                time_points=timePointsFromText(node.reducedTimePoints), reduced_method=node.reducedMethod,
+                models_per_voi=modelsPerVoiFromText(node.voiModels))
 
 
 #
@@ -1081,7 +1358,7 @@ def addResultsToScene(results, namePrefix: str = "LuDosimetry", scene=None) -> D
     from LuDosimetryLib import mrml
 
     scene = scene if scene is not None else slicer.mrmlScene
-    nodes = mrml.add_results(scene, results, name_prefix=namePrefix, table_columns=RESULT_COLUMNS)
+    nodes = mrml.add_results(scene, results, name_prefix=namePrefix, table_columns=resultColumnsFor(results))
     app = getattr(slicer, "app", None)
     if app is not None and app.layoutManager() is not None:
         background = nodes["spect"] if nodes["spect"] is not None else nodes["dose"]
@@ -1108,8 +1385,10 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
     """Runs the pipeline of LuDosimetryLib; usable from the Python console and from scripts without the widget.
 
     After :meth:`run`, :attr:`lastNodes` holds the nodes it added to the scene (empty when none),
-    :attr:`lastResults` the results, :attr:`lastOutputDirectory` the folder written, and
-    :attr:`timePointItems` the per-time-point nodes (SPECT, CT, segmentation) when the study was loaded.
+    :attr:`lastResults` the results, :attr:`lastOutputDirectory` the folder written,
+    :attr:`timePointItems` the per-time-point nodes (SPECT, CT, segmentation) when the study was loaded,
+    and :attr:`registrationNodes` the registration check view (``{time point: SPECT volume carried to the
+    reference grid}``) after a run with a registration.
 
     Parameters
     ----------
@@ -1123,6 +1402,7 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         self.lastNodes: Dict[str, Any] = {}
         self.lastResults = None
         self.timePointItems: List[Dict[str, Any]] = []
+        self.registrationNodes: Dict[int, Any] = {}
         self.lastOutputDirectory: Optional[pathlib.Path] = None
         self._scene = scene
 
@@ -1137,7 +1417,10 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
     def runOptions(dose_method: str = "dvk", injected_activity_bq: Optional[float] = None, injection_time=None,
                    spect_series_uid=None, pvc: str = "none", psf_fwhm_mm: Optional[float] = None,
                    density_correction: bool = True, reference_time_point: int = 0,
-                   masks_per_time_point: Optional[List[Dict[str, Any]]] = None):
+                   masks_per_time_point: Optional[List[Dict[str, Any]]] = None, registration: str = "none",
+                   vois: str = "per-time-point", tia_map: str = "voi", time_points: Optional[Sequence[int]] = None,
+                   reduced_method: str = "population_prior",
+                   models_per_voi: Optional[Dict[str, Sequence[str]]] = None):
         """LuDosimetryLib.pipeline.RunOptions from the panel's options (defaults leave the library's)."""
         from LuDosimetryLib.pipeline import RunOptions
 
@@ -1152,6 +1435,16 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
             options["reference_time_point"] = int(reference_time_point)
         if masks_per_time_point is not None:
             options["masks_per_time_point"] = list(masks_per_time_point)
+        if registration != "none":
+            options["registration"] = registration
+        if vois != "per-time-point":
+            options["vois"] = vois
+        if tia_map != "voi":
+            options["tia_map"] = tia_map
+        if time_points is not None:
+            options.update(time_points=tuple(int(t) for t in time_points), reduced_method=reduced_method)
+        if models_per_voi:
+            options["models_per_voi"] = {str(name): tuple(models) for name, models in models_per_voi.items()}
         return RunOptions(**options)
 
     def inventory(self, study_dir, injected_activity_bq: Optional[float] = None, injection_time=None):
@@ -1170,7 +1463,10 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
             progress: Optional[Callable[[float, str], None]] = None,
             load_into_scene: Optional[bool] = None, pvc: str = "none", psf_fwhm_mm: Optional[float] = None,
             density_correction: bool = True, reference_time_point: int = 0,
-            load_time_points: bool = False, masks_per_time_point: Optional[List[Dict[str, Any]]] = None):
+            load_time_points: bool = False, masks_per_time_point: Optional[List[Dict[str, Any]]] = None,
+            registration: str = "none", vois: str = "per-time-point", tia_map: str = "voi",
+            time_points: Optional[Sequence[int]] = None, reduced_method: str = "population_prior",
+            models_per_voi: Optional[Dict[str, Sequence[str]]] = None):
         """Compute the dosimetry of one study, write the outputs and (in Slicer) show them.
 
         Parameters
@@ -1202,6 +1498,21 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         masks_per_time_point : list of dict, optional
             VOIs given directly instead of the study's RTSTRUCTs: per time point ``{name: (z, y, x) mask}``
             on that time point's SPECT grid (see LuDosimetryLib.pipeline.RunOptions).
+        registration : {"none", "rigid", "deformable"}
+            Registration of every time point to the reference (CT–CT, refined per VOI on SPECT). With the
+            scene loaded, each registered time point's SPECT on the reference grid is added too
+            (:attr:`registrationNodes`, the check view).
+        vois : {"per-time-point", "reference-only"}
+            Each time point's own VOIs, or the reference's propagated by the registration.
+        tia_map : {"voi", "voxel"}
+            TIA map from the VOI fits (organ TIA conserved) or from voxel-level fits.
+        time_points : sequence of int, optional
+            Reduced imaging: only these time points (1-based) give the TIA; the fit on all time points is
+            reported beside it (``tia_full_bq_s``, ``reduced_relative_difference``).
+        reduced_method : str
+            TIA method for ``time_points`` (one of :data:`REDUCED_METHODS`).
+        models_per_voi : dict, optional
+            VOI name → models (keys of LuDosimetryLib.kinetics.MODELS) replacing the AICc choice for it.
 
         Returns
         -------
@@ -1225,14 +1536,12 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         report = progress if progress is not None else (lambda fraction, message: None)
 
         self.lastNodes = {}
-        if (pvc, psf_fwhm_mm, density_correction, reference_time_point, masks_per_time_point) == \
-                ("none", None, True, 0, None):
-            options = RunOptions(dose_method=dose_method, injected_activity_bq=injected_activity_bq,
-                                 injection_time=injection_time, spect_series_uid=spect_series_uid)
-        else:
-            options = self.runOptions(dose_method, injected_activity_bq, injection_time, spect_series_uid,
-                                      pvc, psf_fwhm_mm, density_correction, reference_time_point,
-                                      masks_per_time_point)
+        self.registrationNodes = {}
+        options = self.runOptions(dose_method, injected_activity_bq, injection_time, spect_series_uid,
+                                  pvc, psf_fwhm_mm, density_correction, reference_time_point,
+                                  masks_per_time_point, registration=registration, vois=vois, tia_map=tia_map,
+                                  time_points=time_points, reduced_method=reduced_method,
+                                  models_per_voi=models_per_voi)
         results = run_study(pathlib.Path(study_dir), options,
                             progress=lambda fraction, message: report(_RUN_STUDY_SHARE * fraction, message))
         report(_RUN_STUDY_SHARE, "Writing the results")
@@ -1245,10 +1554,97 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
         if load_into_scene:
             report(0.95, "Adding the results to the scene")
             self.lastNodes = addResultsToScene(results, scene=self.scene)
+            spectImages = {}
             if load_time_points and getattr(results, "inventory", None) is not None:
-                self.loadTimePoints(results, parentItem=self.lastNodes.get("study_item"))
+                items = self.loadTimePoints(results, parentItem=self.lastNodes.get("study_item"))
+                spectImages = {item["index"]: item.get("spect_image") for item in items}
+            if getattr(results, "registrations", None):
+                report(0.97, "Registration check view")
+                self.addRegistrationCheck(results, spectImages)
         report(1.0, "Done")
         return results
+
+    def addRegistrationCheck(self, results, spectImages: Optional[Dict[int, Any]] = None) -> Dict[int, Any]:
+        """Add each registered time point's SPECT carried to the reference grid (the check view).
+
+        Parameters
+        ----------
+        results
+            Results of a run with a registration.
+        spectImages : dict, optional
+            ``{time point: SimpleITK SPECT image}`` already read (e.g. by :meth:`loadTimePoints`); the
+            others are read again from the study.
+
+        Returns
+        -------
+        dict
+            ``{time point (0-based): vtkMRMLScalarVolumeNode}``, also kept in :attr:`registrationNodes`.
+        """
+        from LuDosimetryLib import mrml
+
+        self.registrationNodes = mrml.add_registered_spects(
+            self.scene, results, spectImages, parent_item=self.lastNodes.get("study_item"),
+            reference_volume=self.lastNodes.get("spect"))
+        return self.registrationNodes
+
+    def registeredSpectNodes(self) -> Dict[int, Any]:
+        """The registration check view's volumes: those of the last run, else those found in the scene
+        (e.g. after a .mrb was loaded). ``{time point (0-based): volume node}``."""
+        if self.registrationNodes:
+            return dict(self.registrationNodes)
+        if self.scene is None:
+            return {}
+        from LuDosimetryLib import mrml
+
+        return mrml.registered_spect_nodes(self.scene)
+
+    def registrationCheckLayers(self, time_point: int) -> Tuple[Any, Any]:
+        """``(background, foreground)`` of the registration check view for ``time_point`` (0-based): the
+        reference SPECT and that time point's SPECT carried to the reference grid.
+
+        Raises
+        ------
+        StudyError
+            The time point has no registered SPECT (no registration run, or it is the reference).
+        """
+        from LuDosimetryLib import mrml
+        from LuDosimetryLib.errors import StudyError
+
+        nodes = self.registeredSpectNodes()
+        foreground = nodes.get(int(time_point))
+        if foreground is None:
+            if not nodes:
+                raise StudyError("no registered time point: run the dosimetry with a rigid or deformable "
+                                 "registration first")
+            reference = next(iter(nodes.values())).GetAttribute(mrml.REFERENCE_TIME_POINT_ATTRIBUTE)
+            raise StudyError(f"time point {int(time_point) + 1} has no registered SPECT (registered: "
+                             f"{', '.join(str(k + 1) for k in sorted(nodes))}; the reference is "
+                             f"{int(reference) + 1 if reference not in (None, '') else '?'})")
+        background = foreground.GetNodeReference(mrml.REFERENCE_VOLUME_ROLE)
+        if background is None:
+            background = self.lastNodes.get("spect")
+        return background, foreground
+
+    def voiNames(self, inventory, reference_time_point: int = 0) -> List[str]:
+        """The ROI names of the study's RTSTRUCTs at the reference time point (all time points' when it has
+        none), in file order; unreadable files are skipped. For the per-VOI model table."""
+        import pydicom
+
+        structureSets = list(inventory.by_role("rtstruct"))
+        atReference = [s for s in structureSets if s.time_point == int(reference_time_point)]
+        names: List[str] = []
+        for entry in atReference or structureSets:
+            for path in entry.files:
+                try:
+                    ds = pydicom.dcmread(path, specific_tags=["StructureSetROISequence"])
+                except Exception:  # listed by the inventory, read properly by the run
+                    continue
+                for roi in ds.get("StructureSetROISequence", []):
+                    # named as LuDosimetryLib.io.rtstruct names them (the VOI names of the run)
+                    name = str(roi.get("ROIName", "") or f"ROI {roi.get('ROINumber', '')}")
+                    if name not in names:
+                        names.append(name)
+        return names
 
     def loadTimePoints(self, results, parentItem: Optional[int] = None) -> List[Dict[str, Any]]:
         """Load each time point's SPECT, CT and VOIs (one segmentation per time point) of a run."""

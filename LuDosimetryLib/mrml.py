@@ -18,6 +18,8 @@ Nodes made here:
 - VOIs of one time point → one ``vtkMRMLSegmentationNode`` (segment names and colours from the RTSTRUCT);
 - per-VOI results → ``vtkMRMLTableNode`` (a row per VOI, the scalar keys of ``results.json``);
 - DVH and TAC curves → ``vtkMRMLTableNode`` + ``vtkMRMLPlotSeriesNode`` + ``vtkMRMLPlotChartNode``;
+- after a run with registration, each registered time point's SPECT carried to the reference grid →
+  ``vtkMRMLScalarVolumeNode`` (:func:`add_registered_spects`, the registration check view);
 - all placed in the subject hierarchy under the patient and the study.
 
 And back: :func:`masks_from_segmentation` gives the (edited) segments as masks on any image grid,
@@ -50,6 +52,15 @@ VOI_COLUMN = "VOI"
 
 #: Subject-hierarchy attribute holding the time-point index (0-based) of a node loaded by this module.
 TIME_POINT_ATTRIBUTE = "LuDosimetry.TimePoint"
+
+#: Node attribute of a registered SPECT (the check view): the moving time point's index (0-based).
+REGISTERED_TIME_POINT_ATTRIBUTE = "LuDosimetry.RegisteredTimePoint"
+
+#: Node attribute of a registered SPECT: the index (0-based) of the reference time point it was carried to.
+REFERENCE_TIME_POINT_ATTRIBUTE = "LuDosimetry.ReferenceTimePoint"
+
+#: Node-reference role from a registered SPECT to the reference SPECT volume it is to be compared with.
+REFERENCE_VOLUME_ROLE = "LuDosimetryReferenceVolume"
 
 # Logics of the scenes made by create_scene, kept alive as long as the scene (VTK objects held in Python
 # are freed when the last Python reference goes).
@@ -782,6 +793,89 @@ def add_time_points(scene, inventory, *, injection_time=None, spect_series_uids:
                                                     reference_volume=item["spect"])
         out.append(item)
     progress.report(1.0, "time points loaded")
+    return out
+
+
+def _spect_images_of(results, indices: Sequence[int]) -> Dict[int, sitk.Image]:
+    """The SPECT (Bq/mL) of time points ``indices`` of a run, read again from its inventory."""
+    from .io.images import read_spect
+
+    inventory = getattr(results, "inventory", None)
+    if inventory is None:
+        raise LuDosimetryError("the results hold no study inventory to read the time points' SPECT from")
+    out: Dict[int, sitk.Image] = {}
+    for i in indices:
+        uid = results.time_points[i].spect_series_uid
+        entry = inventory.get(uid)
+        out[i] = read_spect(entry.files, injection_time=results.injection_time,
+                            what=f"SPECT {entry.description or uid}").image
+    return out
+
+
+def add_registered_spects(scene, results, spect_images: Optional[Mapping[int, sitk.Image]] = None, *,
+                          parent_item: Optional[int] = None, reference_volume=None,
+                          name_prefix: str = "LuDosimetry") -> Dict[int, Any]:
+    """The registration check view: each registered time point's SPECT carried to the reference grid.
+
+    For every ``i`` in ``results.registrations`` the time point's SPECT (Bq/mL, on its own grid) is
+    resampled onto ``results.reference_spect`` through ``results.registrations[i].apply_to_image`` and
+    added as a scalar volume; shown over the reference SPECT it tells whether the time points line up.
+
+    Parameters
+    ----------
+    results : LuDosimetryLib.pipeline.StudyResults
+        A run with a registration (``results.registrations`` non-empty; nothing is added otherwise).
+    spect_images : mapping of int to SimpleITK.Image, optional
+        The time points' SPECT images (e.g. the ``spect_image`` of :func:`add_time_points`); those not
+        given are read again from ``results.inventory`` (Lu-177, no calibration factor: for viewing).
+    parent_item : int, optional
+        Subject-hierarchy item to put the volumes under.
+    reference_volume : vtkMRMLScalarVolumeNode, optional
+        The reference SPECT in the scene (e.g. ``add_results(...)["spect"]``); referenced from each new
+        volume with the role :data:`REFERENCE_VOLUME_ROLE`, so that the pair is found again after the
+        scene is saved and loaded.
+
+    Returns
+    -------
+    dict
+        ``{time point index (0-based): vtkMRMLScalarVolumeNode}``. Each node carries the attributes
+        :data:`REGISTERED_TIME_POINT_ATTRIBUTE` and :data:`REFERENCE_TIME_POINT_ATTRIBUTE`.
+    """
+    registrations = dict(getattr(results, "registrations", None) or {})
+    if not registrations:
+        return {}
+    reference = results.reference_spect
+    if reference is None:
+        raise LuDosimetryError("the results hold no reference SPECT to carry the time points to")
+    ref = int(getattr(results, "reference_index", 0))
+    given = dict(spect_images or {})
+    missing = [i for i in sorted(registrations) if given.get(i) is None]
+    if missing:
+        given.update(_spect_images_of(results, missing))
+    nodes: Dict[int, Any] = {}
+    for i in sorted(registrations):
+        moved = registrations[i].apply_to_image(given[i], reference)
+        node = add_volume(scene, moved, f"{name_prefix} TP{i + 1} SPECT on TP{ref + 1} (registered, Bq per mL)",
+                          parent_item=parent_item,
+                          attributes={"LuDosimetry.Units": "Bq/mL", REGISTERED_TIME_POINT_ATTRIBUTE: str(i),
+                                      REFERENCE_TIME_POINT_ATTRIBUTE: str(ref)})
+        if reference_volume is not None:
+            node.SetNodeReferenceID(REFERENCE_VOLUME_ROLE, reference_volume.GetID())
+        nodes[i] = node
+    return nodes
+
+
+def registered_spect_nodes(scene) -> Dict[int, Any]:
+    """``{time point: node}`` of the registered SPECT volumes in a scene (made by
+    :func:`add_registered_spects`; the last one in the scene where several carry the same time point)."""
+    out: Dict[int, Any] = {}
+    for k in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(k, "vtkMRMLScalarVolumeNode")
+        value = node.GetAttribute(REGISTERED_TIME_POINT_ATTRIBUTE)
+        try:
+            out[int(value)] = node
+        except (TypeError, ValueError):
+            continue
     return out
 
 

@@ -381,3 +381,99 @@ def test_reconstruction_makes_a_study_view_with_the_new_series(study, loaded, tm
     monkeypatch.setattr(module, "importReconstruction", missing)
     with pytest.raises(StudyError, match="not available in this version"):
         logic.reconstruct(study, tmp_path / "recon2")
+
+
+# ------------------------------------------------------------------------ registration (issue #5)
+
+@pytest.fixture(scope="module")
+def moving_study(tmp_path_factory):
+    """The analytic study with the patient shifted by up to 10 mm between time points and contours only at
+    time point 1 (as in test_pipeline)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from study_builder import build_study
+
+    root = tmp_path_factory.mktemp("moving_logic") / "study"
+    return build_study(root, shifts_mm=[(0, 0, 0), (8, -5, 4.8), (-6, 4, -4.8), (5, 6, 0)],
+                       rtstruct_time_points=[0])
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_rigid_run_adds_the_registration_check_view(moving_study, tmp_path):
+    import SimpleITK as sitk
+
+    from LuDosimetryLib import mrml
+    from LuDosimetryLib.errors import StudyError
+    from LuDosimetryLib.io.images import read_spect, resample_to
+    from LuDosimetryLib.io.inventory import scan_study
+
+    module = _module()
+    scene = mrml.create_scene()
+    try:
+        logic = module.LuDosimetryLogic(scene=scene)
+        inventory = scan_study(moving_study.root)
+        assert logic.voiNames(inventory, 0) == [s.name for s in moving_study.spheres]  # the model table's rows
+        assert logic.voiNames(inventory, 2) == [s.name for s in moving_study.spheres]  # none at TP3: all TPs
+        results = logic.run(moving_study.root, tmp_path / "out", dose_method="ldm", registration="rigid",
+                            vois="reference-only", time_points=(1, 3), tia_map="voxel")
+        saved = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert saved["registered"] == [2, 3, 4] and saved["time_points_used"] == [1, 3]
+        assert sorted(results.registrations) == [1, 2, 3]
+
+        # The results table shows the full fit beside the reduced one.
+        titles = [results_title for _, results_title in module.resultColumnsFor(results)]
+        rows = mrml.table_rows(logic.lastNodes["table"])
+        for name, voi in results.vois.items():
+            assert voi.tia_full_bq_s is not None
+            assert rows[name]["TIA all time points (Bq·s)"] == pytest.approx(voi.tia_full_bq_s, rel=1e-12)
+            assert rows[name]["Reduced vs all time points (relative)"] == pytest.approx(
+                voi.reduced_relative_difference, rel=1e-12)
+            assert list(rows[name]) == titles
+
+        # The check view: each registered time point's SPECT on the reference grid, next to the reference.
+        nodes = logic.registrationNodes
+        assert sorted(nodes) == [1, 2, 3]
+        reference = results.reference_spect
+        for i, node in nodes.items():
+            image = mrml.image_from_volume_node(node)
+            assert image.GetSize() == reference.GetSize()
+            np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-9)
+            np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-12)
+            np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-12)
+            entry = inventory.get(results.time_points[i].spect_series_uid)
+            spect = read_spect(entry.files, injection_time=inventory.injection_time).image
+            expected = results.registrations[i].apply_to_image(spect, reference)
+            np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(expected), rtol=1e-6)
+            # Registered, the time point lines up with the reference better than as scanned.
+            ref_array = sitk.GetArrayFromImage(reference)
+            as_scanned = sitk.GetArrayFromImage(resample_to(spect, reference, default=0.0))
+            registered, scanned = _correlation(sitk.GetArrayFromImage(image), ref_array), \
+                _correlation(as_scanned, ref_array)
+            assert registered > scanned + 0.02 and registered > 0.97, i
+            assert node.GetAttribute(mrml.REGISTERED_TIME_POINT_ATTRIBUTE) == str(i)
+
+        background, foreground = logic.registrationCheckLayers(2)
+        assert foreground is nodes[2] and background is logic.lastNodes["spect"]
+        # Found again from the scene alone (e.g. after a .mrb was loaded).
+        other = module.LuDosimetryLogic(scene=scene)
+        assert other.registeredSpectNodes() == nodes
+        assert other.registrationCheckLayers(1) == (logic.lastNodes["spect"], nodes[1])
+        with pytest.raises(StudyError, match="time point 1 has no registered SPECT.*the reference is 1"):
+            other.registrationCheckLayers(0)
+        empty = mrml.create_scene()
+        try:
+            with pytest.raises(StudyError, match="no registered time point"):
+                module.LuDosimetryLogic(scene=empty).registrationCheckLayers(1)
+        finally:
+            mrml.release_scene(empty)
+
+        # Not loaded into the scene: no check view; the per-VOI model choice reaches the fits.
+        plain = module.LuDosimetryLogic(scene=scene)
+        plain.run(moving_study.root, tmp_path / "plain", dose_method="ldm", registration="rigid",
+                  vois="reference-only", models_per_voi={"Liver": ("trapezoid",)}, load_into_scene=False)
+        assert plain.registrationNodes == {} and plain.lastResults.vois["Liver"].fit_model == "trapezoid"
+        assert plain.lastResults.vois["Kidney_L"].fit_model != "trapezoid"
+    finally:
+        mrml.release_scene(scene)

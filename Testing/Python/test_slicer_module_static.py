@@ -164,8 +164,17 @@ def test_ui_loads_in_qt(tmp_path, monkeypatch):
     from PyQt5.QtWidgets import QDateTimeEdit
     when = form.findChild(QDateTimeEdit, "injectionTimeEdit")
     assert when.specialValueText() == "from DICOM headers" and when.property("SlicerParameterName") == "injectionTime"
-    for name in ("inventoryTableWidget", "fitsTableWidget"):
+    for name in ("inventoryTableWidget", "fitsTableWidget", "voiModelsTableWidget"):
         assert form.findChild(QTableWidget, name).editTriggers() == QTableWidget.NoEditTriggers, name
+    from PyQt5.QtWidgets import QComboBox, QLineEdit, QPushButton, QSpinBox
+    reduced = form.findChild(QLineEdit, "reducedTimePointsLineEdit")
+    assert reduced.placeholderText() == "all (e.g. 2,3)" and reduced.property("SlicerParameterName") == "reducedTimePoints"
+    for name, parameter in (("registrationMethodComboBox", "registrationMethod"), ("voiModeComboBox", "voiMode"),
+                            ("tiaMapComboBox", "tiaMap"), ("reducedMethodComboBox", "reducedMethod")):
+        assert form.findChild(QComboBox, name).property("SlicerParameterName") == parameter
+    assert form.findChild(QTableWidget, "voiModelsTableWidget").property("SlicerParameterName") == "voiModels"
+    assert form.findChild(QSpinBox, "registrationCheckTimePointSpinBox").maximum() == 9
+    assert not form.findChild(QPushButton, "showRegistrationCheckButton").isEnabled()
     # The MRML widgets get the scene from the form.
     receivers = {slot.__self__.objectName() for slot in form.mrmlSceneChanged.slots}
     assert receivers == {"voiSegmentationSelector", "tacPlotWidget", "dvhPlotWidget"}
@@ -199,6 +208,8 @@ def test_every_slicer_parameter_name_is_a_parameter_its_widget_can_show():
         # the module's own QDateTimeEdit <-> ISO 8601 str connector
         "QDateTimeEdit": {"str"},
         "qMRMLNodeComboBox": {"slicer.vtkMRMLSegmentationNode", "vtkMRMLSegmentationNode"},
+        # the module's own per-VOI model table <-> JSON str connector (tied to that one table by name)
+        "QTableWidget": {"str"},
     }
     connected = {}
     for widget in _ui_widgets():
@@ -211,6 +222,8 @@ def test_every_slicer_parameter_name_is_a_parameter_its_widget_can_show():
         base, extras = _split_annotation(fields[parameter])
         cls = widget.get("class")
         assert base in supported.get(cls, set()), f"{widget.get('name')} ({cls}) cannot show a {base} parameter"
+        if cls == "QTableWidget":
+            assert widget.get("name") == "voiModelsTableWidget", f"{widget.get('name')}: no connector for this table"
         if cls in ("QComboBox", "ctkComboBox"):
             assert "Choice" in extras, f"{parameter}: a combo box needs Annotated[..., Choice([...])]"
         if cls == "ctkSliderWidget":
@@ -735,3 +748,141 @@ def test_make_study_view(module, tmp_path):
         module.makeStudyView([], tmp_path / "v2")
     with pytest.raises(StudyError, match="does not exist"):
         module.makeStudyView([tmp_path / "nope.dcm"], tmp_path / "v3")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registration, TIA map, reduced time points and per-VOI models (issue #5)
+
+
+def _choices(parameter: str) -> list:
+    call = [e for e in ast.walk(_parameter_node_fields()[parameter])
+            if isinstance(e, ast.Call) and ast.unparse(e.func).endswith("Choice")][0]
+    return ast.literal_eval(call.args[0])
+
+
+def test_new_option_choices_are_the_library_values(module):
+    assert _choices("registrationMethod") == list(module.REGISTRATION_METHODS) == ["none", "rigid", "deformable"]
+    assert _choices("voiMode") == list(module.VOI_MODES) == ["per-time-point", "reference-only"]
+    assert _choices("tiaMap") == list(module.TIA_MAP_METHODS) == ["voi", "voxel"]
+    assert _choices("reducedMethod") == list(module.REDUCED_METHODS)
+    reduced = pytest.importorskip("LuDosimetryLib.kinetics.reduced")
+    assert set(module.REDUCED_METHODS) <= set(reduced.METHODS)
+    from LuDosimetryLib.kinetics import MODELS
+    assert [c for c, _ in module.MODEL_CHOICES] == ["auto", "mono", "bi", "tri", "trapezoid"]
+    for choice, models in module.MODEL_CHOICES[1:]:
+        assert models and set(models) <= set(MODELS), choice
+    # The pipeline's defaults are the panel's defaults.
+    import dataclasses
+
+    from LuDosimetryLib.pipeline import RunOptions
+    defaults = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+    assert (defaults["registration"], defaults["vois"], defaults["tia_map"], defaults["reduced_method"]) == \
+        ("none", "per-time-point", "voi", "population_prior")
+    optional = [a for a, _ in module.OPTIONAL_RESULT_COLUMNS]
+    assert optional == ["tia_full_bq_s", "reduced_relative_difference"]
+    from LuDosimetryLib.pipeline import VoiResult
+    assert set(optional) <= {f.name for f in dataclasses.fields(VoiResult)}
+
+
+def test_time_points_and_voi_model_helpers(module):
+    from LuDosimetryLib.errors import StudyError
+
+    assert module.timePointsFromText("") is None and module.timePointsFromText("  ") is None
+    assert module.timePointsFromText("2,3") == (2, 3)
+    assert module.timePointsFromText(" 1; 3 4") == (1, 3, 4)
+    for bad in ("2,x", "0,2", "-1", "2.5"):
+        with pytest.raises(StudyError, match="not a list of time point numbers"):
+            module.timePointsFromText(bad)
+
+    assert module.parseVoiModels("") == {}
+    text = module.formatVoiModels({"Liver": "trapezoid", "Kidney_L": "auto", "Lésion 1": "bi"})
+    assert list(module.parseVoiModels(text).items()) == [("Liver", "trapezoid"), ("Kidney_L", "auto"),
+                                                         ("Lésion 1", "bi")]
+    assert module.formatVoiModels({}) == ""
+    with pytest.raises(StudyError, match="'Liver': model 'quad' is not one of auto, mono"):
+        module.parseVoiModels('{"Liver": "quad"}')
+    with pytest.raises(StudyError, match="not a JSON object"):
+        module.parseVoiModels('["Liver"]')
+    with pytest.raises(StudyError, match="not a JSON object"):
+        module.parseVoiModels("Liver=mono")
+
+    # New VOIs come in on auto, known ones keep their choice, vanished ones go, order of the study.
+    merged = module.voiModelsWithNames(text, ["Spleen", "Liver", "Kidney_L"])
+    assert list(module.parseVoiModels(merged).items()) == [("Spleen", "auto"), ("Liver", "trapezoid"),
+                                                           ("Kidney_L", "auto")]
+    assert module.parseVoiModels(module.voiModelsWithNames("garbage", ["A"])) == {"A": "auto"}
+
+    assert module.modelsPerVoiFromText(text) == {"Liver": ("trapezoid",), "Lésion 1": ("bi_exponential",)}
+    assert module.modelsPerVoiFromText(module.voiModelsWithNames("", ["A", "B"])) is None
+    assert module.modelsPerVoiFromText("") is None
+
+
+def _panel_defaults(module) -> SimpleNamespace:
+    """The parameter node's defaults, read from the class (the wrapper is a stand-in here)."""
+    cls = module.LuDosimetryParameterNode
+    return SimpleNamespace(**{name: getattr(cls, name) for name in _parameter_node_fields()
+                              if hasattr(cls, name)})
+
+
+def test_panel_options_reach_run_options(module):
+    from LuDosimetryLib.errors import StudyError
+    from LuDosimetryLib.pipeline import RunOptions
+
+    node = _panel_defaults(module)
+    defaults = module.pipelineOptionsFromParameters(node)
+    assert defaults == dict(pvc="none", psf_fwhm_mm=None, density_correction=True, reference_time_point=0,
+                            registration="none", vois="per-time-point", tia_map="voi", time_points=None,
+                            reduced_method="population_prior", models_per_voi=None)
+    plain = module.LuDosimetryLogic.runOptions(**defaults)
+    assert plain == RunOptions()  # the panel's defaults are the library's
+
+    node.registrationMethod, node.voiMode, node.tiaMap = "rigid", "reference-only", "voxel"
+    node.reducedTimePoints, node.reducedMethod, node.referenceTimePoint = "1, 3", "two_point", 0
+    node.voiModels = module.formatVoiModels({"Liver": "trapezoid", "Spleen": "auto", "Kidney_L": "mono"})
+    options = module.LuDosimetryLogic.runOptions(dose_method="ldm", **module.pipelineOptionsFromParameters(node))
+    assert isinstance(options, RunOptions)
+    assert (options.registration, options.vois, options.tia_map) == ("rigid", "reference-only", "voxel")
+    assert (options.time_points, options.reduced_method) == ((1, 3), "two_point")
+    assert options.models_per_voi == {"Liver": ("trapezoid",), "Kidney_L": ("mono_exponential",)}
+    assert options.dose_method == "ldm"
+
+    node.reducedTimePoints = "two"
+    with pytest.raises(StudyError, match="'two' is not a list"):
+        module.pipelineOptionsFromParameters(node)
+
+
+def test_logic_passes_the_new_options_to_the_pipeline(module, monkeypatch, tmp_path):
+    calls = []
+    _fake_pipeline(calls, monkeypatch)
+    study = tmp_path / "study"
+    study.mkdir()
+    module.LuDosimetryLogic().run(study, tmp_path / "out", dose_method="ldm", registration="deformable",
+                                  vois="reference-only", tia_map="voxel", time_points=[2, 3],
+                                  reduced_method="hanscheid", models_per_voi={"Liver": ["trapezoid"]})
+    options = calls[0][2]
+    assert options["registration"] == "deformable" and options["vois"] == "reference-only"
+    assert options["tia_map"] == "voxel" and options["time_points"] == (2, 3)
+    assert options["reduced_method"] == "hanscheid" and options["models_per_voi"] == {"Liver": ("trapezoid",)}
+
+
+def test_results_columns_show_the_reduced_time_point_comparison(module):
+    full = {c: 1.0 for c, _ in module.RESULT_COLUMNS}
+    plain = SimpleNamespace(vois={"Liver": SimpleNamespace(**full, tia_full_bq_s=None,
+                                                           reduced_relative_difference=None)})
+    assert module.resultColumnsFor(plain) == list(module.RESULT_COLUMNS)
+    reduced = SimpleNamespace(vois={"Liver": SimpleNamespace(**full, tia_full_bq_s=2.0e12,
+                                                             reduced_relative_difference=-0.05),
+                                    "Spleen": SimpleNamespace(**full)})
+    columns = module.resultColumnsFor(reduced)
+    assert columns == list(module.RESULT_COLUMNS) + list(module.OPTIONAL_RESULT_COLUMNS)
+    rows = dict(module.resultRows(reduced, columns))
+    assert rows["Liver"][-2:] == [2.0e12, -0.05] and rows["Spleen"][-2:] == [None, None]
+    assert module.formatValue("tia_full_bq_s", 2.0e12) == "2.000e+12"
+
+    import csv
+    saved = {"vois": {"Liver": {"volume_ml": 1.0, "tia_full_bq_s": 2.0e12, "reduced_relative_difference": -0.05},
+                      "Spleen": {"volume_ml": 2.0, "tia_full_bq_s": None}}}
+    rows = list(csv.reader(module.resultsCsvText(saved).splitlines()))
+    assert rows[0][-2:] == [t for _, t in module.OPTIONAL_RESULT_COLUMNS]
+    assert rows[1][-2:] == [repr(2.0e12), repr(-0.05)] and rows[2][-2:] == ["", ""]
+    assert "TIA all time points (Bq·s)" not in module.resultsCsvText({"vois": {"Liver": {"volume_ml": 1.0}}})
