@@ -322,10 +322,11 @@ class VoiModelsTableToStrConnector(GuiConnector):
             models = parseVoiModels(value)
         except Exception:  # a hand-edited scene: show no rows rather than fail
             models = {}
+        # Not connected while writing: the combo boxes' changes here are the parameter's, not the user's.
+        wasConnected = self._connected
+        if wasConnected:
+            self._disconnect()
         if list(models) != self._names():
-            wasConnected = self._connected
-            if wasConnected:
-                self._disconnect()
             self._widget.setRowCount(0)
             self._combos = []
             self._widget.setRowCount(len(models))
@@ -340,11 +341,11 @@ class VoiModelsTableToStrConnector(GuiConnector):
                                  "only (trapezoid: trapezoids with a physical-decay tail, no fit)")
                 self._widget.setCellWidget(row, 1, combo)
                 self._combos.append(combo)
-            if wasConnected:
-                self._connect()
         for combo, choice in zip(self._combos, models.values()):
             if combo.currentText != choice:
                 combo.setCurrentIndex(combo.findText(choice))
+        if wasConnected:
+            self._connect()
         self._widget.resizeColumnsToContents()
 
 
@@ -806,10 +807,12 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         if not self._ensureDependencies():
             return
+        before = self.logic.lastResults
         self._runAndShow(lambda: self.logic.run(node.studyDirectory, node.outputDirectory, load_time_points=True,
                                                 **self._runOptionsFromPanel()),
                          f"Done. Results written to {node.outputDirectory}")
-        if self.logic.lastResults is not None and getattr(self.logic.lastResults, "vois", None):
+        if self.logic.lastResults is not before and getattr(self.logic.lastResults, "vois", None):
+            # The model table lists the VOIs of the run (choices kept).
             node.voiModels = voiModelsWithNames(node.voiModels, list(self.logic.lastResults.vois))
         segmentations = self.logic.segmentationNodesByTimePoint()
         if segmentations:

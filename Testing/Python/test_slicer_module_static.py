@@ -457,6 +457,22 @@ class _FakeScriptedLogic(_Base):
         raise AssertionError("not used outside Slicer")
 
 
+class _GuiConnector:
+    """Stand-in for slicer.parameterNodeWrapper.GuiConnector: ``onChanged(callback)`` connects (None
+    disconnects), ``changed()`` calls the callback."""
+
+    def __init__(self, *args, **kwargs):
+        self._callback = None
+
+    def onChanged(self, callback):
+        self._callback = callback
+        self._disconnect() if callback is None else self._connect()
+
+    def changed(self):
+        if self._callback:
+            self._callback()
+
+
 def _fake_slicer_modules() -> dict:
     slicer = types.ModuleType("slicer")
     slicer.mrmlScene = None
@@ -469,7 +485,7 @@ def _fake_slicer_modules() -> dict:
     util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
     pnw.Choice = pnw.WithinRange = lambda *args, **kwargs: None
-    pnw.GuiConnector = _Base
+    pnw.GuiConnector = _GuiConnector
     pnw.parameterNodeGuiConnector = pnw.parameterNodeWrapper = lambda cls: cls
     pnw.unannotatedType = lambda datatype: datatype
     slicer.ScriptedLoadableModule, slicer.util, slicer.parameterNodeWrapper = slm, util, pnw
@@ -886,3 +902,130 @@ def test_results_columns_show_the_reduced_time_point_comparison(module):
     assert rows[0][-2:] == [t for _, t in module.OPTIONAL_RESULT_COLUMNS]
     assert rows[1][-2:] == [repr(2.0e12), repr(-0.05)] and rows[2][-2:] == ["", ""]
     assert "TIA all time points (Bq·s)" not in module.resultsCsvText({"vois": {"Liver": {"volume_ml": 1.0}}})
+
+
+class _Signal:
+    """A PythonQt signal: slots are called without the signal's arguments when they take none."""
+
+    def __init__(self):
+        self.slots = []
+
+    def connect(self, slot):
+        self.slots.append(slot)
+
+    def disconnect(self, slot):
+        self.slots.remove(slot)
+
+    def emit(self):
+        for slot in list(self.slots):
+            slot()
+
+
+class _QComboBox:
+    """The PythonQt API of QComboBox the connector uses (properties as attributes)."""
+
+    def __init__(self):
+        self.items, self.currentIndex, self.toolTip = [], -1, ""
+        self.currentIndexChanged = _Signal()
+
+    @property
+    def currentText(self):
+        return self.items[self.currentIndex] if self.currentIndex >= 0 else ""
+
+    def addItem(self, text):
+        self.items.append(text)
+        if self.currentIndex < 0:
+            self.setCurrentIndex(0)
+
+    def findText(self, text):
+        return self.items.index(text) if text in self.items else -1
+
+    def setCurrentIndex(self, index):
+        if index != self.currentIndex:
+            self.currentIndex = index
+            self.currentIndexChanged.emit()
+
+
+class _QTableWidgetItem:
+    def __init__(self, text):
+        self._text, self.flags = text, None
+
+    def text(self):
+        return self._text
+
+    def setFlags(self, flags):
+        self.flags = flags
+
+
+class _QTableWidget:
+    def __init__(self, name):
+        self.objectName, self.headers, self.cells, self.rowCount = name, [], {}, 0
+
+    def setColumnCount(self, n):
+        self.columns = n
+
+    def setHorizontalHeaderLabels(self, labels):
+        self.headers = list(labels)
+
+    def setRowCount(self, n):
+        self.rowCount = n
+        self.cells = {k: v for k, v in self.cells.items() if k[0] < n}
+
+    def setItem(self, row, column, item):
+        self.cells[(row, column)] = item
+
+    def item(self, row, column):
+        return self.cells.get((row, column))
+
+    def setCellWidget(self, row, column, widget):
+        self.cells[(row, column)] = widget
+
+    def cellWidget(self, row, column):
+        return self.cells.get((row, column))
+
+    def resizeColumnsToContents(self):
+        pass
+
+
+def test_voi_models_table_connector(module, monkeypatch):
+    """The per-VOI model table's parameter connector over PythonQt-like stand-ins of the Qt classes."""
+    qt = types.SimpleNamespace(QTableWidget=_QTableWidget, QTableWidgetItem=_QTableWidgetItem, QComboBox=_QComboBox,
+                               Qt=types.SimpleNamespace(ItemIsEnabled=32, ItemIsSelectable=1))
+    monkeypatch.setattr(module, "qt", qt)
+    connector_class = module.VoiModelsTableToStrConnector
+    table = _QTableWidget(module.VOI_MODELS_TABLE)
+    assert connector_class.create(_QTableWidget("fitsTableWidget"), str) is None  # only that table
+    assert connector_class.create(table, int) is None
+    connector = connector_class.create(table, str)
+    assert connector.widget() is table and table.headers == [module.VOI_COLUMN, "Model"]
+
+    changes = []
+    connector.onChanged(lambda: changes.append(connector.read()))
+    connector.write(module.formatVoiModels({"Liver": "trapezoid", "Kidney_L": "auto"}))
+    assert changes == []  # writing the parameter is not a change by the user
+    assert table.rowCount == 2 and [table.item(r, 0).text() for r in range(2)] == ["Liver", "Kidney_L"]
+    combos = [table.cellWidget(r, 1) for r in range(2)]
+    assert [c.items for c in combos] == [[c for c, _ in module.MODEL_CHOICES]] * 2
+    assert [c.currentText for c in combos] == ["trapezoid", "auto"]
+    assert module.parseVoiModels(connector.read()) == {"Liver": "trapezoid", "Kidney_L": "auto"}
+
+    combos[1].setCurrentIndex(combos[1].findText("bi"))  # the user picks a model
+    assert len(changes) == 1 and module.modelsPerVoiFromText(changes[0]) == {"Liver": ("trapezoid",),
+                                                                            "Kidney_L": ("bi_exponential",)}
+    # Same VOIs: the rows stay, the choices follow the parameter.
+    connector.write(module.formatVoiModels({"Liver": "auto", "Kidney_L": "bi"}))
+    assert table.cellWidget(0, 1) is combos[0] and combos[0].currentText == "auto" and len(changes) == 1
+    # Other VOIs: new rows, still connected.
+    connector.write(module.formatVoiModels({"Spleen": "mono"}))
+    assert table.rowCount == 1 and table.item(0, 0).text() == "Spleen" and table.item(1, 0) is None
+    spleen = table.cellWidget(0, 1)
+    assert spleen.currentText == "mono" and len(changes) == 1
+    spleen.setCurrentIndex(spleen.findText("tri"))
+    assert module.parseVoiModels(changes[-1]) == {"Spleen": "tri"}
+    # A bad value shows no rows; disconnected, the user's changes are not reported.
+    connector.write("not json")
+    assert table.rowCount == 0 and connector.read() == ""
+    connector.write(module.formatVoiModels({"Liver": "auto"}))
+    connector.onChanged(None)
+    table.cellWidget(0, 1).setCurrentIndex(1)
+    assert len(changes) == 2
