@@ -150,9 +150,85 @@ def psf_meta(ns, energy_kev: float = LU177_PEAK_KEV, collimator: str = DEFAULT_C
             collimator, float(energy_kev), intrinsic_resolution_140keV=intrinsic_fwhm_140kev_mm / 10.0)
 
 
+class GaussianPSFOperator:
+    """Depth-dependent Gaussian collimator-detector response applied by FFT along each detector axis.
+
+    The same model and the same discrete kernels as PyTomography's ``SPECTPSFTransform(psf_meta)``
+    (``pytomography.transforms.SPECT.psf``): per plane at distance d from the detector a sampled
+    Gaussian of σ(d) = ``meta.sigma_fit(d)``, truncated at ``meta.min_sigmas`` times the largest σ of
+    the planes, normalised to unit sum, zero padded ('same' output). PyTomography applies it with a
+    grouped direct convolution, whose cost grows with the kernel length (41-51 taps at 2.4 mm); here
+    the product of FFTs gives the identical result (to float32 rounding) several times faster. It is
+    passed to ``SPECTPSFTransform(psf_operator=...)``, which calls it with the plane distances (cm).
+    """
+
+    def __init__(self, meta, dr_cm: Sequence[float]):
+        self.meta = meta
+        self.dr_cm = tuple(float(v) for v in dr_cm)
+        self._cache = {}
+
+    def _transfer(self, torch, distances, axis: int, n: int, length: int):
+        key = (axis, n, tuple(np.round(distances.detach().cpu().numpy().astype(float), 6)))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        d = distances.detach().cpu().numpy().astype(float)
+        sigma = np.asarray(self.meta.sigma_fit(d, *self.meta.sigma_fit_params), dtype=float) / self.dr_cm[axis]
+        k = int(np.ceil(sigma.max() * float(self.meta.min_sigmas)) * 2 + 1)
+        half = k // 2
+        x = torch.arange(-half, half + 1, device=distances.device, dtype=torch.float32)[None, :]
+        s = torch.tensor(sigma, device=distances.device, dtype=torch.float32)[:, None]
+        kern = torch.exp(-x ** 2 / (2 * s ** 2 + 1e-11))  # pytomography.delta = 1e-11
+        kern = kern / kern.sum(dim=1, keepdim=True)
+        # circular shift so that the kernel's centre is at index 0: output index i sums input i - j
+        full = torch.zeros((kern.shape[0], n), device=distances.device, dtype=torch.float32)
+        full[:, :half + 1] = kern[:, half:]
+        full[:, n - half:] = kern[:, :half]
+        transfer = torch.fft.rfft(full, dim=1)
+        if len(self._cache) > 512:
+            self._cache.clear()
+        self._cache[key] = transfer
+        return transfer
+
+    def __call__(self, obj, xv=None, yv=None, distances=None, normalize=True):
+        import torch
+
+        out = obj
+        for axis in (1, 2):
+            length = out.shape[axis]
+            d = distances
+            # the largest kernel half-width needed: zero padding of at least that many samples
+            sig_max = float(np.max(self.meta.sigma_fit(d.detach().cpu().numpy().astype(float),
+                                                       *self.meta.sigma_fit_params))) / self.dr_cm[axis]
+            half = int(np.ceil(sig_max * float(self.meta.min_sigmas)))
+            n = _fast_length(length + half)
+            transfer = self._transfer(torch, d, axis, n, length)
+            spec = torch.fft.rfft(out, n=n, dim=axis)
+            spec = spec * (transfer[:, :, None] if axis == 1 else transfer[:, None, :])
+            out = torch.fft.irfft(spec, n=n, dim=axis).narrow(axis, 0, length)
+        return out.contiguous()
+
+
+def _fast_length(n: int) -> int:
+    """Smallest 2^a 3^b 5^c ≥ n (fast FFT length)."""
+    best = 1 << (int(n) - 1).bit_length()
+    p2 = 1
+    while p2 < best:
+        p3 = p2
+        while p3 < best:
+            p5 = p3
+            while p5 < best:
+                if p5 >= n:
+                    best = p5
+                p5 *= 5
+            p3 *= 3
+        p2 *= 2
+    return best
+
+
 def build_system_matrix(ns, geom: ProjectionGeometry, mu_object_per_cm: Optional[np.ndarray], *, psf: bool = True,
                         energy_kev: float = LU177_PEAK_KEV, collimator: str = DEFAULT_COLLIMATOR,
-                        view_indices: Optional[Sequence[int]] = None):
+                        view_indices: Optional[Sequence[int]] = None, psf_by_fft: bool = True):
     """PyTomography ``SPECTSystemMatrix`` for ``geom``.
 
     Parameters
@@ -164,6 +240,9 @@ def build_system_matrix(ns, geom: ProjectionGeometry, mu_object_per_cm: Optional
         None: no attenuation.
     psf : bool
         Model the distance-dependent collimator-detector response.
+    psf_by_fft : bool
+        Apply that response with :class:`GaussianPSFOperator` (same kernels, FFT) instead of
+        PyTomography's direct grouped convolution.
 
     Returns
     -------
@@ -184,7 +263,11 @@ def build_system_matrix(ns, geom: ProjectionGeometry, mu_object_per_cm: Optional
         mu = torch.tensor(np.ascontiguousarray(mu_object_per_cm, dtype=np.float32), device=ns.device)
         transforms.append(ns.SPECTAttenuationTransform(attenuation_map=mu))
     if psf:
-        transforms.append(ns.SPECTPSFTransform(psf_meta(ns, energy_kev, collimator)))
+        meta = psf_meta(ns, energy_kev, collimator)
+        if psf_by_fft:
+            transforms.append(ns.SPECTPSFTransform(psf_operator=GaussianPSFOperator(meta, dr_cm)))
+        else:
+            transforms.append(ns.SPECTPSFTransform(meta))
     system = ns.SPECTSystemMatrix(obj2obj_transforms=transforms, proj2proj_transforms=[],
                                   object_meta=object_meta, proj_meta=proj_meta)
     return system

@@ -299,3 +299,64 @@ def test_reconstruct_study_bad_inputs(study, tmp_path):
     ds.save_as(str(only_proj / "p.dcm"))
     with pytest.raises(StudyError, match="calibration"):
         reconstruct_study(only_proj, tmp_path / "c", ReconOptions(iterations=1, attenuation=False))
+
+
+# --------------------------------------------------------------------------------------------- speed-ups
+
+def test_fft_psf_equals_pytomography_convolution():
+    """GaussianPSFOperator (FFT) reproduces PyTomography's own PSF convolution, forward and back."""
+    pytest.importorskip("pytomography")
+    from LuDosimetryLib.recon._pyt import pytomography_session
+    from LuDosimetryLib.recon.system import build_system_matrix
+
+    m, rows, nv = 24, 10, 4
+    geom = ProjectionGeometry(n_cols=m, n_rows=rows, pixel_mm=4.0, slice_mm=4.0,
+                              gantry_angles_deg=np.arange(nv) * 90.0, radii_mm=np.array([120., 150., 180., 210.]),
+                              x0_mm=-(m - 1) * 2.0, y0_mm=-(m - 1) * 2.0, z_row0_mm=(rows - 1) * 2.0)
+    rng = np.random.default_rng(1)
+    with pytomography_session("cpu") as ns:
+        obj = ns.torch.tensor(rng.random(geom.object_shape()).astype(np.float32))
+        mu = np.full(geom.object_shape(), 0.135, np.float32)
+        out = []
+        for fft in (False, True):
+            system = build_system_matrix(ns, geom, mu, psf=True, psf_by_fft=fft)
+            fp = system.forward(obj)
+            out.append((fp.numpy(), system.backward(fp).numpy()))
+    for a, b in zip(*out):
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    # the PSF does blur: a no-PSF projection differs
+    assert out[0][0].std() > 0
+
+
+def test_simulation_cropped_to_the_support_equals_the_full_detector():
+    """Projecting only the detector columns that can receive photons changes nothing (< 1e-4)."""
+    pytest.importorskip("pytomography")
+    from LuDosimetryLib.recon.simulate import simulate_expected, simulation_geometry
+
+    n = 40
+    z, y, x = np.mgrid[:n // 2, :n, :n].astype(float)
+    c = (n - 1) / 2.0
+    X, Y = (x - c) * 4.0, (y - c) * 4.0
+    body = (X / 40) ** 2 + (Y / 30) ** 2 <= 1
+    act = np.where(body, 1000.0, 0.0)
+    act[((X + 15) / 12) ** 2 + (Y / 10) ** 2 <= 1] = 20000.0
+
+    def img(a):
+        i = sitk.GetImageFromArray(a.astype(np.float32))
+        i.SetSpacing((4.0,) * 3)
+        i.SetOrigin((-c * 4.0, -c * 4.0, 0.0))
+        return i
+
+    res = []
+    for crop in (True, False):
+        geom = simulation_geometry(img(act), 8, 32, pixel_mm=8.0)
+        res.append(simulate_expected(img(act), img(np.where(body, 0.0135, 0.0)), geom, duration_s=600,
+                                     crop_to_support=crop))
+    a, b = res
+    assert a.shape == b.shape == (3, 8, geom.n_rows, 32)
+    assert np.abs(a - b).max() <= 1e-4 * b.max()
+    # and the cropped detector is narrower than the full one
+    from LuDosimetryLib.recon.simulate import _support_geometry, _support_radius_mm
+
+    sub, off = _support_geometry(geom, _support_radius_mm([img(act)], [0.0], (0.0, 0.0)) + 30.0)
+    assert sub.n_cols < 32 and off > 0 and sub.n_cols + 2 * off == 32
