@@ -23,8 +23,11 @@ deformable, with the per-VOI SPECT refinement, as ``run_study`` does):
   ``run_study()`` with each time point's own VOIs, both with GTM partial-volume correction at the image
   resolution ``image_fwhm_mm(truth fwhm, SPECT voxel)``; dose method LDM (the TIA does not depend on it).
 
-Usage: python benchmarks/registration_twin.py [--preset patient4] [--fast] [--seed N] [--twin DIR]
-(``--twin`` reuses a twin already written, the patient folder).
+Usage: python benchmarks/registration_twin.py [--preset patient4] [--full] [--seed N] [--twin DIR]
+(``--twin`` reuses a twin already written, the patient folder). The default is the fast twin (9.59 mm
+SPECT voxels, about 2.5 min on 2 cores); ``--full`` is the 4.80 mm twin the issue's targets refer to
+(about 10 CPU-minutes: 6 CT-CT registrations of 4 s-2 min each here plus three run_study, two of them
+registering again).
 """
 from __future__ import annotations
 
@@ -202,7 +205,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="patient4")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fast", action="store_true", help="9.59 mm SPECT voxels (default: the full 4.80 mm twin)")
+    ap.add_argument("--full", action="store_true", help="4.80 mm SPECT voxels (default: the fast 9.59 mm twin)")
     ap.add_argument("--twin", default=None, help="patient folder of a twin already written")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -212,7 +215,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             root = write_twin(Path(tempfile.mkdtemp(prefix="twin_reg_")), preset=args.preset, seed=args.seed,
-                              fast=args.fast, projections=False)
+                              fast=not args.full, projections=False)
     truth = json.loads((root / "truth.json").read_text())
     sim = truth["simulation"]
     print(f"twin {truth['preset']} fast={sim['fast']} seed={sim['seed']}: SPECT {sim['spect_size']} voxels of "
