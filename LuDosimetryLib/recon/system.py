@@ -158,7 +158,8 @@ class GaussianPSFOperator:
     Gaussian of σ(d) = ``meta.sigma_fit(d)``, truncated at ``meta.min_sigmas`` times the largest σ of
     the planes, normalised to unit sum, zero padded ('same' output). PyTomography applies it with a
     grouped direct convolution, whose cost grows with the kernel length (41-51 taps at 2.4 mm); here
-    the product of FFTs gives the identical result (to float32 rounding) several times faster. It is
+    the product of FFTs gives the identical result (to float32 rounding) several times faster. The
+    inputs are non-negative in SPECT, so rounding residues below 0 are set to 0. It is
     passed to ``SPECTPSFTransform(psf_operator=...)``, which calls it with the plane distances (cm).
     """
 
@@ -201,12 +202,14 @@ class GaussianPSFOperator:
             sig_max = float(np.max(self.meta.sigma_fit(d.detach().cpu().numpy().astype(float),
                                                        *self.meta.sigma_fit_params))) / self.dr_cm[axis]
             half = int(np.ceil(sig_max * float(self.meta.min_sigmas)))
-            n = _fast_length(length + half)
+            n = _fast_length(max(length + half, 2 * half + 1))  # no wrap-around into the output
             transfer = self._transfer(torch, d, axis, n, length)
             spec = torch.fft.rfft(out, n=n, dim=axis)
             spec = spec * (transfer[:, :, None] if axis == 1 else transfer[:, None, :])
             out = torch.fft.irfft(spec, n=n, dim=axis).narrow(axis, 0, length)
-        return out.contiguous()
+        # Objects and back-projected ratios are ≥ 0, as is the exact result; FFT rounding leaves values
+        # of order 1e-7 × max around 0, whose negative ones would upset Poisson sampling and OSEM ratios.
+        return out.clamp(min=0.0).contiguous()
 
 
 def _fast_length(n: int) -> int:
