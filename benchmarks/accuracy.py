@@ -21,6 +21,7 @@ from pathlib import Path
 
 from LuDosimetryLib.phantom import write_synthetic_patient
 from LuDosimetryLib.pipeline import RunOptions, run_study
+from LuDosimetryLib.pvc import image_fwhm_mm
 
 
 def evaluate(study: Path, method: str, pvc_fwhm_mm=None) -> dict:
@@ -61,7 +62,9 @@ def main(argv=None) -> int:
             write_synthetic_patient(study, seed=args.seed, fast=args.fast, noise=noise)
         truth = json.loads((study / "truth.json").read_text())
         print(f"\n## {'noisy' if noise else 'noise-free'} SPECT (FWHM {truth['simulation'].get('fwhm_mm')} mm)")
-        fwhm = float(truth["simulation"]["fwhm_mm"])
+        sim = truth["simulation"]
+        # the image's resolution: the system blur plus the averaging into SPECT voxels (what a user measures)
+        fwhm = image_fwhm_mm(float(sim["fwhm_mm"]), sum(sim["spect_spacing_mm"]) / 3.0)
         for method, pvc in (("ldm", None), ("ldm", fwhm), ("dvk", fwhm), ("ldm", 0.9 * fwhm), ("ldm", 1.2 * fwhm)):
             ev = evaluate(study, method, pvc)
             what = f"GTM partial-volume correction, PSF FWHM {pvc:.1f} mm" if pvc else "no partial-volume correction"
