@@ -9,7 +9,12 @@ Model (documented so that tests can reason about it):
 * Primary photons: PyTomography's rotate-and-sum system matrix with attenuation (μ at 208 keV) and the
   Gaussian distance-dependent response of the Siemens MELP collimator ("SY-ME"), applied to the object
   on a grid ``oversample`` times finer than the projections, then binned (avoids the inverse crime of
-  reconstructing with the very operator that made the data).
+  reconstructing with the very operator that made the data). Only the central detector columns that
+  can receive photons are projected (support radius of activity and μ around the rotation axis plus
+  3 PSF σ; the others are exactly zero), and the PSF is applied by FFT with PyTomography's kernels
+  (:class:`.system.GaussianPSFOperator`): together 4.8× faster than the plain projector at the
+  twin's full size (2.4 mm object, 120 views: 2.08 → 0.43 s per view on 2 cores), with the same
+  expected counts (tests).
 * Scatter: the primary projection of each view blurred by a broad Gaussian (σ = 40 mm in r and z),
   scaled so that scatter is ``SCATTER_FRACTION`` of the photopeak counts; the lower/upper 10 % windows
   receive the same scatter distribution with 1.5× / 0.5× the photopeak's scatter per keV, so that the
