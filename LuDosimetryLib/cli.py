@@ -217,7 +217,7 @@ def cmd_reconstruct(args) -> int:
     from .recon.reconstruct import ReconOptions, reconstruct_study
     opts = ReconOptions(algorithm=args.algorithm, iterations=args.iterations, subsets=args.subsets,
                         calibration_cps_per_mbq=args.calibration_cps_per_mbq, psf=not args.no_psf,
-                        scatter=args.scatter)
+                        scatter=args.scatter, forms=tuple(args.form) if args.form else None)
     bar = TerminalProgress(quiet=args.quiet)
     try:
         written = reconstruct_study(args.study, args.out, opts, progress=bar, overwrite=args.overwrite)
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="system sensitivity in the photopeak (cps/MBq); default: from the header")
     p.add_argument("--no-psf", action="store_true", help="no collimator-detector response model")
     p.add_argument("--scatter", choices=("tew", "dew", "none"), default="tew")
+    p.add_argument("--form", action="append", choices=("unaltered", "reformatted", "advanced"),
+                   help="projection form(s) to reconstruct (repeatable; default all found)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_reconstruct)

@@ -329,7 +329,8 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
         known = [(t, src) for t, src in times if t is not None]
         acq, src = (min(known, key=lambda x: x[0]) if known else (None, ""))
         desc = str(first.get("SeriesDescription", "") or "")
-        code = parse_series_code(desc, *reversed(Path(first_path).relative_to(root).parts[:-1]))
+        folders = _relative_folders(first_path, (root, *map(Path, extra_roots)))
+        code = parse_series_code(desc, *reversed(folders))
         refs = []
         if role == "rtstruct":
             for fr in first.get("ReferencedFrameOfReferenceSequence", []) or []:
@@ -439,6 +440,16 @@ def _assign_time_points(inv: Inventory, cluster_hours: float) -> None:
             ref_tp = next((by_uid[u] for u in s.referenced_series_uids if u in by_uid), None)
             if ref_tp is not None:
                 s.time_point = ref_tp
+
+
+def _relative_folders(path: str, roots) -> tuple:
+    """Folder names of ``path`` below the first of ``roots`` that holds it."""
+    for r in roots:
+        try:
+            return Path(path).relative_to(r).parts[:-1]
+        except ValueError:
+            continue
+    return ()
 
 
 def require_readable(path: str) -> None:
