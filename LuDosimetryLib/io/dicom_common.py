@@ -34,6 +34,18 @@ def new_uid(entropy: Optional[str] = None) -> str:
     return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, str(entropy)).int)
 
 
+def format_ds(value: float) -> str:
+    """A number as a DICOM Decimal String (VR DS, at most 16 characters), as exact as that allows."""
+    value = float(value)
+    if value == 0:
+        return "0"
+    for digits in range(12, 0, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    return f"{value:.6e}"
+
+
 def dicom_date(dt: datetime) -> str:
     """``YYYYMMDD``."""
     return dt.strftime("%Y%m%d")

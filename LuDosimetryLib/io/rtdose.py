@@ -40,7 +40,7 @@ import SimpleITK as sitk
 from pydicom.uid import RTDoseStorage
 
 from ..errors import DicomFileError, OutputError
-from .dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_dataset, write_dataset
+from .dicom_common import format_ds, PatientInfo, SeriesInfo, StudyInfo, new_dataset, write_dataset
 
 #: Largest stored pixel value we write. Kept below 2**31 so that readers that (wrongly) treat the
 #: 32-bit pixels as signed still read the right dose; the precision is max_dose / 2e9 either way.
@@ -348,13 +348,4 @@ def write_rtdose(path: os.PathLike, dose_gy: sitk.Image, patient: PatientInfo, s
         raise OutputError(f"cannot write the RT Dose ({exc.strerror or exc})", path) from None
 
 
-def _ds(value: float) -> str:
-    """A float as a DICOM DS string of at most 16 characters, as exact as that allows."""
-    value = float(value)
-    if value == 0:
-        return "0"
-    for digits in range(12, 0, -1):
-        text = f"{value:.{digits}g}"
-        if len(text) <= 16:
-            return text
-    return f"{value:.6e}"
+_ds = format_ds

@@ -42,8 +42,8 @@ from pydicom.uid import CTImageStorage, NuclearMedicineImageStorage, PositronEmi
 
 from ..errors import OutputError
 from ..radionuclides import Radionuclide, radionuclide
-from .dicom_common import (PatientInfo, SeriesInfo, StudyInfo, dicom_date, dicom_datetime, dicom_time, new_dataset,
-                           new_uid, write_dataset)
+from .dicom_common import (PatientInfo, SeriesInfo, StudyInfo, dicom_date, dicom_datetime, dicom_time, format_ds,
+                           new_dataset, new_uid, write_dataset)
 from .rtstruct import ReferencedSeries
 
 #: Equipment written into the SPECT files (the collection was acquired on a Siemens Intevo).
@@ -105,16 +105,7 @@ class _Geometry:
         return [_ds(self.spacing[1]), _ds(self.spacing[0])]
 
 
-def _ds(value: float) -> str:
-    """A DS string (at most 16 characters)."""
-    v = float(value)
-    if v == 0.0:
-        return "0"
-    for digits in range(10, 3, -1):
-        s = f"{v:.{digits}g}"
-        if len(s) <= 16:
-            return s
-    return f"{v:.4g}"
+_ds = format_ds  # kept under its old name for the writers that import it
 
 
 def _code(code: Tuple[str, str, str]) -> Dataset:
@@ -458,6 +449,31 @@ def write_pt_slices(image_bqml: sitk.Image, folder: os.PathLike, patient: Patien
 
 # --------------------------------------------------------------------------------------------- NM multi-frame
 
+def recon_tomo_modules(ds: Dataset, geo: "_Geometry", duration_s: float) -> None:
+    """NM Detector (PS3.3 C.8.4.11) and TOMO Acquisition (C.8.4.12) modules of a reconstructed volume.
+
+    One detector item carries the volume's geometry; the rotation is that of a Symbia Intevo: 2 heads
+    x 60 views of 3 degrees (120 over 360 degrees) acquired at the same time, so the duration per view
+    times the views per rotation is the acquisition duration ``duration_s`` (s; 0 for a derived map).
+    """
+    det = Dataset()
+    det.CollimatorGridName = "MELP"
+    det.CollimatorType = "PARA"
+    det.FocalDistance = ""
+    det.ImageOrientationPatient = geo.orientation()
+    det.ImagePositionPatient = geo.position(0)
+    ds.DetectorInformationSequence = DicomSequence([det])
+    rot = Dataset()
+    rot.StartAngle = "0"
+    rot.AngularStep = "3"
+    rot.RotationDirection = "CW"
+    rot.ScanArc = "180"
+    rot.ActualFrameDuration = int(round(float(duration_s) * 1000.0 / 60.0))
+    rot.NumberOfFramesInRotation = 60
+    ds.RotationInformationSequence = DicomSequence([rot])
+    ds.TypeOfDetectorMotion = "STEP AND SHOOT"
+
+
 def write_nm_multiframe(image_bqml: sitk.Image, path: os.PathLike, patient: PatientInfo, study: StudyInfo,
                         series: SeriesInfo, *, acquisition_datetime: datetime, duration_s: float,
                         injected_activity_bq: float, injection_datetime: datetime, decay_correction: str = "NONE",
@@ -537,26 +553,7 @@ def write_nm_multiframe(image_bqml: sitk.Image, path: os.PathLike, patient: Pati
     ds.RadiopharmaceuticalInformationSequence = DicomSequence([
         _radiopharmaceutical_item(nuclide, radiopharmaceutical, float(injected_activity_bq), injection_datetime,
                                   dose_unit_mbq=True)])
-    # NM Detector module (C.8.4.11): one item for a reconstruction, carrying the volume's geometry.
-    det = Dataset()
-    det.CollimatorGridName = "MELP"
-    det.CollimatorType = "PARA"
-    det.FocalDistance = ""
-    det.ImageOrientationPatient = geo.orientation()
-    det.ImagePositionPatient = geo.position(0)
-    ds.DetectorInformationSequence = DicomSequence([det])
-    # NM TOMO Acquisition module (C.8.4.12): 2 heads x 60 views of 3 degrees each (120 over
-    # 360 degrees), acquired at the same
-    # time, so the duration per view times the views per rotation is the acquisition duration.
-    rot = Dataset()
-    rot.StartAngle = "0"
-    rot.AngularStep = "3"
-    rot.RotationDirection = "CW"
-    rot.ScanArc = "180"
-    rot.ActualFrameDuration = int(round(float(duration_s) * 1000.0 / 60.0))
-    rot.NumberOfFramesInRotation = 60
-    ds.RotationInformationSequence = DicomSequence([rot])
-    ds.TypeOfDetectorMotion = "STEP AND SHOOT"
+    recon_tomo_modules(ds, geo, duration_s)
     # NM Reconstruction module (C.8.4.13)
     ds.SpacingBetweenSlices = _ds(geo.spacing[2])
     ds.SliceThickness = _ds(geo.spacing[2])

@@ -25,7 +25,7 @@ from pydicom.uid import NuclearMedicineImageStorage
 from ..errors import DicomFileError, OutputError
 from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_dataset, write_dataset
 from ..io.images import mean_over_grid, read_image_series
-from ..io.series_writer import (_Geometry, _code, _ds, _equipment, _patient_orientation, _pixel_module,
+from ..io.series_writer import (recon_tomo_modules, _Geometry, _code, _ds, _equipment, _patient_orientation, _pixel_module,
                                 derived_uid, NM_MANUFACTURER)
 
 #: Mass attenuation coefficients μ/ρ (cm²/g) of water and ICRU cortical bone (ρ = 1.92 g/cm³) from
@@ -186,22 +186,7 @@ def write_mumap_series(folder: os.PathLike, mu_per_mm: sitk.Image, matrix: int, 
     window.EnergyWindowName = "Lu177_208keV"
     ds.EnergyWindowInformationSequence = DicomSequence([window])
     ds.RadiopharmaceuticalInformationSequence = DicomSequence([])
-    det = Dataset()
-    det.CollimatorGridName = "MELP"
-    det.CollimatorType = "PARA"
-    det.FocalDistance = ""
-    det.ImageOrientationPatient = geo.orientation()
-    det.ImagePositionPatient = geo.position(0)
-    ds.DetectorInformationSequence = DicomSequence([det])
-    rot = Dataset()
-    rot.StartAngle = "0"
-    rot.AngularStep = "3"
-    rot.RotationDirection = "CW"
-    rot.ScanArc = "180"
-    rot.ActualFrameDuration = 0
-    rot.NumberOfFramesInRotation = 60
-    ds.RotationInformationSequence = DicomSequence([rot])
-    ds.TypeOfDetectorMotion = "STEP AND SHOOT"
+    recon_tomo_modules(ds, geo, 0.0)
     ds.SpacingBetweenSlices = _ds(geo.spacing[2])
     ds.SliceThickness = _ds(geo.spacing[2])
     ds.PixelSpacing = geo.pixel_spacing()
