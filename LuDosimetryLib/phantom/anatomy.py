@@ -128,20 +128,25 @@ class Structure:
 _LONG = 1e6  # mm: "infinite" cylinder length
 
 
+def body_and_spine() -> List[Structure]:
+    """Body (elliptic cylinder 340 x 250 mm, fat layer ~18 mm) and lumbar spine (vertebral bodies and
+    posterior arch around the spinal canal), shared by every phantom."""
+    return [
+        Structure("fat", (Superellipsoid((0.0, 10.0, 0.0), (170.0, 125.0, _LONG)),)),
+        Structure("soft_tissue", (Superellipsoid((0.0, 10.0, 0.0), (152.0, 107.0, _LONG)),)),
+        Structure("bone", (Superellipsoid((0.0, 62.0, 0.0), (22.0, 18.0, _LONG)),
+                           Superellipsoid((0.0, 95.0, 0.0), (26.0, 14.0, _LONG), exponent=3.0)),
+                  cuts=(Superellipsoid((0.0, 88.0, 0.0), (8.0, 7.0, _LONG)),)),
+    ]
+
+
 def default_anatomy() -> List[Structure]:
     """The synthetic patient's structures in painting order (later ones win where they overlap).
 
     Sizes are chosen so that the true volumes are about: liver 1500 mL (incl. lesions), kidneys 160 mL
     each, spleen 200 mL, lesions 20 mL and 5 mL (see ``truth.json`` for the values on the fine grid).
     """
-    return [
-        # Body: elliptic cylinder 340 x 250 mm; fat layer ~18 mm thick.
-        Structure("fat", (Superellipsoid((0.0, 10.0, 0.0), (170.0, 125.0, _LONG)),)),
-        Structure("soft_tissue", (Superellipsoid((0.0, 10.0, 0.0), (152.0, 107.0, _LONG)),)),
-        # Lumbar spine: vertebral bodies and posterior arch (bone) around the spinal canal.
-        Structure("bone", (Superellipsoid((0.0, 62.0, 0.0), (22.0, 18.0, _LONG)),
-                           Superellipsoid((0.0, 95.0, 0.0), (26.0, 14.0, _LONG), exponent=3.0)),
-                  cuts=(Superellipsoid((0.0, 88.0, 0.0), (8.0, 7.0, _LONG)),)),
+    return body_and_spine() + [
         # Liver: right lobe + left lobe reaching across the midline, anterior.
         Structure("liver", (Superellipsoid((-72.0, -8.0, 52.0), (76.0, 66.0, 57.0), exponent=2.2),
                             Superellipsoid((5.0, -40.0, 70.0), (62.0, 30.0, 36.0), rotation_deg=(0.0, 0.0, -12.0)))),
@@ -213,7 +218,8 @@ def block_mean(array: np.ndarray, factor: Sequence[int]) -> np.ndarray:
     return array.reshape(nz // fz, fz, ny // fy, fy, nx // fx, fx).mean(axis=(1, 3, 5))
 
 
-def rasterise(structures: Sequence[Structure], grid: Grid, supersample: int = 2) -> Dict[str, np.ndarray]:
+def rasterise(structures: Sequence[Structure], grid: Grid, supersample: int = 2, *,
+              boxes=None, to_anatomy=None) -> Dict[str, np.ndarray]:
     """Fraction of each voxel of ``grid`` occupied by each tissue.
 
     Parameters
@@ -223,6 +229,10 @@ def rasterise(structures: Sequence[Structure], grid: Grid, supersample: int = 2)
     grid : Grid
     supersample : int
         Sample points per voxel and axis (``supersample``³ per voxel).
+    boxes : sequence of (lo, hi), optional
+        Per structure, the grid-frame box (mm) outside which it is absent (default: its own bounds).
+    to_anatomy : callable ``(x, y, z) -> (x, y, z)``, optional
+        Maps grid (scanner) coordinates to the structures' frame (a posed patient); default identity.
 
     Returns
     -------
@@ -241,15 +251,17 @@ def rasterise(structures: Sequence[Structure], grid: Grid, supersample: int = 2)
             for ox in offsets:
                 x = grid.axis(0, ox)
                 label = np.zeros(grid.shape, dtype=np.uint8)
-                for s in structures:
-                    lo, hi = s.bounds()
+                for s, (lo, hi) in zip(structures, boxes or [st.bounds() for st in structures]):
                     ix = np.nonzero((x >= lo[0]) & (x <= hi[0]))[0]
                     iy = np.nonzero((y >= lo[1]) & (y <= hi[1]))[0]
                     iz = np.nonzero((z >= lo[2]) & (z <= hi[2]))[0]
                     if ix.size == 0 or iy.size == 0 or iz.size == 0:
                         continue
                     sl = (slice(iz[0], iz[-1] + 1), slice(iy[0], iy[-1] + 1), slice(ix[0], ix[-1] + 1))
-                    inside = s.inside(x[sl[2]][None, None, :], y[sl[1]][None, :, None], z[sl[0]][:, None, None])
+                    px, py, pz = x[sl[2]][None, None, :], y[sl[1]][None, :, None], z[sl[0]][:, None, None]
+                    if to_anatomy is not None:
+                        px, py, pz = to_anatomy(px, py, pz)
+                    inside = s.inside(px, py, pz)
                     label[sl][inside] = tissue_ids[s.tissue]
                 for name, tid in tissue_ids.items():
                     counts[tid] += label == tid

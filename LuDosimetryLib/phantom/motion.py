@@ -21,7 +21,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from .anatomy import Grid, Structure, _rotation
+from .anatomy import Grid, Structure, _rotation, rasterise
 
 Vec3 = Tuple[float, float, float]
 
@@ -102,9 +102,6 @@ def rasterise_posed(structures: Sequence[Structure], grid: Grid, motion: Motion,
 
     Same contract as :func:`~.anatomy.rasterise` (painting order, ``"air"`` included, fractions add to 1).
     """
-    names = ["air"] + [s.tissue for s in structures]
-    tissue_ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
-    counts = np.zeros((len(tissue_ids),) + grid.shape, dtype=np.uint16)
     margin = abs(motion.breathing_mm) + 1.0
     # Scanner-frame boxes of each structure (for speed): the anatomy box mapped forward, plus the
     # breathing amplitude.
@@ -115,27 +112,4 @@ def rasterise_posed(structures: Sequence[Structure], grid: Grid, motion: Motion,
         cx, cy, cz = motion.rigid_from_anatomy(*_corners(lo, hi).T)
         pts = np.stack([cx, cy, cz], axis=1)
         boxes.append((pts.min(axis=0) - margin, pts.max(axis=0) + margin))
-    n = int(supersample)
-    offsets = [(k + 0.5) / n - 0.5 for k in range(n)]
-    for oz in offsets:
-        z = grid.axis(2, oz)
-        for oy in offsets:
-            y = grid.axis(1, oy)
-            for ox in offsets:
-                x = grid.axis(0, ox)
-                label = np.zeros(grid.shape, dtype=np.uint8)
-                for s, (lo, hi) in zip(structures, boxes):
-                    ix = np.nonzero((x >= lo[0]) & (x <= hi[0]))[0]
-                    iy = np.nonzero((y >= lo[1]) & (y <= hi[1]))[0]
-                    iz = np.nonzero((z >= lo[2]) & (z <= hi[2]))[0]
-                    if ix.size == 0 or iy.size == 0 or iz.size == 0:
-                        continue
-                    sl = (slice(iz[0], iz[-1] + 1), slice(iy[0], iy[-1] + 1), slice(ix[0], ix[-1] + 1))
-                    qx, qy, qz = motion.to_anatomy(x[sl[2]][None, None, :], y[sl[1]][None, :, None],
-                                                   z[sl[0]][:, None, None])
-                    inside = s.inside(qx, qy, qz)
-                    label[sl][inside] = tissue_ids[s.tissue]
-                for name, tid in tissue_ids.items():
-                    counts[tid] += label == tid
-    total = float(n ** 3)
-    return {name: (counts[tid] / total).astype(np.float32) for name, tid in tissue_ids.items()}
+    return rasterise(structures, grid, supersample, boxes=boxes, to_anatomy=motion.to_anatomy)

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Dict, List, Tuple
 
 from ..io.dicom_common import PatientInfo
-from .anatomy import TISSUES, Structure, Superellipsoid, Tissue, _LONG
+from .anatomy import TISSUES, Structure, Superellipsoid, Tissue, body_and_spine
 from .kinetics_truth import TISSUE_KINETICS, UptakeWashout
 from .motion import Motion
 
@@ -92,16 +92,6 @@ def tissue(name: str) -> Tissue:
     raise KeyError(name)
 
 
-def _body_and_spine() -> List[Structure]:
-    return [
-        Structure("fat", (Superellipsoid((0.0, 10.0, 0.0), (170.0, 125.0, _LONG)),)),
-        Structure("soft_tissue", (Superellipsoid((0.0, 10.0, 0.0), (152.0, 107.0, _LONG)),)),
-        Structure("bone", (Superellipsoid((0.0, 62.0, 0.0), (22.0, 18.0, _LONG)),
-                           Superellipsoid((0.0, 95.0, 0.0), (26.0, 14.0, _LONG), exponent=3.0)),
-                  cuts=(Superellipsoid((0.0, 88.0, 0.0), (8.0, 7.0, _LONG)),)),
-    ]
-
-
 def _kidneys(scale: float) -> List[Structure]:
     a, b, c = 30.0 * scale, 24.0 * scale, 56.0 * scale
     return [
@@ -125,7 +115,7 @@ def _sphere(name: str, center, volume_ml: float) -> Structure:
 
 
 def _patient4() -> TwinPreset:
-    structures = tuple(_body_and_spine() + [
+    structures = tuple(body_and_spine() + [
         _liver(1.07),
         Structure("spleen", (Superellipsoid((102.0, 40.0, 68.0), (31.0, 40.0, 47.0), rotation_deg=(0.0, 0.0, -30.0)),)),
     ] + _kidneys(1.123) + [
@@ -151,7 +141,7 @@ def _patient4() -> TwinPreset:
 
 
 def _patient6() -> TwinPreset:
-    structures = tuple(_body_and_spine() + [_liver(1.0)] + _kidneys(1.05) + [
+    structures = tuple(body_and_spine() + [_liver(1.0)] + _kidneys(1.05) + [
         _sphere("lesion_1", (-90.0, -20.0, 70.0), 35.0),
         _sphere("lesion_2", (-40.0, 15.0, 30.0), 8.0),
         _sphere("lesion_3", (10.0, -45.0, 72.0), 4.0),
