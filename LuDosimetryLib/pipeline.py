@@ -534,7 +534,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
         img.CopyInformation(ref_img)
         return img
 
-    first = sitk_header_value(spect_entries[ref])
+    first = _series_header(spect_entries[ref])
     progress.report(1.0, "done")
     return StudyResults(
         patient_id=first.get("PatientID", ""), patient_name=str(first.get("PatientName", "")),
@@ -630,10 +630,10 @@ def _images_on_reference(spects, ref, registrations) -> List[sitk.Image]:
     return out
 
 
-def sitk_header_value(entry: SeriesEntry):
-    """Header (no pixels) of a series' first file."""
-    import pydicom
-    return pydicom.dcmread(entry.files[0], stop_before_pixels=True)
+def _series_header(entry: SeriesEntry):
+    """Header (no pixels) of a series' first file, read as tolerantly as the inventory read it."""
+    from .io.dicom_common import read_dicom
+    return read_dicom(entry.files[0], stop_before_pixels=True)
 
 
 def _tia_map(on_ref, hours, partitions, gtm, ref, nuclide, spects, fit_fn, subset) -> np.ndarray:

@@ -6,7 +6,6 @@ prior, Nuyts et al., IEEE Trans Nucl Sci 2002;49:56-60). It is imported only ins
 """
 from __future__ import annotations
 
-import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from .mumap import mu_image_from_ct, read_mumap
 from .projections import ProjectionSeries, read_projections
 from .quantify import counts_to_bq_per_ml
 from .scatter import METHODS as SCATTER_METHODS, energy_window_scatter
-from .system import ProjectionGeometry, build_system_matrix, frames_to_projector, object_to_image
+from .system import build_system_matrix, frames_to_projector, object_to_image
 
 ALGORITHMS = ("osem", "bsrem")
 FORMS = ("unaltered", "reformatted", "advanced")
@@ -374,7 +373,7 @@ def _write_recon(path: Path, image: sitk.Image, series: ProjectionSeries, option
     patient = PatientInfo(patient_id=str(ds.get("PatientID", "ANON") or "ANON"),
                           patient_name=str(ds.get("PatientName", "Anonymous") or "Anonymous"),
                           birth_date=str(ds.get("PatientBirthDate", "") or ""), sex=str(ds.get("PatientSex", "") or ""))
-    from ..io.dicom_time import parse_dt, combine
+    from ..io.dicom_time import combine
 
     study_dt = combine(ds.get("StudyDate", ""), ds.get("StudyTime", "")) or series.acquisition_time or datetime.now()
     study = StudyInfo(study_instance_uid=str(ds.StudyInstanceUID), study_datetime=study_dt,
