@@ -43,6 +43,13 @@ How the kernel is built (no Monte Carlo, no tabulated kernel):
 
 Energy conservation: ``sum(K)·ρV`` equals the electron energy per decay plus the photon energy
 absorbed inside the kernel box (tested).
+
+Validation (``Testing/Python/test_dose_kernel_peer.py``): built from the beta spectrum alone, as the
+DOSXYZnrc voxel S-value database of Lanconelli et al. (Phys Med Biol 57 (2012) 517, Lu-177, soft
+tissue) was, the kernel agrees with that database at 1.00 g/mL: centre +0.7 %, first shell (26
+neighbours) −2.7 %, photon voxels 2–5 voxels away −2…+4 % at 4.8 mm; centre +1.0 %, first shell
+−3.2 % at 2.21 mm. The default kernel adds the conversion and Auger electrons (ICRP 107), ~10 % of
+the electron energy, which that database leaves out.
 """
 from __future__ import annotations
 
@@ -211,16 +218,20 @@ def _mono_electron_deposition(e0_mev: float, edges_g_cm2: np.ndarray) -> np.ndar
     return out / e0_mev
 
 
+ELECTRON_EMISSIONS = ("beta-", "IE", "auger")  # ICRP 107 electron emission kinds: beta spectrum, IC, Auger
+
+
 @lru_cache(maxsize=32)
-def _electron_radial_table(name: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(edges g/cm², energy MeV per decay in each shell) for all electron emissions of ``name``."""
+def _electron_radial_table(name: str, kinds: Tuple[str, ...] = ELECTRON_EMISSIONS) -> Tuple[np.ndarray, np.ndarray]:
+    """(edges g/cm², energy MeV per decay in each shell) for the electron emissions ``kinds`` of ``name``."""
     em = _emissions(name)
-    lines = [(float(e), float(y)) for kind in ("IE", "auger") for e, y in em.get(kind, []) if e > 0 and y > 0]
-    beta_mean = float(sum(e * y for e, y in em.get("beta-", [])))
-    spectrum = np.asarray(em.get("b-spectra", []), dtype=np.float64)
+    lines = [(float(e), float(y)) for kind in ("IE", "auger") if kind in kinds
+             for e, y in em.get(kind, []) if e > 0 and y > 0]
+    beta_mean = float(sum(e * y for e, y in em.get("beta-", []))) if "beta-" in kinds else 0.0
+    spectrum = np.asarray(em.get("b-spectra", []) if "beta-" in kinds else [], dtype=np.float64)
     e_max = max([e for e, _ in lines] + [float(spectrum[:, 0].max()) if spectrum.size else 0.0])
     if e_max <= 0:
-        raise LuDosimetryError(f"radionuclide {name!r} emits no electrons in ICRP 107")
+        raise LuDosimetryError(f"radionuclide {name!r} emits no electrons of the kinds {list(kinds)} in ICRP 107")
     r_max = 1.25 * float(_csda_range_g_cm2(np.array([e_max]))[0])
     edges = np.linspace(0.0, r_max, _N_RADIAL_BINS_G_CM2 + 1)
     energy = np.zeros(_N_RADIAL_BINS_G_CM2)
@@ -449,9 +460,10 @@ def _validate_spacing(spacing_mm) -> Tuple[float, float, float]:
 
 @lru_cache(maxsize=16)
 def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional[float],
-                   include_photons: bool, density: float) -> np.ndarray:
+                   include_photons: bool, density: float,
+                   electron_kinds: Tuple[str, ...] = ELECTRON_EMISSIONS) -> np.ndarray:
     hv = np.asarray(h, dtype=np.float64)
-    edges_g, e_energy = _electron_radial_table(name)
+    edges_g, e_energy = _electron_radial_table(name, electron_kinds)
     edges_mm = edges_g * 10.0 / density
     r_e_mm = float(edges_mm[-1])
     n_near = [int(math.floor(r_e_mm / s)) + 1 for s in h]
@@ -510,7 +522,8 @@ def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional
 
 
 def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Optional[float] = None,
-                      include_photons: bool = True, density_g_ml: float = 1.0) -> np.ndarray:
+                      include_photons: bool = True, density_g_ml: float = 1.0,
+                      electron_emissions: Sequence[str] = ELECTRON_EMISSIONS) -> np.ndarray:
     """Dose voxel kernel (Gy per decay) for a homogeneous water-like medium.
 
     Parameters
@@ -527,6 +540,11 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
         Add the gamma/X-ray contribution (default True).
     density_g_ml : float
         Mass density (g/mL) of the medium (water composition scaled in density).
+    electron_emissions : sequence of str
+        ICRP 107 electron emission kinds to transport: any of ``"beta-"`` (the beta spectrum), ``"IE"``
+        (internal-conversion electrons) and ``"auger"``. Default all three, as a dose calculation needs;
+        ``("beta-",)`` reproduces kernels of databases that transport the beta spectrum only (e.g. the
+        DOSXYZnrc voxel S values of Lanconelli et al., Phys Med Biol 57 (2012) 517), for comparison.
 
     Returns
     -------
@@ -537,7 +555,7 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
     Notes
     -----
     See the module docstring for the physics and its references. Kernels are cached per rounded
-    spacing (0.001 mm), nuclide, radius, photon switch and density.
+    spacing (0.001 mm), nuclide, radius, photon switch, density and electron emission kinds.
     """
     h = _validate_spacing(spacing_mm)
     try:
@@ -551,6 +569,13 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
         if not (math.isfinite(radius_mm) and radius_mm > 0):
             raise LuDosimetryError(f"kernel radius must be a positive number of mm, got {radius_mm!r}")
         radius_mm = round(radius_mm, 3)
+    if isinstance(electron_emissions, str):
+        electron_emissions = (electron_emissions,)
+    kinds = tuple(k for k in ELECTRON_EMISSIONS if k in set(electron_emissions))
+    unknown = sorted(set(electron_emissions) - set(ELECTRON_EMISSIONS))
+    if unknown or not kinds:
+        raise LuDosimetryError(f"electron emissions must be a non-empty subset of {list(ELECTRON_EMISSIONS)}, "
+                               f"got {list(electron_emissions)!r}")
     nuc = _resolve_nuclide(nuclide)
     key = tuple(round(s, 3) for s in h)
-    return np.array(_kernel_cached(key, nuc.name, radius_mm, bool(include_photons), round(rho, 4)))
+    return np.array(_kernel_cached(key, nuc.name, radius_mm, bool(include_photons), round(rho, 4), kinds))
