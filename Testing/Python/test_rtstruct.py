@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
 
-from conftest import require_tool
+from conftest import require_tool, voxel_centres_mm
 from LuDosimetryLib import vois
 from LuDosimetryLib.errors import DicomFileError
 from LuDosimetryLib.io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_dataset, new_uid, write_dataset
@@ -28,21 +28,13 @@ def _reference(size=(40, 36, 20), spacing=(4.8, 4.8, 4.8), origin=(-96.0, -80.0,
     return image
 
 
-def _centres_mm(reference):
-    """LPS coordinates (z, y, x, 3) of the voxel centres."""
-    nx, ny, nz = reference.GetSize()
-    k, j, i = np.indices((nz, ny, nx), dtype=np.float64)
-    index = np.stack([i, j, k], axis=-1).reshape(-1, 3)
-    return vois.index_to_physical(index, reference).reshape(nz, ny, nx, 3)
-
-
 def _referenced(reference, study):
     return ReferencedSeries(study.study_instance_uid, new_uid(), new_uid(), CTImageStorage,
                             [new_uid() for _ in range(reference.GetSize()[2])])
 
 
 def _two_rois(reference):
-    centres = _centres_mm(reference)
+    centres = voxel_centres_mm(reference)
     ball = np.linalg.norm(centres - np.array([0.0, 0.0, 0.0]), axis=-1) < 30.0
     box = (np.abs(centres[..., 0] + 60) < 15) & (np.abs(centres[..., 1] - 20) < 20) & (np.abs(centres[..., 2]) < 20)
     return {"liver": ball, "tumour 1": box}
@@ -76,7 +68,7 @@ def test_write_read_metadata(written):
     assert ss.study_instance_uid == study.study_instance_uid
     assert ss.frame_of_reference_uid == referenced.frame_of_reference_uid
     assert ss.referenced_series_uid == referenced.series_instance_uid
-    planes_mm = _centres_mm(reference)[:, 0, 0, 2]
+    planes_mm = voxel_centres_mm(reference)[:, 0, 0, 2]
     for roi in ss.rois:
         assert roi.contours
         for contour in roi.contours:

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
 
+from conftest import in_plane_coverage, voxel_centres_mm
 from LuDosimetryLib import vois
 from LuDosimetryLib.errors import StructureError
 from LuDosimetryLib.io.dicom_common import PatientInfo, StudyInfo, new_uid
@@ -27,26 +28,6 @@ def _reference(size, spacing, centre=(0.0, 0.0, 0.0), direction=None):
     centre_now = vois.index_to_physical(half[None, :], image)[0] - np.asarray(image.GetOrigin())
     image.SetOrigin(tuple(np.asarray(centre, dtype=np.float64) - centre_now))
     return image
-
-
-def _centres_mm(reference):
-    nx, ny, nz = reference.GetSize()
-    k, j, i = np.indices((nz, ny, nx), dtype=np.float64)
-    index = np.stack([i, j, k], axis=-1).reshape(-1, 3)
-    return vois.index_to_physical(index, reference).reshape(nz, ny, nx, 3)
-
-
-def _coverage(inside, reference, n=4):
-    """Fraction of each voxel's n x n in-plane sub-samples (on the slice plane) where ``inside(points)``."""
-    nx, ny, nz = reference.GetSize()
-    offsets = (np.arange(n) + 0.5) / n - 0.5
-    k, j, i = np.indices((nz, ny, nx), dtype=np.float64)
-    total = np.zeros((nz, ny, nx))
-    for dy in offsets:
-        for dx in offsets:
-            index = np.stack([i + dx, j + dy, k], axis=-1).reshape(-1, 3)
-            total += inside(vois.index_to_physical(index, reference)).reshape(nz, ny, nx)
-    return (total / (n * n)).astype(np.float32)
 
 
 def _write_and_read(tmp_path, masks, reference, name="rs.dcm"):
@@ -88,7 +69,7 @@ def test_analytic_disk_sphere_ring(tmp_path):
         r = np.hypot(p[:, 0] - c[0], p[:, 1] - c[1])
         return (r <= 35.0) & (r >= 15.0) & (np.abs(p[:, 2] - c[2]) < 10.0)
 
-    masks = {name: _coverage(f, reference) for name, f in (("sphere", sphere), ("disk", disk), ("ring", ring))}
+    masks = {name: in_plane_coverage(f, reference) for name, f in (("sphere", sphere), ("disk", disk), ("ring", ring))}
     ss = _write_and_read(tmp_path, masks, reference)
     assert len(ss.roi("ring").contours) == 2 * len(ss.roi("disk").contours)  # outer + hole per slice
     expected = {"sphere": 4.0 / 3.0 * np.pi * 40.0 ** 3 / 1000.0,
@@ -104,7 +85,7 @@ def test_analytic_disk_sphere_ring(tmp_path):
         if supersample > 1:
             assert 0 < np.count_nonzero((got["sphere"] > 0) & (got["sphere"] < 1))
     # The hole is a hole: nothing within 13 mm of the axis.
-    centres = _centres_mm(reference)
+    centres = voxel_centres_mm(reference)
     axis = np.hypot(centres[..., 0] - c[0], centres[..., 1] - c[1]) < 13.0
     ring_mask = vois.structure_set_masks(ss, reference, supersample=4)["ring"]
     assert np.all(ring_mask[axis] == 0)
@@ -119,7 +100,7 @@ def test_xor_nested_contours_make_holes():
 
     roi = Roi(1, "nested", None, "", [square(15.0), square(8.0), square(3.0)])  # solid, hole, island
     mask = vois.rasterize_roi(roi, reference)
-    centres = _centres_mm(reference)[1]
+    centres = voxel_centres_mm(reference)[1]
     r = np.max(np.abs(centres[..., :2]), axis=-1)
     assert np.all(mask[1][r < 3] == 1)
     assert np.all(mask[1][(r > 3) & (r < 8)] == 0)
@@ -142,13 +123,13 @@ def test_supersampled_fraction_of_half_covered_voxels():
 @pytest.mark.parametrize("direction", [None, FLIP_Z, FLIP_XZ], ids=["identity", "flipped-z", "flipped-xz"])
 def test_round_trip_organ_and_lesion(tmp_path, direction):
     reference = _reference((64, 56, 40), (4.8, 4.8, 4.8), centre=(0.0, 0.0, 0.0), direction=direction)
-    centres = _centres_mm(reference).reshape(-1, 3)
+    centres = voxel_centres_mm(reference).reshape(-1, 3)
     shape = (40, 56, 64)
     organ = _blob(centres).reshape(shape)
     # 3 mL sphere: r = 8.95 mm
     lesion_r = (3.0 * 3000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
     lesion = (np.linalg.norm(centres - np.array([-60.0, 40.0, -20.0]), axis=1) <= lesion_r).reshape(shape)
-    lesion_fraction = _coverage(lambda p: np.linalg.norm(p - np.array([-60.0, 40.0, -20.0]), axis=1) <= lesion_r,
+    lesion_fraction = in_plane_coverage(lambda p: np.linalg.norm(p - np.array([-60.0, 40.0, -20.0]), axis=1) <= lesion_r,
                                 reference)
     spacing = reference.GetSpacing()
     assert 140 < vois.mask_volume_ml(organ, spacing) < 170
@@ -195,12 +176,12 @@ def test_contour_planes_finer_than_the_image(tmp_path):
     fine = _reference((40, 40, 40), (2.4, 2.4, 2.4))
     coarse = _reference((20, 20, 20), (4.8, 4.8, 4.8))
     centre = np.array([4.0, -6.0, 2.0])
-    ss = _write_and_read(tmp_path, {"ball": _coverage(lambda p: np.linalg.norm(p - centre, axis=1) <= 35.0, fine)},
+    ss = _write_and_read(tmp_path, {"ball": in_plane_coverage(lambda p: np.linalg.norm(p - centre, axis=1) <= 35.0, fine)},
                          fine)
     analytic = 4.0 / 3.0 * np.pi * 35.0 ** 3 / 1000.0
     mask = vois.structure_set_masks(ss, coarse, supersample=3)["ball"]
     assert vois.mask_volume_ml(mask, coarse.GetSpacing()) == pytest.approx(analytic, rel=0.05)
-    truth = _coverage(lambda p: np.linalg.norm(p - centre, axis=1) <= 35.0, coarse)
+    truth = in_plane_coverage(lambda p: np.linalg.norm(p - centre, axis=1) <= 35.0, coarse)
     assert _dice(mask, truth) > 0.95
 
 
@@ -209,7 +190,7 @@ def test_contour_planes_finer_than_the_image(tmp_path):
 def test_contour_outside_the_image(tmp_path):
     big = _reference((60, 60, 30), (4.8, 4.8, 4.8))
     small = _reference((30, 30, 30), (4.8, 4.8, 4.8))
-    centres = _centres_mm(big).reshape(-1, 3)
+    centres = voxel_centres_mm(big).reshape(-1, 3)
     inside = (np.linalg.norm(centres, axis=1) < 30).reshape(30, 60, 60)
     straddling = (np.linalg.norm(centres - np.array([70.0, 0.0, 0.0]), axis=1) < 25).reshape(30, 60, 60)
     ss = _write_and_read(tmp_path, {"inner": inside, "spleen": straddling}, big, name="big.dcm")
@@ -306,7 +287,7 @@ def test_scanline_fill_agrees_with_matplotlib():
 
     rng = np.random.default_rng(7)
     reference = _reference((60, 50, 4), (1.3, 1.7, 3.0))
-    centres = _centres_mm(reference)
+    centres = voxel_centres_mm(reference)
     for z in range(4):
         contours, truth = [], np.zeros((50, 60), bool)
         for centre, scale in (((-8.0, 5.0), 28.0), ((-4.0, 2.0), 12.0)):

@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
 
-from conftest import require_tool
+from conftest import in_plane_coverage, require_tool
 from LuDosimetryLib import vois
 from LuDosimetryLib.io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_dataset, new_uid, write_dataset
 from LuDosimetryLib.io.rtstruct import ReferencedSeries, read_rtstruct, write_rtstruct
@@ -59,19 +59,6 @@ def _reference(flip_z: bool) -> sitk.Image:
     else:
         image.SetOrigin(tuple(-half))
     return image
-
-
-def _coverage(inside, reference, n=4):
-    """Fraction of each voxel's n x n in-plane sub-samples on the slice plane inside the shape."""
-    nx, ny, nz = reference.GetSize()
-    offsets = (np.arange(n) + 0.5) / n - 0.5
-    k, j, i = np.indices((nz, ny, nx), dtype=np.float64)
-    total = np.zeros((nz, ny, nx))
-    for dy in offsets:
-        for dx in offsets:
-            index = np.stack([i + dx, j + dy, k], axis=-1).reshape(-1, 3)
-            total += inside(vois.index_to_physical(index, reference)).reshape(nz, ny, nx)
-    return (total / (n * n)).astype(np.float32)
 
 
 def write_ct_series(folder, reference: sitk.Image, patient: PatientInfo, study: StudyInfo) -> ReferencedSeries:
@@ -117,7 +104,7 @@ def case(request, tmp_path_factory):
     reference = _reference(flip_z)
     patient, study = PatientInfo(patient_id="PEER"), StudyInfo()
     referenced = write_ct_series(folder / "ct", reference, patient, study)
-    coverage = {name: _coverage(shape, reference) for name, shape in SHAPES.items()}
+    coverage = {name: in_plane_coverage(shape, reference) for name, shape in SHAPES.items()}
     path = write_rtstruct(folder / "rs.dcm", coverage, reference, referenced, patient, study)
     ours = vois.structure_set_masks(read_rtstruct(path), reference)
     spacing = reference.GetSpacing()
