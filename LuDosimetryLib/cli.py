@@ -145,7 +145,8 @@ def _run(study, out, args, overwrite: bool) -> int:
                       extra_study_dirs=tuple(args.recon_dir),
                       reference_time_point=args.reference_time_point - 1, registration=args.registration,
                       vois=args.vois, tia_map=args.tia_map, time_points=_time_points(args.time_points),
-                      reduced_method=args.reduced_method, **_injection_kwargs(args))
+                      reduced_method=args.reduced_method, kernel_path=args.kernel,
+                      kernel_density_g_ml=args.kernel_density_g_ml, **_injection_kwargs(args))
     bar = TerminalProgress(quiet=args.quiet)
     try:
         results = run_study(study, opts, progress=bar)
@@ -161,6 +162,12 @@ def _run(study, out, args, overwrite: bool) -> int:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dose-method", choices=("dvk", "ldm"), default="dvk",
                    help="dose-voxel-kernel convolution (default) or local energy deposition")
+    p.add_argument("--kernel", metavar="FILE",
+                   help="dose voxel kernel computed elsewhere (e.g. Monte Carlo) for --dose-method dvk: Interfile "
+                        ".hdr/.img or voxel S-value table, in Gy/decay, mGy/decay or mGy/(MBq·s), at the SPECT's "
+                        "voxel size (mm, within 1 %%); default: the kernel LuDosimetry builds")
+    p.add_argument("--kernel-density-g-ml", type=float, default=1.0, metavar="G_ML",
+                   help="mass density (g/mL) of the medium the dose kernel is for (default 1.0, water)")
     _add_injection(p)
     p.add_argument("--spect-series", action="append", metavar="UID",
                    help="reconstructed SPECT series to use where a time point has several (repeatable)")

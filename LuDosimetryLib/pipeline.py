@@ -84,6 +84,14 @@ class RunOptions:
         VOIs given directly (e.g. segmentations edited in Slicer) instead of the study's RTSTRUCTs:
         one ``{name: ndarray (z,y,x)}`` per time point, each on that time point's SPECT grid (values ≥ 0.5
         are inside).
+    kernel_path : str, optional
+        Dose voxel kernel file computed elsewhere (e.g. Monte Carlo), in Gy/decay, mGy/decay or
+        mGy/(MBq·s): an Interfile header (.hdr/.img) or a voxel S-value table (see
+        :func:`~LuDosimetryLib.dose.kernel_files.read_dose_kernel`); used instead of the kernel LuDosimetry
+        builds, with ``dose_method="dvk"`` only. Its voxel size (mm) must match the SPECT's within 1 %.
+    kernel_density_g_ml : float
+        Mass density (g/mL) of the medium the kernel is for (default 1.0, water); the density correction
+        scales the dose by this over the CT density.
     """
 
     dose_method: str = "dvk"
@@ -107,6 +115,8 @@ class RunOptions:
     tia_map: str = "voi"
     time_points: Optional[tuple] = None
     reduced_method: str = "population_prior"
+    kernel_path: Optional[str] = None
+    kernel_density_g_ml: float = 1.0
 
 
 @dataclass
@@ -176,8 +186,10 @@ class StudyResults:
     registrations: Dict[int, object] = field(default_factory=dict)
     reference_index: int = 0
     time_points_used: Optional[List[int]] = None
+    dose_kernel: Optional[dict] = None  # DVK only: {"source", "spacing_mm" (x, y, z), "density_g_ml"}
 
     def to_json(self) -> dict:
+        extra = {} if self.dose_kernel is None else {"dose_kernel": self.dose_kernel}
         return {
             "patient_id": self.patient_id,
             "injected_activity_bq": self.injected_activity_bq,
@@ -186,7 +198,7 @@ class StudyResults:
                              "hours_post_injection": t.hours_post_injection,
                              "spect_series_uid": t.spect_series_uid, "description": t.description}
                             for t in self.time_points],
-            "dose_method": self.dose_method,
+            "dose_method": self.dose_method, **extra,
             "reference_time_point": self.reference_index + 1,
             "time_points_used": self.time_points_used,
             "registered": sorted(i + 1 for i in self.registrations),
@@ -311,6 +323,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
         raise StudyError(f"unknown partial-volume correction {options.pvc!r} (use none or gtm)")
     if options.pvc == "gtm" and not (options.psf_fwhm_mm and options.psf_fwhm_mm > 0):
         raise StudyError("partial-volume correction 'gtm' needs the SPECT resolution: give --psf-fwhm-mm")
+    file_kernel = _file_kernel(options)
     progress = as_progress(progress)
     nuclide: Radionuclide = radionuclide(options.nuclide)
     run_warnings: List[str] = []
@@ -493,9 +506,18 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     dens_for_dose = density if (options.density_correction and density is not None) else None
 
     progress.report(0.75, f"absorbed dose ({options.dose_method})")
+    dose_kernel = None
     if options.dose_method == "dvk":
+        if file_kernel is not None:
+            from .dose import check_kernel_grid
+            check_kernel_grid(file_kernel, spacing)
         dose = dose_dvk(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide,
-                        progress=progress.sub(0.75, 0.9))
+                        kernel=None if file_kernel is None else file_kernel.values_gy_per_decay,
+                        kernel_density_g_ml=options.kernel_density_g_ml, progress=progress.sub(0.75, 0.9))
+        kernel_spacing = spacing if file_kernel is None else file_kernel.spacing_mm
+        dose_kernel = {"source": "LuDosimetry (built)" if file_kernel is None else file_kernel.source,
+                       "spacing_mm": [float(v) for v in kernel_spacing],
+                       "density_g_ml": float(options.kernel_density_g_ml)}
     else:
         dose = dose_ldm(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide)
     dose = np.asarray(dose, dtype=np.float32)
@@ -547,7 +569,25 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
         frame_of_reference_uid=spects[ref].frame_of_reference_uid,
         study_instance_uid=spect_entries[ref].study_instance_uid, warnings=run_warnings, inventory=inv,
         registrations=registrations, reference_index=ref,
-        time_points_used=None if subset is None else [i + 1 for i in subset])
+        time_points_used=None if subset is None else [i + 1 for i in subset], dose_kernel=dose_kernel)
+
+
+def _file_kernel(options: RunOptions):
+    """The dose kernel of ``options.kernel_path`` (read once, before the study), or None."""
+    try:
+        rho = float(options.kernel_density_g_ml)
+    except (TypeError, ValueError):
+        rho = float("nan")
+    if not (np.isfinite(rho) and rho > 0):
+        raise StudyError("--kernel-density-g-ml must be a positive density (g/mL), "
+                         f"got {options.kernel_density_g_ml!r}")
+    if options.kernel_path is None:
+        return None
+    if options.dose_method != "dvk":
+        raise StudyError(f"a dose kernel file (--kernel) applies to the DVK dose only, not to dose method "
+                         f"{options.dose_method!r}", options.kernel_path)
+    from .dose import read_dose_kernel
+    return read_dose_kernel(options.kernel_path)
 
 
 def _time_point_subset(options: RunOptions, n_tp: int, ref: int, study_dir) -> Optional[List[int]]:
