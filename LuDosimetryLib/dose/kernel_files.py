@@ -12,7 +12,8 @@ content (not only its extension):
   radionuclide voxel S values for the dosimetry of nonuniform activity distributions",
   Phys. Med. Biol. 57 (2012) 517–533: a title line naming the voxel size (``Lu177 - 4.8mm - Soft tissue``),
   a column line ``i j k S [mGy/(MBq·s)]`` naming the units, then one row ``i j k value`` per voxel of the
-  octant ``i, j, k ≥ 0``; the octant is mirrored to the full box.
+  octant ``i, j, k ≥ 0`` (voxel offsets along x, y, z; cubic voxels); the octant is mirrored to the full box.
+  Interfile data without ``!imagedata byte order`` are read big-endian (the Interfile 3.3 default).
 
 Kernels are returned in Gy per decay (Gy/(Bq·s)), numpy order (z, y, x), odd sizes, source voxel at the
 centre. Unit conversions: 1 mGy/decay = 1e-3 Gy/decay; 1 mGy/(MBq·s) = 1e-3 Gy / 1e6 decays
