@@ -96,6 +96,14 @@ def _units_factor(units: str) -> Optional[float]:
     return _UNIT_FACTORS_GY_PER_DECAY.get(key)
 
 
+def _decode_text(raw: bytes) -> str:
+    """Text of a header or table: UTF-8 when it decodes as such, else latin-1 (any byte decodes)."""
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark is dropped
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _resolve_units(file_units: Optional[str], units: Optional[str], path: Path) -> Tuple[float, str]:
     """Factor to Gy/decay and the units' text, from the file's units and the caller's ``units``."""
     if units is not None:
@@ -197,7 +205,7 @@ def _float_key(keys, name, header: Path, default: Optional[float] = None) -> Opt
 
 
 def _read_interfile(header: Path, units: Optional[str], spacing_mm) -> DoseKernel:
-    keys = _parse_interfile(header.read_bytes().decode("latin-1"))
+    keys = _parse_interfile(_decode_text(header.read_bytes()))
     name = keys.get("name of data file")
     if not name:
         raise KernelFileError("Interfile header has no '!name of data file'", header)
@@ -271,7 +279,8 @@ def _mirror(octant: np.ndarray) -> np.ndarray:
 def _read_table(path: Path, lines: Sequence[str], header_row: int, units: Optional[str],
                 spacing_mm) -> DoseKernel:
     title = " ".join(line.strip() for line in lines[:header_row] if line.strip())
-    file_units = _TABLE_HEADER.match(lines[header_row]).group(1).strip().strip("[]()").strip()
+    unit_field = _TABLE_HEADER.match(lines[header_row]).group(1).strip()
+    file_units = re.sub(r"^[\[(](.*)[\])]$", r"\1", unit_field).strip()  # "[mGy/(MBq·s)]" → "mGy/(MBq·s)"
     rows = []
     for n, line in enumerate(lines[header_row + 1:], start=header_row + 2):
         fields = re.split(r"[\s,;]+", line.strip())
@@ -365,7 +374,7 @@ def read_dose_kernel(path, *, units: Optional[str] = None, spacing_mm=None) -> D
     if first.upper().startswith("!INTERFILE"):  # (PMOD headers hold stray NUL bytes)
         return _read_interfile(p, units, spacing_mm)
     if b"\x00" not in head:
-        lines = p.read_bytes().decode("latin-1").splitlines()
+        lines = _decode_text(p.read_bytes()).splitlines()
         header_row = next((n for n, line in enumerate(lines) if _TABLE_HEADER.match(line)), None)
         if header_row is not None:
             return _read_table(p, lines, header_row, units, spacing_mm)

@@ -153,6 +153,7 @@ def test_table_octant_is_mirrored_to_the_full_kernel(tmp_path, kernel):
     k = read_dose_kernel(path)
     assert k.spacing_mm == H and k.source == str(path)
     assert "Lu177 - 4.8mm - Soft tissue" in k.description
+    assert "mGy/(MBq·s) in the file" in k.description  # the units' own parenthesis survives
     np.testing.assert_allclose(k.values_gy_per_decay, kernel, rtol=1e-9, atol=0)
 
 
