@@ -374,6 +374,10 @@ class LuDosimetryParameterNode:
     reducedMethod - TIA method for reduced time points (RunOptions.reduced_method).
     voiModels - the model of each VOI as JSON {"Liver": "trapezoid", ...}; "auto" = AICc
         (RunOptions.models_per_voi holds the others).
+    kernelFile - a dose voxel kernel file computed elsewhere (Interfile .hdr/.img or a voxel S-value
+        table, e.g. a Monte Carlo kernel) for the DVK dose; "" uses the kernel LuDosimetry builds
+        (RunOptions.kernel_path).
+    kernelDensityGMl - density (g/mL) of the medium that kernel file was made for (RunOptions.kernel_density_g_ml).
     """
 
     studyDirectory: str = ""
@@ -402,6 +406,8 @@ class LuDosimetryParameterNode:
     reducedTimePoints: str = ""
     reducedMethod: Annotated[str, Choice(["population_prior", "hanscheid", "madsen", "two_point"])] = "population_prior"
     voiModels: str = ""
+    kernelFile: str = ""
+    kernelDensityGMl: Annotated[float, WithinRange(0.01, 25.0)] = 1.0
 
 
 #
@@ -548,6 +554,9 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node:
             self.ui.voiModeComboBox.enabled = idle and node.registrationMethod != "none"
             self.ui.reducedMethodComboBox.enabled = idle and bool(node.reducedTimePoints.strip())
+            # A kernel file applies to the kernel convolution only; its density only with a file.
+            self.ui.kernelFilePathLineEdit.enabled = idle and node.doseMethod == "dvk"
+            self.ui.kernelDensitySpinBox.enabled = idle and node.doseMethod == "dvk" and bool(node.kernelFile.strip())
         outputs = self._outputDirectory()
         for button, name in ((self.ui.exportRtDoseButton, RTDOSE_FILE), (self.ui.exportCsvButton, RESULTS_FILE),
                              (self.ui.exportReportButton, RESULTS_FILE)):
@@ -1340,7 +1349,8 @@ def pipelineOptionsFromParameters(node) -> Dict[str, Any]:
                 density_correction=node.densityCorrection, reference_time_point=node.referenceTimePoint,
                 registration=node.registrationMethod, vois=node.voiMode, tia_map=node.tiaMap,
                 time_points=timePointsFromText(node.reducedTimePoints), reduced_method=node.reducedMethod,
-                models_per_voi=modelsPerVoiFromText(node.voiModels))
+                models_per_voi=modelsPerVoiFromText(node.voiModels),
+                kernel_path=node.kernelFile.strip() or None, kernel_density_g_ml=node.kernelDensityGMl)
 
 
 #
@@ -1423,7 +1433,8 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
                    masks_per_time_point: Optional[List[Dict[str, Any]]] = None, registration: str = "none",
                    vois: str = "per-time-point", tia_map: str = "voi", time_points: Optional[Sequence[int]] = None,
                    reduced_method: str = "population_prior",
-                   models_per_voi: Optional[Dict[str, Sequence[str]]] = None):
+                   models_per_voi: Optional[Dict[str, Sequence[str]]] = None,
+                   kernel_path: Optional[str] = None, kernel_density_g_ml: float = 1.0):
         """LuDosimetryLib.pipeline.RunOptions from the panel's options (defaults leave the library's)."""
         from LuDosimetryLib.pipeline import RunOptions
 
@@ -1448,6 +1459,8 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
             options.update(time_points=tuple(int(t) for t in time_points), reduced_method=reduced_method)
         if models_per_voi:
             options["models_per_voi"] = {str(name): tuple(models) for name, models in models_per_voi.items()}
+        if kernel_path:
+            options.update(kernel_path=str(kernel_path), kernel_density_g_ml=float(kernel_density_g_ml))
         return RunOptions(**options)
 
     def inventory(self, study_dir, injected_activity_bq: Optional[float] = None, injection_time=None):
@@ -1469,7 +1482,8 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
             load_time_points: bool = False, masks_per_time_point: Optional[List[Dict[str, Any]]] = None,
             registration: str = "none", vois: str = "per-time-point", tia_map: str = "voi",
             time_points: Optional[Sequence[int]] = None, reduced_method: str = "population_prior",
-            models_per_voi: Optional[Dict[str, Sequence[str]]] = None):
+            models_per_voi: Optional[Dict[str, Sequence[str]]] = None,
+            kernel_path: Optional[str] = None, kernel_density_g_ml: float = 1.0):
         """Compute the dosimetry of one study, write the outputs and (in Slicer) show them.
 
         Parameters
@@ -1516,6 +1530,11 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
             TIA method for ``time_points`` (one of :data:`REDUCED_METHODS`).
         models_per_voi : dict, optional
             VOI name → models (keys of LuDosimetryLib.kinetics.MODELS) replacing the AICc choice for it.
+        kernel_path : path-like, optional
+            Dose voxel kernel file for the DVK dose (LuDosimetryLib.dose.read_dose_kernel formats: Interfile,
+            voxel S-value table); its voxel size must be the SPECT's (1 %). Default: the built kernel.
+        kernel_density_g_ml : float
+            Density (g/mL) the kernel file was made for.
 
         Returns
         -------
@@ -1544,7 +1563,8 @@ class LuDosimetryLogic(ScriptedLoadableModuleLogic):
                                   pvc, psf_fwhm_mm, density_correction, reference_time_point,
                                   masks_per_time_point, registration=registration, vois=vois, tia_map=tia_map,
                                   time_points=time_points, reduced_method=reduced_method,
-                                  models_per_voi=models_per_voi)
+                                  models_per_voi=models_per_voi, kernel_path=kernel_path,
+                                  kernel_density_g_ml=kernel_density_g_ml)
         results = run_study(pathlib.Path(study_dir), options,
                             progress=lambda fraction, message: report(_RUN_STUDY_SHARE * fraction, message))
         report(_RUN_STUDY_SHARE, "Writing the results")

@@ -119,8 +119,9 @@ _QT_CUSTOM_WIDGETS = {
                             "    def setCollapsed(self, value):\n        self.collapsed = value\n",
     "ctkPathLineEdit": "from PyQt5.QtWidgets import QLineEdit\n"
                        "class ctkPathLineEdit(QLineEdit):\n"
-                       "    Dirs, Drives, NoDot, NoDotDot, Readable = 1, 2, 4, 8, 16\n"
+                       "    Dirs, Files, Drives, NoDot, NoDotDot, Readable = 1, 2, 4, 8, 16, 32\n"
                        "    def setFilters(self, value):\n        self.filters = value\n"
+                       "    def setNameFilters(self, value):\n        self.nameFilters = value\n"
                        "    def setSettingKey(self, value):\n        self.settingKey = value\n",
     # mrmlSceneChanged(vtkMRMLScene*) records the slots the form connects to it.
     "qMRMLWidget": "from PyQt5.QtWidgets import QWidget\n"
@@ -174,6 +175,9 @@ def test_ui_loads_in_qt(tmp_path, monkeypatch):
         assert form.findChild(QComboBox, name).property("SlicerParameterName") == parameter
     assert form.findChild(QTableWidget, "voiModelsTableWidget").property("SlicerParameterName") == "voiModels"
     assert form.findChild(QSpinBox, "registrationCheckTimePointSpinBox").maximum() == 9
+    kernel_density = form.findChild(QDoubleSpinBox, "kernelDensitySpinBox")
+    assert kernel_density.value() == 1.0 and kernel_density.suffix() == " g/mL"
+    assert kernel_density.property("SlicerParameterName") == "kernelDensityGMl"
     assert not form.findChild(QPushButton, "showRegistrationCheckButton").isEnabled()
     # The MRML widgets get the scene from the form.
     receivers = {slot.__self__.objectName() for slot in form.mrmlSceneChanged.slots}
@@ -848,7 +852,8 @@ def test_panel_options_reach_run_options(module):
     defaults = module.pipelineOptionsFromParameters(node)
     assert defaults == dict(pvc="none", psf_fwhm_mm=None, density_correction=True, reference_time_point=0,
                             registration="none", vois="per-time-point", tia_map="voi", time_points=None,
-                            reduced_method="population_prior", models_per_voi=None)
+                            reduced_method="population_prior", models_per_voi=None, kernel_path=None,
+                            kernel_density_g_ml=1.0)
     plain = module.LuDosimetryLogic.runOptions(**defaults)
     assert plain == RunOptions()  # the panel's defaults are the library's
 
@@ -861,6 +866,11 @@ def test_panel_options_reach_run_options(module):
     assert (options.time_points, options.reduced_method) == ((1, 3), "two_point")
     assert options.models_per_voi == {"Liver": ("trapezoid",), "Kidney_L": ("mono_exponential",)}
     assert options.dose_method == "ldm"
+    assert options.kernel_path is None  # no kernel file: the built kernel
+
+    node.kernelFile, node.kernelDensityGMl = "  /data/DK_softtissue.hdr ", 1.04
+    options = module.LuDosimetryLogic.runOptions(**module.pipelineOptionsFromParameters(node))
+    assert (options.kernel_path, options.kernel_density_g_ml) == ("/data/DK_softtissue.hdr", 1.04)
 
     node.reducedTimePoints = "two"
     with pytest.raises(StudyError, match="'two' is not a list"):
@@ -874,8 +884,10 @@ def test_logic_passes_the_new_options_to_the_pipeline(module, monkeypatch, tmp_p
     study.mkdir()
     module.LuDosimetryLogic().run(study, tmp_path / "out", dose_method="ldm", registration="deformable",
                                   vois="reference-only", tia_map="voxel", time_points=[2, 3],
-                                  reduced_method="hanscheid", models_per_voi={"Liver": ["trapezoid"]})
+                                  reduced_method="hanscheid", models_per_voi={"Liver": ["trapezoid"]},
+                                  kernel_path="k.hdr", kernel_density_g_ml=1.03)
     options = calls[0][2]
+    assert options["kernel_path"] == "k.hdr" and options["kernel_density_g_ml"] == 1.03
     assert options["registration"] == "deformable" and options["vois"] == "reference-only"
     assert options["tia_map"] == "voxel" and options["time_points"] == (2, 3)
     assert options["reduced_method"] == "hanscheid" and options["models_per_voi"] == {"Liver": ("trapezoid",)}
