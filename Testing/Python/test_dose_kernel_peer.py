@@ -28,7 +28,7 @@
    Result: centre −2.9 %, first shell +10.5 % (1.03 g/mL: −5.5 % / +4.7 %). The peer is the outlier: against
    the DOSXYZnrc database plus our conversion/Auger electrons (the part the database lacks) the peer is
    +3.9 % in the centre and −11.5 % in the first shell, and its photon tail (2–5 voxels) is 16–21 % below
-   the database, where ours is within 3 %. Its electron escape from the source voxel (≈ 4 %) is below
+   the database, where ours is within 4.4 %. Its electron escape from the source voxel (≈ 4 %) is below
    what DOSXYZnrc, our transport (6.9 %) and Loevinger's point kernel (7.5 %) give. Matching it would
    make our kernel disagree with the Monte Carlo database; the shell test is therefore
    ``xfail(strict=True)`` at 5 % with these numbers.
@@ -148,7 +148,7 @@ def test_lu177_kernel_centre_matches_peer(peer_kernel_mgy):
     "first shell 26-neighbour sum at 1.00 g/mL is +10.5 % (6 faces +9.4 %, centre -2.9 %, 2nd shell +21.6 %); "
     "at 1.03 g/mL: 26 neighbours +4.7 %, centre -5.5 %. The peer itself differs from the DOSXYZnrc database "
     "(Lanconelli 2012) + our IC/Auger electrons by +3.9 % (centre) and -11.5 % (first shell), and its photon "
-    "tail is 16-21 % below the database; ours agrees with the database within 3 % (see "
+    "tail is 16-21 % below the database; ours agrees with the database within 3.2 % (centre, shell) and 5.1 % (photon voxels) (see "
     "test_beta_kernel_matches_dosxyznrc_database and the module docstring)."))
 def test_lu177_kernel_first_shell_matches_peer(peer_kernel_mgy):
     _, o, p = _comparison(peer_kernel_mgy, NIST_SOFT_TISSUE_ICRP_G_ML)
