@@ -86,7 +86,8 @@ def main() -> None:
         print(f"beta energy escaping the source voxel: database {escape(cr, voxel, beta_mev):.1%}, "
               f"ours {escape(co, voxel, beta_mev):.1%}")
         full = dose_voxel_kernel((voxel,) * 3, "Lu-177", density_g_ml=1.0, include_photons=False)
-        print(f"all electrons (beta + IC + Auger) escaping, ours: {escape(value_at(full, (0, 0, 0)), voxel, LU.electron_energy_mev):.1%}")
+        all_escape = escape(value_at(full, (0, 0, 0)), voxel, LU.electron_energy_mev)
+        print(f"all electrons (beta + IC + Auger) escaping, ours: {all_escape:.1%}")
 
     peer = peer_kernel()
     if peer is None:

@@ -148,7 +148,8 @@ def test_lu177_kernel_centre_matches_peer(peer_kernel_mgy):
     "first shell 26-neighbour sum at 1.00 g/mL is +10.5 % (6 faces +9.4 %, centre -2.9 %, 2nd shell +21.6 %); "
     "at 1.03 g/mL: 26 neighbours +4.7 %, centre -5.5 %. The peer itself differs from the DOSXYZnrc database "
     "(Lanconelli 2012) + our IC/Auger electrons by +3.9 % (centre) and -11.5 % (first shell), and its photon "
-    "tail is 16-21 % below the database; ours agrees with the database within 3.2 % (centre, shell) and 5.1 % (photon voxels) (see "
+    "tail is 16-21 % below the database; ours agrees with the database within 3.2 % (centre, shell) and "
+    "5.1 % (photon voxels) (see "
     "test_beta_kernel_matches_dosxyznrc_database and the module docstring)."))
 def test_lu177_kernel_first_shell_matches_peer(peer_kernel_mgy):
     _, o, p = _comparison(peer_kernel_mgy, NIST_SOFT_TISSUE_ICRP_G_ML)
