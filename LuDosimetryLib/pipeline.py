@@ -516,7 +516,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
                         kernel_density_g_ml=options.kernel_density_g_ml, progress=progress.sub(0.75, 0.9))
         kernel_spacing = spacing if file_kernel is None else file_kernel.spacing_mm
         dose_kernel = {"source": "LuDosimetry (built)" if file_kernel is None else file_kernel.source,
-                       "spacing_mm": [float(v) for v in kernel_spacing],
+                       "spacing_mm": [round(float(v), 6) for v in kernel_spacing],
                        "density_g_ml": float(options.kernel_density_g_ml)}
     else:
         dose = dose_ldm(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide)
