@@ -48,20 +48,31 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def has_example_data(folder: Path) -> bool:
+    """Whether ``folder`` holds both files with their dicompyler-core 0.5.6 SHA-256."""
+    return all((folder / name).is_file() and sha256(folder / name) == digest for name, digest in MEMBERS.items())
+
+
 def fetch_example_data(target: Path) -> Path:
-    """Download the sdist with pip, verify it and extract the two files into ``target``."""
+    """Download the sdist with pip, verify it and extract the two files into ``target`` (each atomically).
+
+    Raises RuntimeError when the sdist's SHA-256 is not the expected one (subprocess errors when pip fails).
+    """
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        "dicompyler-core==0.5.6", "-d", tmp], check=True)
+                        "dicompyler-core==0.5.6", "-d", tmp], check=True, timeout=300,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         archive = Path(tmp) / SDIST
         if sha256(archive) != SDIST_SHA256:
-            raise SystemExit(f"{archive}: unexpected SHA-256")
+            raise RuntimeError(f"{archive}: unexpected SHA-256")
         with tarfile.open(archive) as tar:
             for name in MEMBERS:
                 member = tar.getmember(f"dicompyler-core-0.5.6/tests/testdata/example_data/{name}")
-                with tar.extractfile(member) as src, open(target / name, "wb") as dst:
+                partial = target / (".part_" + name)
+                with tar.extractfile(member) as src, open(partial, "wb") as dst:
                     dst.write(src.read())
+                os.replace(partial, target / name)
     return target
 
 
@@ -76,7 +87,10 @@ def main() -> None:
     import pydicom
     from dicompylercore import dicomparser, dvhcalc
 
-    data = args.data_dir or fetch_example_data(Path(tempfile.mkdtemp(prefix="dicompyler_example_")))
+    try:
+        data = args.data_dir or fetch_example_data(Path(tempfile.mkdtemp(prefix="dicompyler_example_")))
+    except RuntimeError as exc:
+        raise SystemExit(str(exc))
     for name, expected in MEMBERS.items():
         if sha256(data / name) != expected:
             raise SystemExit(f"{data / name}: SHA-256 differs from the dicompyler-core 0.5.6 file")

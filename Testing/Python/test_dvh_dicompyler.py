@@ -16,12 +16,8 @@ dicompyler-core conventions (0.5.6 defaults), which decide what is comparable:
 from __future__ import annotations
 
 import csv
-import hashlib
+import importlib.util
 import os
-import subprocess
-import sys
-import tarfile
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,44 +26,19 @@ import pytest
 from LuDosimetryLib.dvh import DVHWarning, dvh_from_files
 
 BASELINE = Path(__file__).resolve().parents[1] / "Baselines" / "dicompyler_core_dvh.csv"
-SDIST = "dicompyler-core-0.5.6.tar.gz"
-SDIST_SHA256 = "0e3c05920a8fa3f1c0ff05a5c21dab3ff3f735e00012b69b38926b219d07faee"
-FILES = {
-    "rtdose.dcm": "a78d4d7723e280b1baf8153a43583fda384a681428eca306b53ada37ef7d3123",
-    "rtss.dcm": "8fe3e3a20d1acf911f5c284dc40288d46f97acd43e4a63753cd6e3e1dac398cb",
-}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _baseline_maker():
+    """``benchmarks/make_dicompyler_baseline.py``, which made the baseline: one fetcher serves both."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "make_dicompyler_baseline.py"
+    spec = importlib.util.spec_from_file_location("make_dicompyler_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in FILES.items())
-
-
-def _fetch(folder: Path) -> None:
-    """pip-download the sdist, check it, and extract the two files into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        "dicompyler-core==0.5.6", "-d", tmp], check=True, timeout=300,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        archive = Path(tmp) / SDIST
-        if _sha256(archive) != SDIST_SHA256:
-            raise RuntimeError(f"{archive}: unexpected SHA-256")
-        with tarfile.open(archive) as tar:
-            for name in FILES:
-                member = tar.getmember(f"dicompyler-core-0.5.6/tests/testdata/example_data/{name}")
-                source = tar.extractfile(member)
-                partial = folder / (".part_" + name)
-                with source, open(partial, "wb") as target:
-                    target.write(source.read())
-                os.replace(partial, folder / name)
+MAKER = _baseline_maker()
+FILES = MAKER.MEMBERS
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +46,17 @@ def example_data() -> Path:
     configured = os.environ.get("LUDOSIM_DICOMPYLER_EXAMPLE_DIR")
     if configured:
         folder = Path(configured)
-        if not _complete(folder):
+        if not MAKER.has_example_data(folder):
             pytest.fail(f"LUDOSIM_DICOMPYLER_EXAMPLE_DIR={folder} lacks the dicompyler-core 0.5.6 rtdose.dcm/rtss.dcm")
         return folder
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ludosimetry-test-data" / \
         "dicompyler-core-0.5.6"
-    if not _complete(cache):
+    if not MAKER.has_example_data(cache):
         try:
-            _fetch(cache)
+            MAKER.fetch_example_data(cache)
         except Exception as exc:  # no network, no pip: nothing to compare against
             pytest.skip(f"dicompyler-core 0.5.6 example data unavailable ({exc.__class__.__name__}: {exc})")
-    if not _complete(cache):
+    if not MAKER.has_example_data(cache):
         pytest.skip(f"{cache}: dicompyler-core example data incomplete")
     return cache
 
