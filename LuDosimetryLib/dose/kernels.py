@@ -460,8 +460,7 @@ def _validate_spacing(spacing_mm) -> Tuple[float, float, float]:
 
 @lru_cache(maxsize=16)
 def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional[float],
-                   include_photons: bool, density: float,
-                   electron_kinds: Tuple[str, ...] = ELECTRON_EMISSIONS) -> np.ndarray:
+                   include_photons: bool, density: float, electron_kinds: Tuple[str, ...]) -> np.ndarray:
     hv = np.asarray(h, dtype=np.float64)
     edges_g, e_energy = _electron_radial_table(name, electron_kinds)
     edges_mm = edges_g * 10.0 / density
@@ -569,13 +568,11 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
         if not (math.isfinite(radius_mm) and radius_mm > 0):
             raise LuDosimetryError(f"kernel radius must be a positive number of mm, got {radius_mm!r}")
         radius_mm = round(radius_mm, 3)
-    if isinstance(electron_emissions, str):
-        electron_emissions = (electron_emissions,)
-    kinds = tuple(k for k in ELECTRON_EMISSIONS if k in set(electron_emissions))
-    unknown = sorted(set(electron_emissions) - set(ELECTRON_EMISSIONS))
-    if unknown or not kinds:
+    requested = {electron_emissions} if isinstance(electron_emissions, str) else set(electron_emissions)
+    kinds = tuple(k for k in ELECTRON_EMISSIONS if k in requested)  # canonical order: one cache entry
+    if not kinds or not requested <= set(ELECTRON_EMISSIONS):
         raise LuDosimetryError(f"electron emissions must be a non-empty subset of {list(ELECTRON_EMISSIONS)}, "
-                               f"got {list(electron_emissions)!r}")
+                               f"got {sorted(requested)!r}")
     nuc = _resolve_nuclide(nuclide)
     key = tuple(round(s, 3) for s in h)
     return np.array(_kernel_cached(key, nuc.name, radius_mm, bool(include_photons), round(rho, 4), kinds))
