@@ -1,4 +1,8 @@
-"""Volumes of interest: RTSTRUCT contours to voxel masks and back.
+"""Volumes of interest: ROIs as planar contours (:class:`Roi`, :class:`StructureSet`), contours to voxel
+masks and back.
+
+The DICOM side (reading and writing RTSTRUCT files into and from these classes) is
+:mod:`LuDosimetryLib.io.rtstruct`, which builds on this module; this module imports no DICOM code.
 
 Geometry
 --------
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,12 +36,79 @@ from .errors import StructureError
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
 
-    from .io.rtstruct import Roi, StructureSet
-
 #: Points may stray this far (in voxels) beyond the image's edge for rounding in the file.
 _EDGE_TOLERANCE_VOXELS = 1e-3
 #: Contours whose planes are closer than this (mm) are on the same plane.
 _SAME_PLANE_MM = 0.01
+
+
+# --------------------------------------------------------------------------------------------- ROIs
+
+@dataclass
+class Roi:
+    """One region of interest of a structure set.
+
+    Attributes
+    ----------
+    number : int
+        ROI Number (3006,0022).
+    name : str
+        ROI Name (3006,0026).
+    color : tuple of int or None
+        ROI Display Color (r, g, b), 0-255.
+    roi_type : str
+        RT ROI Interpreted Type (3006,00A4), e.g. ``'ORGAN'``, ``'GTV'``; ``''`` when absent.
+    contours : list of numpy.ndarray
+        Closed planar polygons, each (N, 3) float64 in LPS mm, without the closing repeat of the first point.
+    """
+
+    number: int
+    name: str
+    color: Optional[Tuple[int, int, int]]
+    roi_type: str
+    contours: List[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class StructureSet:
+    """The content of one RTSTRUCT file.
+
+    Attributes
+    ----------
+    path : str
+        The file it was read from.
+    frame_of_reference_uid : str
+        Frame of reference the contours are expressed in (``''`` when the file names none).
+    referenced_series_uid : str or None
+        Series Instance UID of the image series the contours were drawn on, when the file says.
+    rois : list of Roi
+        In file order.
+    label : str
+        Structure Set Label.
+    patient_id : str
+    study_instance_uid : str
+    """
+
+    path: str
+    frame_of_reference_uid: str
+    referenced_series_uid: Optional[str]
+    rois: List[Roi]
+    label: str
+    patient_id: str
+    study_instance_uid: str
+
+    def roi(self, name: str) -> Roi:
+        """The first ROI called ``name``; KeyError listing the available names otherwise."""
+        for roi in self.rois:
+            if roi.name == name:
+                return roi
+        raise KeyError(f"{self.path}: no ROI named {name!r}; available: "
+                       + ", ".join(repr(r.name) for r in self.rois))
+
+    @property
+    def names(self) -> List[str]:
+        """ROI names in file order."""
+        return [r.name for r in self.rois]
 
 
 # --------------------------------------------------------------------------------------------- geometry

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from LuDosimetryLib.dose import dose_voxel_kernel  # noqa: E402
-from LuDosimetryLib.dose.kernels import _emissions  # noqa: E402  (ICRP 107 emission lists)
+from LuDosimetryLib.dose.kernels import icrp107_emissions  # noqa: E402  (ICRP 107 emission lists)
 from LuDosimetryLib.radionuclides import MEV_TO_J, radionuclide  # noqa: E402
 
 DATABASE_CSV = REPO / "Testing" / "Baselines" / "lanconelli2012_lu177_soft_tissue_voxel_s.csv"
@@ -70,7 +70,7 @@ def peer_kernel():
 
 
 def main() -> None:
-    beta_mev = sum(float(e) * float(y) for e, y in _emissions("Lu-177")["beta-"])
+    beta_mev = sum(float(e) * float(y) for e, y in icrp107_emissions("Lu-177")["beta-"])
     print(f"Lu-177 (ICRP 107): electrons {LU.electron_energy_mev:.4f} MeV/decay, of which beta spectrum "
           f"{beta_mev:.4f} MeV")
     for voxel in (4.8, 2.21):

@@ -1,7 +1,7 @@
 """Benchmark of the quantitative reconstruction on simulated Lu-177 data (LuDosimetryLib.recon).
 
 Simulates an abdomen (body, liver, kidneys, spleen and spherical lesions of several volumes) on a 2×
-finer grid than the projections (simulate.write_projection_series), writes a 128² μ-map, reconstructs
+finer grid than the projections (phantom.projections.write_projection_series), writes a 128² μ-map, reconstructs
 with OSEM (and optionally BSREM) and prints, per iteration: activity recovered in each organ vs truth,
 lesion recovery coefficients (mean concentration / true concentration) vs volume, liver coefficient of
 variation (noise), and seconds per iteration. ``--timing`` also times one OSEM subset at the clinical
@@ -32,7 +32,7 @@ from LuDosimetryLib.io.images import resample_to  # noqa: E402
 from LuDosimetryLib.recon.mumap import read_mumap, write_mumap_series  # noqa: E402
 from LuDosimetryLib.recon.projections import read_projections  # noqa: E402
 from LuDosimetryLib.recon.reconstruct import ReconOptions, reconstruct_projections  # noqa: E402
-from LuDosimetryLib.recon.simulate import write_projection_series  # noqa: E402
+from LuDosimetryLib.phantom.projections import write_projection_series  # noqa: E402
 
 ACQ = datetime(2024, 3, 5, 10, 0)
 INJ = datetime(2024, 3, 4, 10, 0)
@@ -160,7 +160,7 @@ def time_clinical(conv_at_128: bool = True):
     The PSF is applied by FFT (``GaussianPSFOperator``, the default of ``build_system_matrix``); at 128²
     PyTomography's own direct convolution is timed too.
     """
-    from LuDosimetryLib.recon._pyt import pytomography_session
+    from LuDosimetryLib.recon.backend import pytomography_session
     from LuDosimetryLib.recon.system import ProjectionGeometry, build_system_matrix
 
     print("\n== clinical sizes, 120 views, attenuation + PSF, OSEM 8 subsets (torch threads: "

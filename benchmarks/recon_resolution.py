@@ -30,7 +30,7 @@ from LuDosimetryLib.pvc import FWHM_TO_SIGMA  # noqa: E402
 from LuDosimetryLib.recon.mumap import read_mumap, write_mumap_series  # noqa: E402
 from LuDosimetryLib.recon.projections import read_projections  # noqa: E402
 from LuDosimetryLib.recon.reconstruct import ReconOptions, reconstruct_projections  # noqa: E402
-from LuDosimetryLib.recon.simulate import write_projection_series  # noqa: E402
+from LuDosimetryLib.phantom.projections import write_projection_series  # noqa: E402
 
 ACQ = datetime(2024, 3, 5, 10, 0)
 INJ = datetime(2024, 3, 4, 10, 0)

@@ -20,10 +20,11 @@ from scipy import fft as sfft
 
 from ..errors import LuDosimetryError
 from ..progress import as_progress
-from .kernels import NuclideLike, _validate_spacing, dose_voxel_kernel
+from .kernels import NuclideLike, dose_voxel_kernel, validate_spacing
 
 
-def _check_tia(tia_bq_s) -> np.ndarray:
+def check_tia(tia_bq_s) -> np.ndarray:
+    """``tia_bq_s`` as a finite, non-empty 3-D array (z, y, x); LuDosimetryError otherwise."""
     a = np.asarray(tia_bq_s)
     if a.ndim != 3:
         raise LuDosimetryError(f"time-integrated activity must be a 3-D array (z, y, x), got shape {a.shape}")
@@ -32,7 +33,9 @@ def _check_tia(tia_bq_s) -> np.ndarray:
     return a
 
 
-def _check_density(density_g_ml, shape) -> np.ndarray:
+def check_density(density_g_ml, shape) -> np.ndarray:
+    """``density_g_ml`` (a scalar or an array of ``shape``) as float32, finite and > 0; LuDosimetryError
+    otherwise."""
     rho = np.asarray(density_g_ml, dtype=np.float32)
     if rho.ndim != 0 and rho.shape != tuple(shape):
         raise LuDosimetryError(f"density map shape {rho.shape} does not match the activity shape {tuple(shape)}")
@@ -71,9 +74,9 @@ def dose_dvk(tia_bq_s: np.ndarray, spacing_mm, *, kernel: Optional[np.ndarray] =
         float32 absorbed dose (Gy), same shape as ``tia_bq_s``.
     """
     prog = as_progress(progress)
-    a = _check_tia(tia_bq_s)
-    h = _validate_spacing(spacing_mm)
-    rho = None if density_g_ml is None else _check_density(density_g_ml, a.shape)
+    a = check_tia(tia_bq_s)
+    h = validate_spacing(spacing_mm)
+    rho = None if density_g_ml is None else check_density(density_g_ml, a.shape)
     prog.report(0.0, "dose kernel")
     if kernel is None:
         kernel = dose_voxel_kernel(h, nuclide, density_g_ml=kernel_density_g_ml)

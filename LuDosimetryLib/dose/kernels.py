@@ -113,7 +113,8 @@ _N_RADIAL_BINS_G_CM2 = 400         # radial bins of the electron deposition tabl
 # ------------------------------------------------------------------------------------------------
 # Decay data
 # ------------------------------------------------------------------------------------------------
-def _resolve_nuclide(nuclide: NuclideLike) -> Radionuclide:
+def resolve_nuclide(nuclide: NuclideLike) -> Radionuclide:
+    """The radionuclide named or given by ``nuclide``; Lu-177 when None."""
     if nuclide is None:
         return radionuclide("Lu-177")
     if isinstance(nuclide, Radionuclide):
@@ -122,7 +123,7 @@ def _resolve_nuclide(nuclide: NuclideLike) -> Radionuclide:
 
 
 @lru_cache(maxsize=None)
-def _emissions(name: str) -> dict:
+def icrp107_emissions(name: str) -> dict:
     """ICRP 107 emission lists of ``name`` (already normalised, e.g. 'Lu-177')."""
     import icrp107_database
     path = Path(icrp107_database.__file__).parent / "icrp107" / f"{name}.json"
@@ -138,7 +139,7 @@ def _emissions(name: str) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Electron physics in water
 # ------------------------------------------------------------------------------------------------
-def _csda_range_g_cm2(e_mev: np.ndarray) -> np.ndarray:
+def csda_range_g_cm2(e_mev: np.ndarray) -> np.ndarray:
     """CSDA range in water (g/cm²), log-log interpolation of ESTAR; power law outside the table."""
     le = np.log(np.maximum(np.asarray(e_mev, dtype=np.float64), 1e-9))
     lx, ly = np.log(_ESTAR_WATER_E_MEV), np.log(_ESTAR_WATER_CSDA_G_CM2)
@@ -183,13 +184,13 @@ def _noncentral_maxwell_cdf(r: np.ndarray, mu: np.ndarray, sigma: np.ndarray) ->
 def _mono_electron_deposition(e0_mev: float, edges_g_cm2: np.ndarray) -> np.ndarray:
     """Fraction of the energy of an electron of ``e0_mev`` deposited in each radial shell (g/cm²)."""
     n_bins = edges_g_cm2.size - 1
-    r0 = float(_csda_range_g_cm2(np.array([e0_mev]))[0])
+    r0 = float(csda_range_g_cm2(np.array([e0_mev]))[0])
     if r0 < 0.5 * (edges_g_cm2[1] - edges_g_cm2[0]):
         out = np.zeros(n_bins)
         out[0] = 1.0
         return out
     energies = e0_mev * np.geomspace(1.0, 1e-3, _N_PATH_STEPS + 1)
-    path = r0 - _csda_range_g_cm2(energies)  # path length travelled (g/cm²)
+    path = r0 - csda_range_g_cm2(energies)  # path length travelled (g/cm²)
     path[0] = 0.0
     inv_l = _inverse_transport_mfp_cm2_g(energies)
     dt = np.diff(path)
@@ -222,9 +223,9 @@ ELECTRON_EMISSIONS = ("beta-", "IE", "auger")  # ICRP 107 electron emission kind
 
 
 @lru_cache(maxsize=32)
-def _electron_radial_table(name: str, kinds: Tuple[str, ...] = ELECTRON_EMISSIONS) -> Tuple[np.ndarray, np.ndarray]:
+def electron_radial_table(name: str, kinds: Tuple[str, ...] = ELECTRON_EMISSIONS) -> Tuple[np.ndarray, np.ndarray]:
     """(edges g/cm², energy MeV per decay in each shell) for the electron emissions ``kinds`` of ``name``."""
-    em = _emissions(name)
+    em = icrp107_emissions(name)
     lines = [(float(e), float(y)) for kind in ("IE", "auger") if kind in kinds
              for e, y in em.get(kind, []) if e > 0 and y > 0]
     beta_mean = float(sum(e * y for e, y in em.get("beta-", []))) if "beta-" in kinds else 0.0
@@ -232,7 +233,7 @@ def _electron_radial_table(name: str, kinds: Tuple[str, ...] = ELECTRON_EMISSION
     e_max = max([e for e, _ in lines] + [float(spectrum[:, 0].max()) if spectrum.size else 0.0])
     if e_max <= 0:
         raise LuDosimetryError(f"radionuclide {name!r} emits no electrons of the kinds {list(kinds)} in ICRP 107")
-    r_max = 1.25 * float(_csda_range_g_cm2(np.array([e_max]))[0])
+    r_max = 1.25 * float(csda_range_g_cm2(np.array([e_max]))[0])
     edges = np.linspace(0.0, r_max, _N_RADIAL_BINS_G_CM2 + 1)
     energy = np.zeros(_N_RADIAL_BINS_G_CM2)
     packets = list(lines)
@@ -256,7 +257,7 @@ def _electron_radial_table(name: str, kinds: Tuple[str, ...] = ELECTRON_EMISSION
 # Photon physics in water
 # ------------------------------------------------------------------------------------------------
 def _photon_lines(name: str) -> np.ndarray:
-    em = _emissions(name)
+    em = icrp107_emissions(name)
     rows = [(float(e), float(y)) for kind in ("gamma", "X", "annihilation") for e, y in em.get(kind, [])
             if e > 0 and y > 0]
     return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
@@ -385,7 +386,7 @@ def _photon_line_table(name: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, n
     return lines[:, 0].copy(), lines[:, 1].copy(), mu, muen, kappa, log_kernel
 
 
-def _photon_radial_density(name: str, r_mm: np.ndarray, density_g_ml: float) -> np.ndarray:
+def photon_radial_density(name: str, r_mm: np.ndarray, density_g_ml: float) -> np.ndarray:
     """ε_γ(r): photon energy absorbed per unit radius (MeV per decay per mm) at distance r (mm).
 
     Point-kernel with energy-absorption buildup: ``ε(r) = Σ y E μ_en B_en(μr) e^{-μr}`` (ln(B_en e^{-x})
@@ -448,7 +449,8 @@ def _mirror_octant(oct_xyz: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(full, (2, 1, 0)))
 
 
-def _validate_spacing(spacing_mm) -> Tuple[float, float, float]:
+def validate_spacing(spacing_mm) -> Tuple[float, float, float]:
+    """``spacing_mm`` as three positive floats (x, y, z) in mm; LuDosimetryError otherwise."""
     try:
         h = tuple(float(s) for s in spacing_mm)
     except (TypeError, ValueError):
@@ -462,7 +464,7 @@ def _validate_spacing(spacing_mm) -> Tuple[float, float, float]:
 def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional[float],
                    include_photons: bool, density: float, electron_kinds: Tuple[str, ...]) -> np.ndarray:
     hv = np.asarray(h, dtype=np.float64)
-    edges_g, e_energy = _electron_radial_table(name, electron_kinds)
+    edges_g, e_energy = electron_radial_table(name, electron_kinds)
     edges_mm = edges_g * 10.0 / density
     r_e_mm = float(edges_mm[-1])
     n_near = [int(math.floor(r_e_mm / s)) + 1 for s in h]
@@ -492,7 +494,7 @@ def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional
         mids = 0.5 * (p_edges[1:] + p_edges[:-1])
         half = 0.5 * dr
         pts = mids[:, None] + half * gx[None, :]
-        p_w = (_photon_radial_density(name, pts, density) * gw[None, :]).sum(axis=1) * half
+        p_w = (photon_radial_density(name, pts, density) * gw[None, :]).sum(axis=1) * half
         radii.append(mids)
         weights.append(p_w)
     radii_a = np.concatenate(radii)
@@ -504,7 +506,7 @@ def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional
         # far field: photon point kernel averaged over T with 2 Gauss points per axis (±h/√6)
         ii, jj, kk = np.meshgrid(*[np.arange(n + 1) * h[a] for a, n in enumerate(n_half)], indexing="ij")
         r_tab = np.concatenate([[0.0], np.geomspace(1e-3, float(np.sqrt(np.sum(((np.asarray(n_half) + 2) * hv) ** 2))) + 1.0, 4000)])
-        e_tab = _photon_radial_density(name, r_tab, density)
+        e_tab = photon_radial_density(name, r_tab, density)
         acc = np.zeros_like(ii)
         a6 = 1.0 / math.sqrt(6.0)
         for sx in (-1, 1):
@@ -556,7 +558,7 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
     See the module docstring for the physics and its references. Kernels are cached per rounded
     spacing (0.001 mm), nuclide, radius, photon switch, density and electron emission kinds.
     """
-    h = _validate_spacing(spacing_mm)
+    h = validate_spacing(spacing_mm)
     try:
         rho = float(density_g_ml)
     except (TypeError, ValueError):
@@ -573,6 +575,6 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
     if not kinds or not requested <= set(ELECTRON_EMISSIONS):
         raise LuDosimetryError(f"electron emissions must be a non-empty subset of {list(ELECTRON_EMISSIONS)}, "
                                f"got {sorted(requested)!r}")
-    nuc = _resolve_nuclide(nuclide)
+    nuc = resolve_nuclide(nuclide)
     key = tuple(round(s, 3) for s in h)
     return np.array(_kernel_cached(key, nuc.name, radius_mm, bool(include_photons), round(rho, 4), kinds))

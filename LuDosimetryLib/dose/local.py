@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..radionuclides import MEV_TO_J
-from .convolve import _check_density, _check_tia
-from .kernels import NuclideLike, _resolve_nuclide, _validate_spacing
+from .convolve import check_density, check_tia
+from .kernels import NuclideLike, resolve_nuclide, validate_spacing
 
 
 def _local(tia_bq_s, spacing_mm, density_g_ml, energy_mev: float) -> np.ndarray:
-    a = _check_tia(tia_bq_s)
-    h = _validate_spacing(spacing_mm)
-    rho = np.float32(1.0) if density_g_ml is None else _check_density(density_g_ml, a.shape)
+    a = check_tia(tia_bq_s)
+    h = validate_spacing(spacing_mm)
+    rho = np.float32(1.0) if density_g_ml is None else check_density(density_g_ml, a.shape)
     volume_ml = h[0] * h[1] * h[2] * 1e-3
     gy_per_decay_unit_rho = energy_mev * MEV_TO_J / (volume_ml * 1e-3)  # J / (kg at 1 g/mL)
     return (a.astype(np.float64) * gy_per_decay_unit_rho / rho).astype(np.float32)
@@ -46,7 +46,7 @@ def dose_ldm(tia_bq_s: np.ndarray, spacing_mm, density_g_ml=None, nuclide: Nucli
     numpy.ndarray
         float32 dose (Gy), same shape.
     """
-    nuc = _resolve_nuclide(nuclide)
+    nuc = resolve_nuclide(nuclide)
     energy = nuc.electron_energy_mev + (nuc.photon_energy_mev if include_photons else 0.0)
     return _local(tia_bq_s, spacing_mm, density_g_ml, energy)
 
@@ -58,5 +58,5 @@ def dose_ldm_photons(tia_bq_s: np.ndarray, spacing_mm, density_g_ml=None,
     Same parameters as :func:`dose_ldm`; ``dose_ldm(..., include_photons=True)`` equals
     ``dose_ldm(...) + dose_ldm_photons(...)``.
     """
-    nuc = _resolve_nuclide(nuclide)
+    nuc = resolve_nuclide(nuclide)
     return _local(tia_bq_s, spacing_mm, density_g_ml, nuc.photon_energy_mev)

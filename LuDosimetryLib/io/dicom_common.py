@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
@@ -34,6 +34,11 @@ def new_uid(entropy: Optional[str] = None) -> str:
     return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, str(entropy)).int)
 
 
+def derived_uid(text: str) -> str:
+    """A deterministic UID for ``text`` (same as ``new_uid(text)``)."""
+    return new_uid(text)
+
+
 def format_ds(value: float) -> str:
     """A number as a DICOM Decimal String (VR DS, at most 16 characters), as exact as that allows."""
     value = float(value)
@@ -44,6 +49,13 @@ def format_ds(value: float) -> str:
         if len(text) <= 16:
             return text
     return f"{value:.6e}"
+
+
+def code_item(code: Tuple[str, str, str]) -> Dataset:
+    """A Code Sequence item (PS3.3 8.8) from ``(CodeValue, CodingSchemeDesignator, CodeMeaning)``."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
 
 
 def dicom_date(dt: datetime) -> str:
@@ -59,6 +71,36 @@ def dicom_time(dt: datetime) -> str:
 def dicom_datetime(dt: datetime) -> str:
     """``YYYYMMDDHHMMSS.ffffff``."""
     return dt.strftime("%Y%m%d%H%M%S.%f")
+
+
+def acquisition_times(ds: Dataset, acquisition_datetime: datetime) -> None:
+    """AcquisitionDate, AcquisitionTime and AcquisitionDateTime of ``acquisition_datetime``."""
+    ds.AcquisitionDate = dicom_date(acquisition_datetime)
+    ds.AcquisitionTime = dicom_time(acquisition_datetime)
+    ds.AcquisitionDateTime = dicom_datetime(acquisition_datetime)
+
+
+@dataclass(frozen=True)
+class Equipment:
+    """General Equipment module (PS3.3 C.7.5.1): the device a file says it comes from."""
+
+    manufacturer: str
+    model_name: str
+    station_name: str = "LUDOSIM"
+    institution_name: str = ""
+
+
+#: LuDosimetry itself: the equipment of our own reconstructions and derived images (:func:`new_dataset`
+#: writes SoftwareVersions with the library version).
+LUDOSIMETRY = Equipment(manufacturer=MANUFACTURER, model_name="LuDosimetryLib")
+
+
+def equipment_module(ds: Dataset, equipment: Equipment) -> None:
+    """Manufacturer, ManufacturerModelName, InstitutionName and StationName of ``equipment``."""
+    ds.Manufacturer = equipment.manufacturer
+    ds.ManufacturerModelName = equipment.model_name
+    ds.InstitutionName = equipment.institution_name
+    ds.StationName = equipment.station_name
 
 
 @dataclass

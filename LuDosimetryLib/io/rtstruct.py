@@ -1,7 +1,9 @@
 """DICOM RT Structure Set (RTSTRUCT) reading and writing.
 
-Reading returns plain dataclasses (:class:`StructureSet`, :class:`Roi`) with contour points in DICOM
-patient coordinates (LPS, mm); turning them into voxel masks is :mod:`LuDosimetryLib.vois`.
+Reading returns the plain dataclasses of :mod:`LuDosimetryLib.vois` (:class:`~LuDosimetryLib.vois.StructureSet`,
+:class:`~LuDosimetryLib.vois.Roi`) with contour points in DICOM patient coordinates (LPS, mm); turning them
+into voxel masks, and masks into contours, is :mod:`LuDosimetryLib.vois` too (this module parses and writes
+the DICOM objects; ``vois`` does not import it).
 
 Writing builds a complete RT Structure Set IOD (DICOM PS3.3 A.19: Patient, General Study, RT Series,
 General Equipment, Structure Set C.8.8.5, ROI Contour C.8.8.6, RT ROI Observations C.8.8.8, SOP Common)
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
@@ -23,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ..errors import DicomFileError
+from ..vois import Roi, StructureSet, mask_slice_contours
 from .dicom_common import read_dicom, PatientInfo, SeriesInfo, StudyInfo, dicom_date, dicom_time, new_dataset, write_dataset
 
 #: RT Structure Set Storage SOP Class (PS3.4 B.5).
@@ -30,75 +33,9 @@ RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: The SOP class RT Referenced Study Sequence items conventionally name for the study (PS3.3 C.8.8.5).
 _STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
 
-_DEFAULT_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                   (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
-
-
-@dataclass
-class Roi:
-    """One region of interest of a structure set.
-
-    Attributes
-    ----------
-    number : int
-        ROI Number (3006,0022).
-    name : str
-        ROI Name (3006,0026).
-    color : tuple of int or None
-        ROI Display Color (r, g, b), 0-255.
-    roi_type : str
-        RT ROI Interpreted Type (3006,00A4), e.g. ``'ORGAN'``, ``'GTV'``; ``''`` when absent.
-    contours : list of numpy.ndarray
-        Closed planar polygons, each (N, 3) float64 in LPS mm, without the closing repeat of the first point.
-    """
-
-    number: int
-    name: str
-    color: Optional[Tuple[int, int, int]]
-    roi_type: str
-    contours: List[np.ndarray] = field(default_factory=list)
-
-
-@dataclass
-class StructureSet:
-    """The content of one RTSTRUCT file.
-
-    Attributes
-    ----------
-    path : str
-        The file it was read from.
-    frame_of_reference_uid : str
-        Frame of reference the contours are expressed in (``''`` when the file names none).
-    referenced_series_uid : str or None
-        Series Instance UID of the image series the contours were drawn on, when the file says.
-    rois : list of Roi
-        In file order.
-    label : str
-        Structure Set Label.
-    patient_id : str
-    study_instance_uid : str
-    """
-
-    path: str
-    frame_of_reference_uid: str
-    referenced_series_uid: Optional[str]
-    rois: List[Roi]
-    label: str
-    patient_id: str
-    study_instance_uid: str
-
-    def roi(self, name: str) -> Roi:
-        """The first ROI called ``name``; KeyError listing the available names otherwise."""
-        for roi in self.rois:
-            if roi.name == name:
-                return roi
-        raise KeyError(f"{self.path}: no ROI named {name!r}; available: "
-                       + ", ".join(repr(r.name) for r in self.rois))
-
-    @property
-    def names(self) -> List[str]:
-        """ROI names in file order."""
-        return [r.name for r in self.rois]
+#: Display colours of the ROIs :func:`write_rtstruct` is given none for, in turn (r, g, b; 0-255).
+DEFAULT_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                  (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
 
 
 @dataclass
@@ -319,8 +256,6 @@ def write_rtstruct(path: os.PathLike, masks: Mapping[str, np.ndarray], reference
     pathlib.Path
         The file written.
     """
-    from .. import vois  # vois works on Roi objects; imported here to keep module imports acyclic
-
     size = reference.GetSize()
     shape = (size[2], size[1], size[0])
     if len(referenced.sop_instance_uids) != shape[0]:
@@ -356,10 +291,10 @@ def write_rtstruct(path: os.PathLike, masks: Mapping[str, np.ndarray], reference
         roi_items.append(roi_item)
 
         contour_item = Dataset()
-        color = colors.get(name, _DEFAULT_COLORS[(number - 1) % len(_DEFAULT_COLORS)])
+        color = colors.get(name, DEFAULT_COLORS[(number - 1) % len(DEFAULT_COLORS)])
         contour_item.ROIDisplayColor = [int(c) for c in color]
         contours = []
-        for k, polygon in vois.mask_slice_contours(mask, reference):
+        for k, polygon in mask_slice_contours(mask, reference):
             contours.append(_contour_item(polygon, referenced, k, len(contours) + 1))
         if contours:
             contour_item.ContourSequence = Sequence(contours)

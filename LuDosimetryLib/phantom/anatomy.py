@@ -61,7 +61,7 @@ TISSUES: Dict[str, Tissue] = {
 
 # --------------------------------------------------------------------------------------------- shapes
 
-def _rotation(deg: Vec3) -> np.ndarray:
+def rotation_matrix(deg: Vec3) -> np.ndarray:
     """Rotation matrix R = Rz · Ry · Rx for angles about x, y, z (degrees); local = Rᵀ (p − c)."""
     ax, ay, az = np.radians(deg)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
@@ -85,7 +85,7 @@ class Superellipsoid:
 
     def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Boolean array: which points (broadcast x, y, z in mm) lie inside."""
-        r = _rotation(self.rotation_deg)
+        r = rotation_matrix(self.rotation_deg)
         dx, dy, dz = x - self.center[0], y - self.center[1], z - self.center[2]
         u = r[0, 0] * dx + r[1, 0] * dy + r[2, 0] * dz
         v = r[0, 1] * dx + r[1, 1] * dy + r[2, 1] * dz

@@ -21,7 +21,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from .anatomy import Grid, Structure, _rotation, rasterise
+from .anatomy import Grid, Structure, rasterise, rotation_matrix
 
 Vec3 = Tuple[float, float, float]
 
@@ -50,7 +50,7 @@ class Motion:
 
     @property
     def matrix(self) -> np.ndarray:
-        return _rotation(self.rotation_deg)
+        return rotation_matrix(self.rotation_deg)
 
     def is_identity(self) -> bool:
         return not any(self.translation_mm) and not any(self.rotation_deg) and self.breathing_mm == 0.0

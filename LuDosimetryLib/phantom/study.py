@@ -39,11 +39,14 @@ from scipy.ndimage import gaussian_filter
 from ..errors import LuDosimetryError, OutputError
 from ..io.export import write_json
 from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo
+from ..io.dicom_common import derived_uid
+from ..io.nm_writer import write_nm_multiframe
 from ..io.rtstruct import write_rtstruct
-from ..io.series_writer import derived_uid, write_ct_series, write_nm_multiframe, write_pt_slices
 from ..progress import as_progress
 from ..radionuclides import radionuclide
 from .anatomy import TISSUES, Grid, block_mean, default_anatomy, hu_map, rasterise
+from .dicom.slice_writer import write_ct_series, write_pt_slices
+from .dicom.vendor import SIEMENS_NM
 from .kinetics_truth import TISSUE_KINETICS
 
 PATIENT = PatientInfo(patient_id="ANON54121", patient_name="ANON54121", birth_date="", sex="M", age="064Y")
@@ -207,7 +210,7 @@ def write_synthetic_patient(out_dir: os.PathLike, *, seed: int = 0, fast: bool =
                             **timing)
         else:
             write_nm_multiframe(spect_images[k - 1], spect_dir / "SPECT_NM.dcm", PATIENT, study, spect_series,
-                                decay_correction="NONE", **timing)
+                                decay_correction="NONE", equipment=SIEMENS_NM, **timing)
         for kind, folder, label, number in (("organ", "organs", "Organs", 100), ("lesion", "lesions", "Lesions", 101)):
             names = [v for v, (kd, _t) in VOIS.items() if kd == kind]
             write_rtstruct(out / "VOIs" / f"scan{k}" / folder / f"RTSTRUCT_{folder}.dcm",

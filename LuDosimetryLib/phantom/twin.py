@@ -16,7 +16,8 @@
     TIA map (Bq·s/mL) on the scan-1 SPECT grid: time points rigidly registered to scan 1, voxel-level
     fits (:mod:`.voxel_tia`).
 ``patient_N/Projections/scan{k}/{unaltered,reformatted,advanced,mumap_xspect,mumap_f3d}/``
-    Only when :mod:`LuDosimetryLib.recon` provides the projection simulator (else skipped with a warning).
+    Only when :mod:`LuDosimetryLib.recon` (the system model of the simulator, :mod:`.projections`) is
+    available (else skipped with a warning).
 
 plus ``patient_N/truth.json`` and ``patient_N/truth_tia.nrrd`` (true TIA per mL in the scan-1 pose on the
 SPECT grid). Image formation of SPECT/CT is that of :mod:`.study` (fine-grid occupancy, 10 mm Gaussian
@@ -37,16 +38,17 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from ..errors import OutputError
-from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo
-from ..io.pet_writer import write_pet_series
-from ..io.planar_writer import write_planar_view
+from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, derived_uid
 from ..io.rtstruct import write_rtstruct
-from ..io.seg_writer import write_seg
-from ..io.series_writer import derived_uid, write_ct_series, write_pt_slices
-from ..io.twin_tia_writer import write_tia_map
 from ..progress import as_progress
 from ..radionuclides import radionuclide
 from .anatomy import Grid, Structure, Superellipsoid, block_mean
+from .dicom.pet_writer import write_pet_series
+from .dicom.planar_writer import write_planar_view
+from .dicom.seg_writer import write_seg
+from .dicom.slice_writer import write_ct_series, write_pt_slices
+from .dicom.twin_tia_writer import write_tia_map
+from .dicom.vendor import SIEMENS_NM
 from .motion import Motion, rasterise_posed
 from .planar import WINDOWS_KEV, mu_per_mm, simulate_planar
 from .presets import TwinPreset, get_preset, tissue
@@ -122,10 +124,11 @@ class _Ids:
 
 
 def projection_writers():
-    """(write_projection_series, write_mumap_series) from :mod:`LuDosimetryLib.recon`, or None when absent."""
+    """(write_projection_series, write_mumap_series) (:mod:`.projections`, :mod:`LuDosimetryLib.recon.mumap`),
+    or None when the reconstruction package is absent."""
     try:
         from ..recon.mumap import write_mumap_series
-        from ..recon.simulate import write_projection_series
+        from .projections import write_projection_series
     except Exception:  # the recon package is optional (written by another issue)
         return None
     return write_projection_series, write_mumap_series
@@ -330,8 +333,10 @@ def _write_projections(recon, root, k, code, act_fine, mu, fine, acq, p, study, 
         tmp.rmdir()
     except OSError:
         pass
-    write_mumap_series(base / "mumap_xspect", mu_img, 256, p.patient, study, f"{code} mumap xSPECT", frame)
-    write_mumap_series(base / "mumap_f3d", mu_img, 128, p.patient, study, f"{code} mumap F3D", frame)
+    write_mumap_series(base / "mumap_xspect", mu_img, 256, p.patient, study, f"{code} mumap xSPECT", frame,
+                       equipment=SIEMENS_NM)
+    write_mumap_series(base / "mumap_f3d", mu_img, 128, p.patient, study, f"{code} mumap F3D", frame,
+                       equipment=SIEMENS_NM)
 
 
 def _write_pretherapy(root: Path, p: TwinPreset, fine: Grid, spect_grid: Grid, ct_grid: Grid, ids, rng, fast):

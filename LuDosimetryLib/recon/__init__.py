@@ -1,7 +1,7 @@
 """Quantitative Lu-177 SPECT reconstruction from projections (PyTomography back end).
 
 Importing this package imports neither torch nor PyTomography; they are imported lazily, only in the
-reconstruction and simulation paths (:mod:`._pyt`).
+reconstruction and simulation paths (:mod:`.backend`).
 
 - :mod:`.energy` — energy windows identified by range.
 - :mod:`.projections` — read NM TOMO projection files (Siemens, GE, Philips standard attributes).
@@ -10,7 +10,9 @@ reconstruction and simulation paths (:mod:`._pyt`).
 - :mod:`.scatter` — triple/dual energy window scatter estimates.
 - :mod:`.quantify` — counts → Bq/mL.
 - :mod:`.reconstruct` — :class:`ReconOptions`, :func:`reconstruct_study`.
-- :mod:`.simulate` — simulated Siemens-like projection files for tests and benchmarks.
+
+The simulated Siemens-like projection files of the digital twin, tests and benchmarks are written by
+:mod:`LuDosimetryLib.phantom.projections`.
 """
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import NuclearMedicineImageStorage
 
 from ..errors import DicomFileError, OutputError
-from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_dataset, write_dataset
+from ..io.dicom_common import (LUDOSIMETRY, Equipment, PatientInfo, SeriesInfo, StudyInfo, code_item, derived_uid,
+                               equipment_module, format_ds, new_dataset, write_dataset)
 from ..io.images import mean_over_grid, read_image_series
-from ..io.series_writer import (recon_tomo_modules, _Geometry, _code, _ds, _equipment, _patient_orientation, _pixel_module,
-                                derived_uid, NM_MANUFACTURER)
+from ..io.nm_writer import SliceGeometry, patient_orientation, pixel_module, recon_tomo_modules
 
 #: Mass attenuation coefficients μ/ρ (cm²/g) of water and ICRU cortical bone (ρ = 1.92 g/cm³) from
 #: NIST XCOM (Hubbell & Seltzer, NISTIR 5632, "Tables of X-Ray Mass Attenuation Coefficients"),
@@ -117,7 +117,7 @@ def mumap_grid(reference: sitk.Image, matrix: int) -> sitk.Image:
 def write_mumap_series(folder: os.PathLike, mu_per_mm: sitk.Image, matrix: int, patient: PatientInfo,
                        study: StudyInfo, series_description: str = "CTAC µ-map 208 keV",
                        frame_of_reference_uid: Optional[str] = None, *, series_number: int = 90,
-                       acquisition_datetime=None) -> List[Path]:
+                       acquisition_datetime=None, equipment: Equipment = LUDOSIMETRY) -> List[Path]:
     """Write a CT-based μ-map (one NM multi-frame file) at 128² (Flash3D) or 256² (xSPECT).
 
     Parameters
@@ -133,6 +133,9 @@ def write_mumap_series(folder: os.PathLike, mu_per_mm: sitk.Image, matrix: int, 
         Should contain "µ-map"/"mu-map" (the study inventory classifies by it).
     frame_of_reference_uid : str, optional
         That of the CT/SPECT it belongs to (new when omitted).
+    equipment : Equipment
+        General Equipment written into the file (LuDosimetry by default; the digital twin passes its
+        camera's).
 
     Returns
     -------
@@ -150,7 +153,7 @@ def write_mumap_series(folder: os.PathLike, mu_per_mm: sitk.Image, matrix: int, 
     grid = mumap_grid(mu_per_mm, int(matrix))
     mu = mean_over_grid(sitk.Cast(mu_per_mm, sitk.sitkFloat32), grid, default=0.0)
     path = folder / f"MUMAP_{int(matrix)}.dcm"
-    geo = _Geometry(mu, path)
+    geo = SliceGeometry(mu, path)
     values_per_cm = np.clip(sitk.GetArrayFromImage(mu).astype(np.float64) * 10.0, 0.0, None)
     stored = np.clip(np.rint(values_per_cm * 1e4), 0, 65535)
     series = SeriesInfo(modality="NM", series_instance_uid=derived_uid(
@@ -162,8 +165,9 @@ def write_mumap_series(folder: os.PathLike, mu_per_mm: sitk.Image, matrix: int, 
     uid = derived_uid(f"{series.series_instance_uid}/0")
     ds = new_dataset(NuclearMedicineImageStorage, patient, study, series, sop_instance_uid=uid,
                      content_datetime=when)
-    _equipment(ds, NM_MANUFACTURER)
-    _patient_orientation(ds)
+    ds.BodyPartExamined = "ABDOMEN"
+    equipment_module(ds, equipment)
+    patient_orientation(ds)
     ds.AcquisitionDate = when.strftime("%Y%m%d")
     ds.AcquisitionTime = when.strftime("%H%M%S")
     ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "TRANSMISSION"]
@@ -187,8 +191,8 @@ def write_mumap_series(folder: os.PathLike, mu_per_mm: sitk.Image, matrix: int, 
     ds.EnergyWindowInformationSequence = DicomSequence([window])
     ds.RadiopharmaceuticalInformationSequence = DicomSequence([])
     recon_tomo_modules(ds, geo, 0.0)
-    ds.SpacingBetweenSlices = _ds(geo.spacing[2])
-    ds.SliceThickness = _ds(geo.spacing[2])
+    ds.SpacingBetweenSlices = format_ds(geo.spacing[2])
+    ds.SliceThickness = format_ds(geo.spacing[2])
     ds.PixelSpacing = geo.pixel_spacing()
     rwvm = Dataset()
     rwvm.RealWorldValueFirstValueMapped = 0
@@ -197,11 +201,11 @@ def write_mumap_series(folder: os.PathLike, mu_per_mm: sitk.Image, matrix: int, 
     rwvm.RealWorldValueSlope = 1e-4
     rwvm.LUTExplanation = "linear attenuation coefficient 1/cm"
     rwvm.LUTLabel = "MU"
-    rwvm.MeasurementUnitsCodeSequence = DicomSequence([_code(_UCUM_PER_CM)])
+    rwvm.MeasurementUnitsCodeSequence = DicomSequence([code_item(_UCUM_PER_CM)])
     ds.RealWorldValueMappingSequence = DicomSequence([rwvm])
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "0.0001"
-    _pixel_module(ds, stored, signed=False)
+    pixel_module(ds, stored, signed=False)
     write_dataset(ds, path)
     return [path]
 

@@ -2,7 +2,7 @@
 
 PyTomography provides the system model and the algorithms (OSEM; BSREM with a relative-difference
 prior, Nuyts et al., IEEE Trans Nucl Sci 2002;49:56-60). It is imported only inside
-:func:`reconstruct_projections` (see :mod:`._pyt`).
+:func:`reconstruct_projections` (see :mod:`.backend`).
 """
 from __future__ import annotations
 
@@ -21,90 +21,15 @@ from ..errors import DicomFileError, OutputError, StudyError
 from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
 from ..io.images import read_ct, resample_to
 from ..io.inventory import Inventory, SeriesEntry, scan_study
-from ..io.series_writer import derived_uid, write_nm_multiframe
+from ..io.nm_writer import derived_uid, write_nm_multiframe
 from ..progress import as_progress
 from .energy import WindowRoles, identify_windows
 from .mumap import mu_image_from_ct, read_mumap
 from .projections import ProjectionSeries, read_projections
 from .quantify import counts_to_bq_per_ml
-from .scatter import METHODS as SCATTER_METHODS, energy_window_scatter
+from ..options import ReconOptions, validate
+from .scatter import energy_window_scatter
 from .system import build_system_matrix, frames_to_projector, object_to_image
-
-ALGORITHMS = ("osem", "bsrem")
-FORMS = ("unaltered", "reformatted", "advanced")
-
-
-@dataclass
-class ReconOptions:
-    """Options of ``ludosimetry reconstruct``.
-
-    Attributes
-    ----------
-    algorithm : {"osem", "bsrem"}
-        ``--algorithm``; BSREM uses a relative-difference prior (``beta``, ``gamma``).
-    iterations, subsets : int
-        ``--iterations``, ``--subsets``.
-    calibration_cps_per_mbq : float, optional
-        ``--calibration-cps-per-mbq``: photopeak counts per second per MBq per head; when None it is
-        taken from the header ("… cps/MBq" in ImageComments), else an error.
-    psf : bool
-        ``--no-psf`` sets False: no collimator-detector response model.
-    scatter : {"tew", "dew", "none"}
-        ``--scatter``.
-    attenuation : bool
-        Attenuation correction from a μ-map series of the study, else from its CT (bilinear HU→μ).
-    beta, gamma : float
-        Relative-difference prior strength and edge parameter (BSREM only).
-    dead_time_factor : float
-        Count-loss correction factor (≥ 1; 1 = none).
-    forms : tuple of str, optional
-        Which projection forms to reconstruct (default: every projection series found).
-    device : str, optional
-        torch device ("cpu", "cuda"); default: a GPU when torch sees one, else the CPU.
-    """
-
-    algorithm: str = "osem"
-    iterations: int = 4
-    subsets: int = 8
-    calibration_cps_per_mbq: Optional[float] = None
-    psf: bool = True
-    scatter: str = "tew"
-    attenuation: bool = True
-    beta: float = 0.3
-    gamma: float = 2.0
-    dead_time_factor: float = 1.0
-    forms: Optional[Tuple[str, ...]] = None
-    device: Optional[str] = None
-
-    def validate(self) -> None:
-        """Raise :class:`StudyError` naming the bad option."""
-        if str(self.algorithm).lower() not in ALGORITHMS:
-            raise StudyError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}")
-        if int(self.iterations) < 1:
-            raise StudyError(f"--iterations must be ≥ 1, got {self.iterations}")
-        if int(self.subsets) < 1:
-            raise StudyError(f"--subsets must be ≥ 1, got {self.subsets}")
-        if self.calibration_cps_per_mbq is not None and not (float(self.calibration_cps_per_mbq) > 0):
-            raise StudyError(f"--calibration-cps-per-mbq must be positive, got {self.calibration_cps_per_mbq}")
-        if str(self.scatter).lower() not in SCATTER_METHODS:
-            raise StudyError(f"--scatter must be one of {', '.join(SCATTER_METHODS)}, not {self.scatter!r}")
-        if not (float(self.dead_time_factor) >= 1.0):
-            raise StudyError(f"dead_time_factor must be ≥ 1, got {self.dead_time_factor}")
-        if self.forms is not None:
-            bad = [f for f in self.forms if f not in FORMS]
-            if bad:
-                raise StudyError(f"unknown projection form(s) {bad}; expected among {', '.join(FORMS)}")
-
-    def describe(self) -> str:
-        """Short text of the parameters, written into the output header."""
-        alg = str(self.algorithm).upper()
-        text = f"{alg} {int(self.iterations)}i{int(self.subsets)}s"
-        if alg == "BSREM":
-            text += f" RDP b={self.beta:g} g={self.gamma:g}"
-        text += " AC" if self.attenuation else " noAC"
-        text += " PSF" if self.psf else ""
-        text += f" SC={str(self.scatter).upper()}"
-        return text
 
 
 @dataclass
@@ -123,8 +48,8 @@ def _calibration(series: ProjectionSeries, options: ReconOptions) -> float:
         return float(options.calibration_cps_per_mbq)
     if series.header_cps_per_mbq:
         return float(series.header_cps_per_mbq)
-    raise StudyError("no calibration factor: the header states none; give --calibration-cps-per-mbq "
-                     "(photopeak cps/MBq per head)", series.path)
+    raise StudyError("no calibration factor: the header states none; give {option} "
+                     "(photopeak cps/MBq per head)", series.path, option="calibration_cps_per_mbq")
 
 
 def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.Image], options: ReconOptions,
@@ -145,9 +70,9 @@ def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.I
     """
     import time
 
-    from ._pyt import pytomography_session
+    from .backend import pytomography_session
 
-    options.validate()
+    validate(options)
     progress = as_progress(progress)
     try:
         roles = identify_windows(series.windows)
@@ -321,7 +246,7 @@ def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, 
     OutputError
         Output exists and ``overwrite`` is False.
     """
-    options.validate()
+    validate(options)
     progress = as_progress(progress)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

@@ -14,9 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..options import SCATTER_METHODS as METHODS
 from .energy import EnergyWindow, WindowRoles
-
-METHODS = ("tew", "dew", "none")
 
 
 def energy_window_scatter(counts: np.ndarray, windows: Sequence[EnergyWindow], roles: WindowRoles,

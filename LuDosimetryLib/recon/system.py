@@ -16,7 +16,7 @@ PyTomography 3.4's NM TOMO reader (``pytomography.io.SPECT.dicom.parse_projectio
 Along the axis we follow the DICOM meaning of ImagePositionPatient/ImageOrientationPatient of the
 detector item: row 0 lies at the given z and the rows run along the column direction cosine (default
 (0, 0, −1), i.e. head to feet), so object slice ``k`` lies at ``z_bottom + k·Δz``. The simulator of
-:mod:`.simulate` writes files with exactly this convention.
+:mod:`LuDosimetryLib.phantom.projections` writes files with exactly this convention.
 """
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def build_system_matrix(ns, geom: ProjectionGeometry, mu_object_per_cm: Optional
 
     Parameters
     ----------
-    ns : namespace from :func:`~._pyt.pytomography_session`
+    ns : namespace from :func:`~.backend.pytomography_session`
     geom : ProjectionGeometry
     mu_object_per_cm : numpy.ndarray or None
         Linear attenuation coefficients at the photon energy (1/cm) on the object grid (Lx, Ly, Lz);

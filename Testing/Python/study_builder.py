@@ -16,8 +16,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from LuDosimetryLib.io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_uid
+from LuDosimetryLib.io.nm_writer import write_nm_multiframe
 from LuDosimetryLib.io.rtstruct import write_rtstruct
-from LuDosimetryLib.io.series_writer import write_ct_series, write_nm_multiframe, write_pt_slices
+from LuDosimetryLib.phantom.dicom.slice_writer import write_ct_series, write_pt_slices
+from LuDosimetryLib.phantom.dicom.vendor import SIEMENS_NM
 from LuDosimetryLib.radionuclides import radionuclide
 
 LU = radionuclide("Lu-177")
@@ -153,7 +155,7 @@ def build_study(root: Path, *, spheres=DEFAULT_SPHERES, hours=HOURS, spect_forma
             ref = write_pt_slices(img, root / f"scan{k + 1}" / "spect", patient, study, sseries, **common)
         else:
             ref = write_nm_multiframe(img, root / f"scan{k + 1}" / "spect" / "spect.dcm", patient, study,
-                                      sseries, **common)
+                                      sseries, equipment=SIEMENS_NM, **common)
         built.spect_uids.append(ref.series_instance_uid)
         if with_ct:
             if shifts_mm is None:

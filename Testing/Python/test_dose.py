@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from LuDosimetryLib.dose import density_from_hu, dose_dvk, dose_ldm, dose_voxel_kernel
-from LuDosimetryLib.dose.kernels import _photon_radial_density
+from LuDosimetryLib.dose.kernels import photon_radial_density
 from LuDosimetryLib.dose.local import dose_ldm_photons
 from LuDosimetryLib.errors import CancelledError, LuDosimetryError
 from LuDosimetryLib.progress import Progress
@@ -72,14 +72,14 @@ def test_kernel_photon_energy_matches_point_kernel_integral():
     assert 0.0 < photon_abs < LU.photon_energy_mev
     # the box of half-width 42 mm (incl. the half voxel) lies between spheres of 42 and 42·√3 mm
     r = np.linspace(0.0, 80.0, 400001)
-    eps = _photon_radial_density("Lu-177", r, 1.0)
+    eps = photon_radial_density("Lu-177", r, 1.0)
     inner = _trapz(eps[r <= 42.0], r[r <= 42.0])
     outer_mask = r <= 42.0 * np.sqrt(3.0)
     outer = _trapz(eps[outer_mask], r[outer_mask])
     assert inner < photon_abs < outer
     # all photon energy is absorbed in an infinite medium (buildup normalised by energy conservation)
     r = np.linspace(0.0, 1500.0, 300001)
-    eps = _photon_radial_density("Lu-177", r, 1.0)
+    eps = photon_radial_density("Lu-177", r, 1.0)
     total = _trapz(eps, r)
     assert total == pytest.approx(LU.photon_energy_mev, rel=0.01)
 

@@ -55,7 +55,7 @@ import numpy as np
 import pytest
 
 from LuDosimetryLib.dose import dose_voxel_kernel
-from LuDosimetryLib.dose.kernels import _csda_range_g_cm2, _electron_radial_table, _emissions
+from LuDosimetryLib.dose.kernels import csda_range_g_cm2, electron_radial_table, icrp107_emissions
 from LuDosimetryLib.radionuclides import MEV_TO_J, radionuclide
 
 WHEEL_GLOB = "[Pp]y[Tt]heranostics-0.1-*.whl"
@@ -195,13 +195,13 @@ def test_kernel_centre_equals_independent_cube_self_absorption(density):
     c = tuple(n // 2 for n in k.shape)
     centre_mev = k[c] * density * VOXEL_MM ** 3 * 1e-6 / MEV_TO_J
     # (a) the kernel's own electron radial deposition, integrated over the cube independently
-    edges, energy = _electron_radial_table("Lu-177")
+    edges, energy = electron_radial_table("Lu-177")
     e_mm = edges * 10.0 / density
     g, w = np.polynomial.legendre.leggauss(8)
     pts = 0.5 * (e_mm[1:] + e_mm[:-1])[:, None] + 0.5 * np.diff(e_mm)[:, None] * g[None, :]
     own = float(np.sum(energy * (_cube_reduction_factor(pts, VOXEL_MM) @ w) / 2.0))
     # (b) Loevinger's empirical beta point-source function + straight CSDA tracks for IC/Auger lines
-    em = _emissions("Lu-177")
+    em = icrp107_emissions("Lu-177")
     loev = 0.0
     for e0, (e_mean, y) in zip(LU177_BETA_ENDPOINTS_MEV, em["beta-"]):
         nu = 18.6 * (e0 - 0.036) ** -1.37
@@ -212,7 +212,7 @@ def test_kernel_centre_equals_independent_cube_self_absorption(density):
         loev += e_mean * y * float(np.sum(0.5 * (f[1:] * gx[1:] + f[:-1] * gx[:-1]) * np.diff(x)))
     for kind in ("IE", "auger"):
         for e, y in em[kind]:
-            track = np.linspace(0.0, float(_csda_range_g_cm2(np.array([e]))[0]) * 10.0 / density, 64)
+            track = np.linspace(0.0, float(csda_range_g_cm2(np.array([e]))[0]) * 10.0 / density, 64)
             loev += e * y * float(np.mean(_cube_reduction_factor(track, VOXEL_MM)))
     ee = LU.electron_energy_mev
     print(f"\n{density:.2f} g/mL, {VOXEL_MM} mm cube: kernel centre {centre_mev:.5f} MeV (escape {1 - centre_mev / ee:.2%}), "
@@ -257,7 +257,7 @@ def test_lanconelli_database_is_beta_only(voxel_mm):
     centre, shell = _centre_and_shell(ref.get)
     mass_kg = voxel_mm ** 3 * 1e-6 * 1.00  # 1.00 g/mL
     block_mev = (centre + shell) * mass_kg / MEV_TO_J
-    beta_mev = sum(e * y for e, y in _emissions("Lu-177")["beta-"])
+    beta_mev = sum(e * y for e, y in icrp107_emissions("Lu-177")["beta-"])
     print(f"\nDOSXYZnrc {voxel_mm} mm: 3x3x3 block {block_mev:.4f} MeV per decay at 1.00 g/mL; ICRP 107 beta "
           f"{beta_mev:.4f} MeV, all electrons {LU.electron_energy_mev:.4f} MeV")
     assert beta_mev < block_mev < beta_mev + 0.01 * beta_mev + LU.photon_energy_mev * 0.05
@@ -291,7 +291,7 @@ def test_electron_emissions_partition_the_kernel():
     # each subset gets its own radial bins (range of its most energetic electron): equal to 1e-4, not bitwise
     np.testing.assert_allclose(beta + rest, full, rtol=1e-3, atol=1e-6 * full.max())
     assert beta.sum() * 4.8 ** 3 * 1e-6 / MEV_TO_J == pytest.approx(
-        sum(e * y for e, y in _emissions("Lu-177")["beta-"]), rel=1e-3)
+        sum(e * y for e, y in icrp107_emissions("Lu-177")["beta-"]), rel=1e-3)
     from LuDosimetryLib.errors import LuDosimetryError
     for bad in ((), ("beta+",), ("gamma",)):
         with pytest.raises(LuDosimetryError, match="electron emissions"):

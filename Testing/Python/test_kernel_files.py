@@ -17,7 +17,7 @@ import pytest
 from LuDosimetryLib.cli import main
 from LuDosimetryLib.dose import (DoseKernel, KernelFileError, check_kernel_grid, dose_dvk, dose_voxel_kernel,
                                  read_dose_kernel)
-from LuDosimetryLib.errors import LuDosimetryError, StudyError
+from LuDosimetryLib.errors import LuDosimetryError, OptionError
 from LuDosimetryLib.pipeline import RunOptions, run_study, write_outputs
 
 H = (4.8, 4.8, 4.8)
@@ -273,11 +273,11 @@ def test_file_kernel_in_dose_dvk_equals_the_built_one(tmp_path, kernel):
 # --- pipeline and CLI ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def patient(tmp_path_factory):
-    """Synthetic patient, its built-in-kernel DVK run, and our kernel at its SPECT voxel size as Interfile."""
-    from LuDosimetryLib.phantom import write_synthetic_patient
+def patient(synthetic_study, tmp_path_factory):
+    """Synthetic patient (shared, read-only), its built-in-kernel DVK run, and our kernel at its SPECT voxel size
+    as Interfile."""
     root = tmp_path_factory.mktemp("kernel_patient")
-    study = write_synthetic_patient(root / "study", seed=0, fast=True)
+    study = synthetic_study
     built = run_study(study, RunOptions(dose_method="dvk"))
     spacing = built.reference_spect.GetSpacing()
     hdr = write_interfile(root / "kernel", dose_voxel_kernel(spacing), spacing, stem="lu177_dvk")
@@ -323,19 +323,20 @@ def test_pipeline_refuses_a_kernel_of_another_voxel_size(patient, tmp_path):
 
 def test_pipeline_option_errors(patient, tmp_path):
     study, _, hdr, _ = patient
-    with pytest.raises(StudyError, match="applies to the DVK dose only") as exc:
+    with pytest.raises(OptionError, match="applies to the dvk dose only") as exc:
         run_study(study, RunOptions(dose_method="ldm", kernel_path=str(hdr)))
-    _one_line(exc, hdr.name)
-    with pytest.raises(StudyError, match="positive density"):
+    _one_line(exc, "kernel_path")  # names the option (the CLI shows it as --kernel)
+    with pytest.raises(OptionError, match="must be > 0 g/mL") as exc:
         run_study(study, RunOptions(kernel_density_g_ml=0.0))
+    assert exc.value.option == "kernel_density_g_ml"
     with pytest.raises(KernelFileError, match="does not exist"):
         run_study(study, RunOptions(kernel_path=str(tmp_path / "missing.hdr")))
 
 
 @pytest.mark.parametrize("extra,match", [
     (["--kernel", "{missing}"], "dose kernel file does not exist"),
-    (["--kernel", "{hdr}", "--dose-method", "ldm"], "applies to the DVK dose only"),
-    (["--kernel-density-g-ml", "-1"], "positive density"),
+    (["--kernel", "{hdr}", "--dose-method", "ldm"], "--kernel: a dose kernel file applies to the dvk dose only"),
+    (["--kernel-density-g-ml", "-1"], "--kernel-density-g-ml: must be > 0 g/mL"),
 ])
 def test_cli_kernel_errors(patient, tmp_path, capsys, extra, match):
     study, _, hdr, _ = patient

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+import LuDosimetryLib
 from conftest import require_tool
 from LuDosimetryLib.errors import CancelledError, DicomFileError, OutputError, StudyError
 from LuDosimetryLib.io.dicom_common import PatientInfo, StudyInfo
@@ -64,13 +65,13 @@ def study(tmp_path_factory):
     return {"root": root, "study": root / "study", "proj": proj, "mumap": mm, "act": act, "mu": mu, "masks": masks}
 
 
-from LuDosimetryLib.recon.simulate import write_projection_series  # noqa: E402
+from LuDosimetryLib.phantom.projections import write_projection_series  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- pure parts
 
 def test_import_does_not_import_pytomography_or_torch():
-    code = ("import sys, LuDosimetryLib.recon, LuDosimetryLib.recon.reconstruct, LuDosimetryLib.recon.simulate, "
+    code = ("import sys, LuDosimetryLib.recon, LuDosimetryLib.recon.reconstruct, LuDosimetryLib.phantom.projections, "
             "LuDosimetryLib.recon.mumap, LuDosimetryLib.recon.projections; "
             "bad=[m for m in ('pytomography','torch') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -267,6 +268,19 @@ def test_reconstruct_study_quantitative(study, tmp_path, capsys):
         reconstruct_study(study["study"], tmp_path / "out", ReconOptions(iterations=1, subsets=4, forms=("unaltered",)))
 
 
+def test_reconstruction_header_says_ludosimetry(study, tmp_path):
+    """Our reconstruction is LuDosimetry's, with its version, not the camera vendor's (whose projections
+    it was made from)."""
+    out = reconstruct_study(study["study"], tmp_path / "out", ReconOptions(iterations=1, subsets=4,
+                                                                          forms=("unaltered",)))
+    ds = pydicom.dcmread(str(out[0]), stop_before_pixels=True)
+    assert ds.Manufacturer == "LuDosimetry"
+    assert ds.ManufacturerModelName == "LuDosimetryLib"
+    assert ds.SoftwareVersions == f"LuDosimetry {LuDosimetryLib.__version__}"
+    projections = pydicom.dcmread(str(study["proj"][0]), stop_before_pixels=True)
+    assert projections.Manufacturer == "SIEMENS NM" and projections.ManufacturerModelName == "Symbia Intevo Bold"
+
+
 def test_cancel_restores_global_state(study, tmp_path):
     import pytomography  # noqa: F401 - already imported by the test above or imported here
 
@@ -306,7 +320,7 @@ def test_reconstruct_study_bad_inputs(study, tmp_path):
 def test_fft_psf_equals_pytomography_convolution():
     """GaussianPSFOperator (FFT) reproduces PyTomography's own PSF convolution, forward and back."""
     pytest.importorskip("pytomography")
-    from LuDosimetryLib.recon._pyt import pytomography_session
+    from LuDosimetryLib.recon.backend import pytomography_session
     from LuDosimetryLib.recon.system import build_system_matrix
 
     m, rows, nv = 24, 10, 4
@@ -331,7 +345,7 @@ def test_fft_psf_equals_pytomography_convolution():
 def test_simulation_cropped_to_the_support_equals_the_full_detector():
     """Projecting only the detector columns that can receive photons changes nothing (< 1e-4)."""
     pytest.importorskip("pytomography")
-    from LuDosimetryLib.recon.simulate import simulate_expected, simulation_geometry
+    from LuDosimetryLib.phantom.projections import simulate_expected, simulation_geometry
 
     n = 40
     z, y, x = np.mgrid[:n // 2, :n, :n].astype(float)
@@ -356,7 +370,7 @@ def test_simulation_cropped_to_the_support_equals_the_full_detector():
     assert a.shape == b.shape == (3, 8, geom.n_rows, 32)
     assert np.abs(a - b).max() <= 1e-4 * b.max()
     # and the cropped detector is narrower than the full one
-    from LuDosimetryLib.recon.simulate import _support_geometry, _support_radius_mm
+    from LuDosimetryLib.phantom.projections import support_geometry, support_radius_mm
 
-    sub, off = _support_geometry(geom, _support_radius_mm([img(act)], [0.0], (0.0, 0.0)) + 30.0)
+    sub, off = support_geometry(geom, support_radius_mm([img(act)], [0.0], (0.0, 0.0)) + 30.0)
     assert sub.n_cols < 32 and off > 0 and sub.n_cols + 2 * off == 32

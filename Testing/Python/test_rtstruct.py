@@ -15,8 +15,8 @@ from conftest import require_tool, voxel_centres_mm
 from LuDosimetryLib import vois
 from LuDosimetryLib.errors import DicomFileError
 from LuDosimetryLib.io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_dataset, new_uid, write_dataset
-from LuDosimetryLib.io.rtstruct import (RT_STRUCTURE_SET_STORAGE, ReferencedSeries, Roi, StructureSet,
-                                        read_rtstruct, write_rtstruct)
+from LuDosimetryLib.io.rtstruct import RT_STRUCTURE_SET_STORAGE, ReferencedSeries, read_rtstruct, write_rtstruct
+from LuDosimetryLib.vois import Roi, StructureSet
 
 
 def _reference(size=(40, 36, 20), spacing=(4.8, 4.8, 4.8), origin=(-96.0, -80.0, -40.0), direction=None):

@@ -1,4 +1,4 @@
-"""CT / PT / NM series writers: DICOM validity (dciodvfy, dcmdump), geometry and values read back."""
+"""CT / PT / NM series writers (phantom, product): DICOM validity (dciodvfy, dcmdump), geometry and values read back."""
 from __future__ import annotations
 
 import math
@@ -10,10 +10,13 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+import LuDosimetryLib
 from conftest import require_tool
 from LuDosimetryLib.errors import OutputError
 from LuDosimetryLib.io.dicom_common import PatientInfo, SeriesInfo, StudyInfo
-from LuDosimetryLib.io.series_writer import write_ct_series, write_nm_multiframe, write_pt_slices
+from LuDosimetryLib.io.nm_writer import write_nm_multiframe
+from LuDosimetryLib.phantom.dicom.slice_writer import write_ct_series, write_pt_slices
+from LuDosimetryLib.phantom.dicom.vendor import SIEMENS_NM
 from LuDosimetryLib.radionuclides import radionuclide
 
 INJ = datetime(2018, 11, 15, 9, 22, 0)
@@ -257,6 +260,19 @@ def test_nm_multiframe_valid_and_read_back(tmp_path, activity):
     values = ds.pixel_array * float(rwvm.RealWorldValueSlope) / frame_mean  # NONE: frame mean → start
     assert np.abs(values - activity).max() <= activity.max() / 65535.0 * 0.5 / frame_mean * 1.0001
     assert ref.sop_instance_uids == [ds.SOPInstanceUID] * n
+
+
+def test_nm_multiframe_equipment_is_ludosimetry_unless_given(tmp_path, activity):
+    """Our own NM files say LuDosimetry made them; the phantom's vendor-like files pass the camera's."""
+    img = _image(activity)
+    patient, study = _ids()
+    write_nm_multiframe(img, tmp_path / "own.dcm", patient, study, SeriesInfo("NM"), **_kw())
+    own = pydicom.dcmread(tmp_path / "own.dcm", stop_before_pixels=True)
+    assert own.Manufacturer == "LuDosimetry" and own.ManufacturerModelName == "LuDosimetryLib"
+    assert own.SoftwareVersions == f"LuDosimetry {LuDosimetryLib.__version__}"
+    write_nm_multiframe(img, tmp_path / "camera.dcm", patient, study, SeriesInfo("NM"), equipment=SIEMENS_NM, **_kw())
+    camera = pydicom.dcmread(tmp_path / "camera.dcm", stop_before_pixels=True)
+    assert camera.Manufacturer == "SIEMENS NM" and camera.ManufacturerModelName == "Symbia Intevo Bold"
 
 
 def test_nm_multiframe_simpleitk_geometry(tmp_path, activity):

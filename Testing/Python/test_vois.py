@@ -12,7 +12,8 @@ from conftest import in_plane_coverage, voxel_centres_mm
 from LuDosimetryLib import vois
 from LuDosimetryLib.errors import StructureError
 from LuDosimetryLib.io.dicom_common import PatientInfo, StudyInfo, new_uid
-from LuDosimetryLib.io.rtstruct import ReferencedSeries, Roi, StructureSet, read_rtstruct, write_rtstruct
+from LuDosimetryLib.io.rtstruct import ReferencedSeries, read_rtstruct, write_rtstruct
+from LuDosimetryLib.vois import Roi, StructureSet
 
 FLIP_Z = (1, 0, 0, 0, 1, 0, 0, 0, -1)
 FLIP_XZ = (-1, 0, 0, 0, 1, 0, 0, 0, -1)

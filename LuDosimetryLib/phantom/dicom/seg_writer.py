@@ -17,10 +17,11 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from ..errors import OutputError
-from .dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_dataset, write_dataset
-from .rtstruct import ReferencedSeries
-from .series_writer import CT_MANUFACTURER, MODEL_NAME, _ds, derived_uid
+from ...errors import OutputError
+from ...io.dicom_common import (PatientInfo, SeriesInfo, StudyInfo, code_item, derived_uid, format_ds, new_dataset,
+                                write_dataset)
+from ...io.rtstruct import ReferencedSeries
+from .vendor import CT_MANUFACTURER, MODEL_NAME
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _DIM_ORG_UID_TEXT = "LuDosimetry SEG dimension organization"
@@ -30,12 +31,6 @@ ORGAN_CATEGORY = ("91723000", "SCT", "Anatomical Structure")
 LESION_CATEGORY = ("49755003", "SCT", "Morphologically Altered Structure")
 TYPE_CODES = {"liver": ("10200004", "SCT", "Liver"), "kidney": ("64033007", "SCT", "Kidney"),
               "spleen": ("78961009", "SCT", "Spleen"), "lesion": ("108369006", "SCT", "Neoplasm")}
-
-
-def _code(code: Tuple[str, str, str]) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
-    return item
 
 
 def _type_for(name: str, kind: str) -> Tuple[str, str, str]:
@@ -123,8 +118,8 @@ def write_seg(path: os.PathLike, masks: Mapping[str, np.ndarray], reference: sit
         item.SegmentAlgorithmType = "MANUAL" if kind == "lesion" else "SEMIAUTOMATIC"
         if kind != "lesion":
             item.SegmentAlgorithmName = "atlas and CNN based"
-        item.SegmentedPropertyCategoryCodeSequence = DicomSequence([_code(cat)])
-        item.SegmentedPropertyTypeCodeSequence = DicomSequence([_code(_type_for(name, kind))])
+        item.SegmentedPropertyCategoryCodeSequence = DicomSequence([code_item(cat)])
+        item.SegmentedPropertyTypeCodeSequence = DicomSequence([code_item(_type_for(name, kind))])
         segs.append(item)
     ds.SegmentSequence = DicomSequence(segs)
     # Geometry
@@ -132,12 +127,12 @@ def write_seg(path: os.PathLike, masks: Mapping[str, np.ndarray], reference: sit
     spacing = reference.GetSpacing()
     shared = Dataset()
     pm = Dataset()
-    pm.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]
-    pm.SliceThickness = _ds(spacing[2])
-    pm.SpacingBetweenSlices = _ds(spacing[2])
+    pm.PixelSpacing = [format_ds(spacing[1]), format_ds(spacing[0])]
+    pm.SliceThickness = format_ds(spacing[2])
+    pm.SpacingBetweenSlices = format_ds(spacing[2])
     shared.PixelMeasuresSequence = DicomSequence([pm])
     po = Dataset()
-    po.ImageOrientationPatient = [_ds(v) for v in list(d[:, 0]) + list(d[:, 1])]
+    po.ImageOrientationPatient = [format_ds(v) for v in list(d[:, 0]) + list(d[:, 1])]
     shared.PlaneOrientationSequence = DicomSequence([po])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
     # Dimensions
@@ -167,7 +162,7 @@ def write_seg(path: os.PathLike, masks: Mapping[str, np.ndarray], reference: sit
             fc.DimensionIndexValues = [seg_no, k + 1]
             fg.FrameContentSequence = DicomSequence([fc])
             pp = Dataset()
-            pp.ImagePositionPatient = [_ds(v) for v in reference.TransformIndexToPhysicalPoint((0, 0, k))]
+            pp.ImagePositionPatient = [format_ds(v) for v in reference.TransformIndexToPhysicalPoint((0, 0, k))]
             fg.PlanePositionSequence = DicomSequence([pp])
             si = Dataset()
             si.ReferencedSegmentNumber = seg_no
@@ -176,10 +171,10 @@ def write_seg(path: os.PathLike, masks: Mapping[str, np.ndarray], reference: sit
             src = Dataset()
             src.ReferencedSOPClassUID = referenced.sop_class_uid
             src.ReferencedSOPInstanceUID = referenced.sop_instance_uids[k]
-            src.PurposeOfReferenceCodeSequence = DicomSequence([_code(("121322", "DCM", "Source image for image "
+            src.PurposeOfReferenceCodeSequence = DicomSequence([code_item(("121322", "DCM", "Source image for image "
                                                                                          "processing operation"))])
             der.SourceImageSequence = DicomSequence([src])
-            der.DerivationCodeSequence = DicomSequence([_code(("113076", "DCM", "Segmentation"))])
+            der.DerivationCodeSequence = DicomSequence([code_item(("113076", "DCM", "Segmentation"))])
             fg.DerivationImageSequence = DicomSequence([der])
             per_frame.append(fg)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)

@@ -17,11 +17,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import NuclearMedicineImageStorage
 
-from ..errors import OutputError
-from ..radionuclides import Radionuclide, radionuclide
-from .dicom_common import PatientInfo, SeriesInfo, StudyInfo, new_dataset, write_dataset
-from .series_writer import (MODEL_NAME, NM_MANUFACTURER, _acquisition_times, _code, _ds, _patient_orientation,
-                            _radiopharmaceutical_item, derived_uid)
+from ...errors import OutputError
+from ...io.dicom_common import (PatientInfo, SeriesInfo, StudyInfo, acquisition_times, code_item, derived_uid,
+                                format_ds, new_dataset, write_dataset)
+from ...io.nm_writer import patient_orientation, radiopharmaceutical_item
+from ...radionuclides import Radionuclide, radionuclide
+from .vendor import MODEL_NAME, NM_MANUFACTURER
 
 #: View codes (DICOM CID 26 "Nuclear Medicine Projections", SNOMED CT).
 VIEW_CODES = {"ANTERIOR": ("399321004", "SCT", "Anterior projection"),
@@ -80,15 +81,15 @@ def write_planar_view(counts: np.ndarray, path: os.PathLike, patient: PatientInf
     ds.InstitutionName = ""
     ds.StationName = "LUDOSIM"
     ds.DeviceSerialNumber = "LUDOSIM-TWIN"
-    _acquisition_times(ds, acquisition_datetime)
-    _patient_orientation(ds)
+    acquisition_times(ds, acquisition_datetime)
+    patient_orientation(ds)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
     ds.ImageID = f"{view[:4]} {window_name}"[:16]
     ds.CountsAccumulated = int(stored.astype(np.int64).sum())
     ds.ActualFrameDuration = int(round(float(duration_s) * 1000.0))
     ds.CorrectedImage = ["UNIF"]
     ds.WholeBodyTechnique = ["1PS"]  # one pass, single (per-file) view
-    ds.ScanVelocity = _ds(scan_velocity_mm_per_s / 10.0 * 60.0)  # cm/min
+    ds.ScanVelocity = format_ds(scan_velocity_mm_per_s / 10.0 * 60.0)  # cm/min
     ds.ScanLength = int(round(scan_length_mm / 10.0))  # cm
     ds.TriggerSourceOrType = ""
     ds.PatientOrientation = ["R", "F"] if view == "ANTERIOR" else ["L", "F"]
@@ -101,14 +102,14 @@ def write_planar_view(counts: np.ndarray, path: os.PathLike, patient: PatientInf
     ds.NumberOfDetectors = 1
     # NM Isotope
     rng = Dataset()
-    rng.EnergyWindowLowerLimit = _ds(window_kev[0])
-    rng.EnergyWindowUpperLimit = _ds(window_kev[1])
+    rng.EnergyWindowLowerLimit = format_ds(window_kev[0])
+    rng.EnergyWindowUpperLimit = format_ds(window_kev[1])
     win = Dataset()
     win.EnergyWindowRangeSequence = DicomSequence([rng])
     win.EnergyWindowName = window_name
     ds.EnergyWindowInformationSequence = DicomSequence([win])
     ds.RadiopharmaceuticalInformationSequence = DicomSequence([
-        _radiopharmaceutical_item(nuclide, radiopharmaceutical, float(injected_activity_bq), injection_datetime,
+        radiopharmaceutical_item(nuclide, radiopharmaceutical, float(injected_activity_bq), injection_datetime,
                                   dose_unit_mbq=True)])
     # NM Detector
     det = Dataset()
@@ -117,12 +118,12 @@ def write_planar_view(counts: np.ndarray, path: os.PathLike, patient: PatientInf
     det.FieldOfViewShape = "RECTANGLE"
     det.FieldOfViewDimensions = [533, 387]
     det.ZoomFactor = ["1", "1"]
-    det.ImagePositionPatient = [_ds(v) for v in image_position_mm]
+    det.ImagePositionPatient = [format_ds(v) for v in image_position_mm]
     det.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"] if view == "ANTERIOR" else \
         ["-1", "0", "0", "0", "0", "-1"]
-    det.ViewCodeSequence = DicomSequence([_code(VIEW_CODES[view])])
+    det.ViewCodeSequence = DicomSequence([code_item(VIEW_CODES[view])])
     ds.DetectorInformationSequence = DicomSequence([det])
-    ds.PixelSpacing = [_ds(pixel_spacing_mm[0]), _ds(pixel_spacing_mm[1])]
+    ds.PixelSpacing = [format_ds(pixel_spacing_mm[0]), format_ds(pixel_spacing_mm[1])]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])

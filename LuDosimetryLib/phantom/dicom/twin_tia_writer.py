@@ -1,8 +1,8 @@
 """Write a time-integrated activity map (Bq·s/mL) as one NM multi-frame file, like a MIM TIA export.
 
 The file is an NM Image (RECON TOMO, DERIVED) written by
-:func:`~LuDosimetryLib.io.series_writer.write_nm_multiframe` and then relabelled: its Real World Value
-Mapping states the UCUM unit ``Bq.s/mL``, the series
+:func:`~LuDosimetryLib.io.nm_writer.write_nm_multiframe` (with the camera's equipment) and then
+relabelled: its Real World Value Mapping states the UCUM unit ``Bq.s/mL``, the series
 description carries "TIA", and ImageType says DERIVED. The Radiopharmaceutical Information
 (Lu-177, administered activity and time) is kept: it is the data a reader needs to interpret the map.
 """
@@ -15,9 +15,10 @@ from pathlib import Path
 import pydicom
 import SimpleITK as sitk
 
-from .dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
-from .rtstruct import ReferencedSeries
-from .series_writer import write_nm_multiframe
+from ...io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
+from ...io.nm_writer import write_nm_multiframe
+from ...io.rtstruct import ReferencedSeries
+from .vendor import SIEMENS_NM
 
 #: UCUM: becquerel second per millilitre.
 TIA_UNITS_CODE = ("Bq.s/mL", "UCUM", "Becquerel second per milliliter")
@@ -44,7 +45,7 @@ def write_tia_map(image_bq_s_per_ml: sitk.Image, path: os.PathLike, patient: Pat
     ref = write_nm_multiframe(image_bq_s_per_ml, path, patient, study, series,
                               acquisition_datetime=reference_acquisition_datetime, duration_s=1.0,
                               injected_activity_bq=injected_activity_bq, injection_datetime=injection_datetime,
-                              decay_correction="NONE")
+                              decay_correction="NONE", equipment=SIEMENS_NM)
     ds = pydicom.dcmread(str(path))
     ds.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]  # NM: value 2 is enumerated PRIMARY
     rwvm = ds.RealWorldValueMappingSequence[0]

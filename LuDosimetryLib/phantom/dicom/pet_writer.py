@@ -1,6 +1,6 @@
 """PET Image writer for the pre-therapy Ga-68 DOTATATE PET: SUV-ready PT slices.
 
-Built on :func:`~LuDosimetryLib.io.series_writer.write_pt_slices` (PET Image Storage, Units BQML,
+Built on :func:`~.slice_writer.write_pt_slices` (PET Image Storage, Units BQML,
 per-slice slopes, RadiopharmaceuticalInformationSequence with dose in Bq, start time and half-life,
 PatientWeight from ``PatientInfo.weight_kg``), with the equipment and reconstruction of a PET/CT
 scanner and DecayCorrection START: the values are Bq/mL at the acquisition start, so that
@@ -15,11 +15,11 @@ from pathlib import Path
 import pydicom
 import SimpleITK as sitk
 
-from ..errors import OutputError
-from ..radionuclides import radionuclide
-from .dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
-from .rtstruct import ReferencedSeries
-from .series_writer import write_pt_slices
+from ...errors import OutputError
+from ...io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
+from ...io.rtstruct import ReferencedSeries
+from ...radionuclides import radionuclide
+from .slice_writer import write_pt_slices
 
 PET_MANUFACTURER = "SIEMENS"
 PET_MODEL = "Biograph mCT"

@@ -1,4 +1,5 @@
-"""Simulated Lu-177 SPECT projections written as Siemens-like NM TOMO files (for tests and benchmarks).
+"""Simulated Lu-177 SPECT projections written as Siemens-like NM TOMO files (for the digital twin, tests
+and benchmarks), with the system model of :mod:`LuDosimetryLib.recon`.
 
 Model (documented so that tests can reason about it):
 
@@ -12,7 +13,7 @@ Model (documented so that tests can reason about it):
   reconstructing with the very operator that made the data). Only the central detector columns that
   can receive photons are projected (support radius of activity and μ around the rotation axis plus
   3 PSF σ; the others are exactly zero), and the PSF is applied by FFT with PyTomography's kernels
-  (:class:`.system.GaussianPSFOperator`): together 4.8× faster than the plain projector at the
+  (:class:`LuDosimetryLib.recon.system.GaussianPSFOperator`): together 4.8× faster than the plain projector at the
   twin's full size (2.4 mm object, 120 views: 2.08 → 0.43 s per view on 2 cores), with the same
   expected counts (tests).
 * Scatter: the primary projection of each view blurred by a broad Gaussian (σ = 40 mm in r and z),
@@ -39,13 +40,14 @@ from pydicom.uid import NuclearMedicineImageStorage
 from scipy.ndimage import gaussian_filter
 
 from ..errors import OutputError
-from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, dicom_date, dicom_time, new_dataset, write_dataset
-from ..io.series_writer import (_code, _ds, _equipment, _patient_orientation, _radiopharmaceutical_item,
-                                derived_uid, NM_MANUFACTURER)
+from ..io.dicom_common import (PatientInfo, SeriesInfo, StudyInfo, derived_uid, dicom_date, dicom_time,
+                               equipment_module, format_ds, new_dataset, write_dataset)
+from ..io.nm_writer import patient_orientation, radiopharmaceutical_item
 from ..progress import as_progress
 from ..radionuclides import radionuclide
-from .energy import LU177_WINDOWS_KEV
-from .system import ProjectionGeometry, body_contour_radii_mm, build_system_matrix, projector_to_frames
+from ..recon.energy import LU177_WINDOWS_KEV
+from ..recon.system import ProjectionGeometry, body_contour_radii_mm, build_system_matrix, projector_to_frames
+from .dicom.vendor import SIEMENS_NM
 
 #: Photopeak system sensitivity per head, cps/MBq, Lu-177 208 keV 20 % window, medium-energy collimator:
 #: ~9-10 cps/MBq is the order reported for Siemens Symbia MELP (e.g. Uribe et al., EJNMMI Phys
@@ -116,7 +118,7 @@ def _to_object(image: sitk.Image, geom: ProjectionGeometry, linear: bool = True)
     return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0)))
 
 
-def _support_radius_mm(images: Sequence[sitk.Image], thresholds: Sequence[float], centre_xy) -> float:
+def support_radius_mm(images: Sequence[sitk.Image], thresholds: Sequence[float], centre_xy) -> float:
     """Largest in-plane distance (mm) from the rotation axis ``centre_xy`` (LPS x, y) of any voxel of
     ``images[i]`` above ``thresholds[i]``, plus half a voxel diagonal; 0 when all are empty."""
     best = 0.0
@@ -133,7 +135,7 @@ def _support_radius_mm(images: Sequence[sitk.Image], thresholds: Sequence[float]
     return best
 
 
-def _support_geometry(geom: ProjectionGeometry, radius_mm: float) -> tuple:
+def support_geometry(geom: ProjectionGeometry, radius_mm: float) -> tuple:
     """(geometry of the central ``n`` detector columns covering ``radius_mm``, first column offset).
 
     The cropped detector keeps the rotation axis at its centre, so its projections are the central
@@ -162,8 +164,8 @@ def simulate_expected(activity_bq_per_ml: sitk.Image, mu_per_mm: sitk.Image, geo
     σ at the largest source-detector distance; the other columns are zero. Air outside that radius
     (μ ≈ 1.5e-5/mm) is then not traversed: < 0.1 % of the counts.
     """
-    from ._pyt import pytomography_session
-    from .system import psf_meta
+    from ..recon.backend import pytomography_session
+    from ..recon.system import psf_meta
 
     progress = as_progress(progress)
     nuclide = radionuclide("Lu-177")
@@ -173,14 +175,14 @@ def simulate_expected(activity_bq_per_ml: sitk.Image, mu_per_mm: sitk.Image, geo
         torch = ns.torch
         sub, off = geom, 0
         if crop_to_support:
-            support = _support_radius_mm([activity_bq_per_ml, mu_per_mm], [0.0, MU_SUPPORT_PER_MM],
-                                         (geom.x0_mm + (geom.n_cols - 1) / 2.0 * geom.pixel_mm,
-                                          geom.y0_mm + (geom.n_cols - 1) / 2.0 * geom.pixel_mm))
+            support = support_radius_mm([activity_bq_per_ml, mu_per_mm], [0.0, MU_SUPPORT_PER_MM],
+                                        (geom.x0_mm + (geom.n_cols - 1) / 2.0 * geom.pixel_mm,
+                                         geom.y0_mm + (geom.n_cols - 1) / 2.0 * geom.pixel_mm))
             meta = psf_meta(ns)
             # farthest source-detector distance: across the support plus the orbit clearance (cm)
             d_cm = (2.0 * support + 20.0) / 10.0
             sigma_mm = 10.0 * float(meta.sigma_fit(np.array([d_cm]), *meta.sigma_fit_params)[0])
-            sub, off = _support_geometry(geom, support + 3.0 * sigma_mm)
+            sub, off = support_geometry(geom, support + 3.0 * sigma_mm)
         body = _to_object(mu_per_mm, sub) > 0.003  # 1/mm: excludes air/lung-free background
         geom.radii_mm = body_contour_radii_mm(ns, sub, body.astype(np.float32))
         sub.radii_mm = geom.radii_mm
@@ -336,8 +338,9 @@ def _write_tomo(path: Path, counts: np.ndarray, geom: ProjectionGeometry, *, pat
     uid = derived_uid(f"{series.series_instance_uid}/0")
     ds = new_dataset(NuclearMedicineImageStorage, patient, study, series, sop_instance_uid=uid,
                      content_datetime=acquisition_datetime)
-    _equipment(ds, NM_MANUFACTURER)
-    _patient_orientation(ds)
+    ds.BodyPartExamined = "ABDOMEN"
+    equipment_module(ds, SIEMENS_NM)
+    patient_orientation(ds)
     ds.AcquisitionDate = dicom_date(acquisition_datetime)
     ds.AcquisitionTime = dicom_time(acquisition_datetime)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "TOMO", "EMISSION"]
@@ -358,13 +361,13 @@ def _write_tomo(path: Path, counts: np.ndarray, geom: ProjectionGeometry, *, pat
     for name, lo, hi in LU177_WINDOWS_KEV[:n_win]:
         item = Dataset()
         rng = Dataset()
-        rng.EnergyWindowLowerLimit = _ds(lo)
-        rng.EnergyWindowUpperLimit = _ds(hi)
+        rng.EnergyWindowLowerLimit = format_ds(lo)
+        rng.EnergyWindowUpperLimit = format_ds(hi)
         item.EnergyWindowRangeSequence = DicomSequence([rng])
         item.EnergyWindowName = name
         windows.append(item)
     ds.EnergyWindowInformationSequence = DicomSequence(windows)
-    ds.RadiopharmaceuticalInformationSequence = DicomSequence([_radiopharmaceutical_item(
+    ds.RadiopharmaceuticalInformationSequence = DicomSequence([radiopharmaceutical_item(
         radionuclide("Lu-177"), "Lu-177 DOTATATE", injected_activity_bq, injection_datetime, dose_unit_mbq=True)])
     step = 360.0 / n_views
     dets = []
@@ -378,24 +381,24 @@ def _write_tomo(path: Path, counts: np.ndarray, geom: ProjectionGeometry, *, pat
         det.ZoomFactor = ["1", "1"]
         det.CenterOfRotationOffset = "0"
         det.GantryDetectorTilt = "0"
-        det.StartAngle = _ds(geom.gantry_angles_deg[d * per_head])
-        det.RadialPosition = [_ds(r) for r in geom.radii_mm[d * per_head:(d + 1) * per_head]]
+        det.StartAngle = format_ds(geom.gantry_angles_deg[d * per_head])
+        det.RadialPosition = [format_ds(r) for r in geom.radii_mm[d * per_head:(d + 1) * per_head]]
         det.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
-        det.ImagePositionPatient = [_ds(geom.x0_mm), _ds(geom.y0_mm), _ds(geom.z_row0_mm)]
+        det.ImagePositionPatient = [format_ds(geom.x0_mm), format_ds(geom.y0_mm), format_ds(geom.z_row0_mm)]
         dets.append(det)
     ds.DetectorInformationSequence = DicomSequence(dets)
     rot = Dataset()
-    rot.StartAngle = _ds(geom.gantry_angles_deg[0])
-    rot.AngularStep = _ds(step)
+    rot.StartAngle = format_ds(geom.gantry_angles_deg[0])
+    rot.AngularStep = format_ds(step)
     rot.RotationDirection = "CW"
-    rot.ScanArc = _ds(step * per_head)
+    rot.ScanArc = format_ds(step * per_head)
     rot.ActualFrameDuration = int(round(duration_s * 1000.0 / per_head))
     rot.NumberOfFramesInRotation = per_head
     rot.TableTraverse = "0"
     rot.TableHeight = "150"
     ds.RotationInformationSequence = DicomSequence([rot])
     ds.TypeOfDetectorMotion = "STEP AND SHOOT"
-    ds.PixelSpacing = [_ds(geom.slice_mm), _ds(geom.pixel_mm)]
+    ds.PixelSpacing = [format_ds(geom.slice_mm), format_ds(geom.pixel_mm)]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = n_rows, n_cols
