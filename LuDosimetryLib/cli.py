@@ -12,11 +12,10 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import List, Optional
 
-from . import __version__
+from . import __version__, options
 from .errors import LuDosimetryError
 
 
@@ -46,36 +45,20 @@ class TerminalProgress:
             sys.stderr.flush()
 
 
-def _parse_time(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise LuDosimetryError(f"--injection-time {text!r} is not ISO 8601 (e.g. 2018-11-15T09:22)") from exc
-
-
 def _add_injection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--injected-activity-mbq", type=float, help="injected activity (MBq); overrides the headers")
-    p.add_argument("--injection-time", help="injection date/time, ISO 8601; overrides the headers")
+    """The injection options alone (``inspect``)."""
+    for name in ("injected_activity_bq", "injection_time"):
+        declared = options.option(name, "run")
+        p.add_argument(declared.flag, dest=declared.name, metavar=declared.metavar,
+                       help=declared.help + (f" ({declared.unit})" if declared.unit else ""))
 
 
 def _injection_kwargs(args) -> dict:
-    activity = None
-    if args.injected_activity_mbq is not None:
-        if args.injected_activity_mbq <= 0:
-            raise LuDosimetryError(f"--injected-activity-mbq must be positive, got {args.injected_activity_mbq}")
-        activity = args.injected_activity_mbq * 1e6
-    when = _parse_time(args.injection_time) if args.injection_time else None
-    return {"injected_activity_bq": activity, "injection_time": when}
-
-
-def _time_points(text: Optional[str]):
-    """'2,3' → (2, 3)."""
-    if not text:
-        return None
-    try:
-        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError as exc:
-        raise LuDosimetryError(f"--time-points {text!r} is not a list of time point numbers (e.g. 2,3)") from exc
+    values = {name: options.option(name, "run").parse(getattr(args, name, None))
+              for name in ("injected_activity_bq", "injection_time")}
+    for name, value in values.items():
+        options.option(name, "run").check(value)
+    return values
 
 
 def cmd_inspect(args) -> int:
@@ -135,18 +118,10 @@ def _print_table(results) -> None:
 
 def _run(study, out, args, overwrite: bool) -> int:
     from .io.export import check_output_dir
-    from .pipeline import RunOptions, run_study, write_outputs
+    from .pipeline import run_study, write_outputs
 
+    opts = options.options_from_arguments(args, "run")
     check_output_dir(out, overwrite)
-    opts = RunOptions(dose_method=args.dose_method, spect_series_uid=args.spect_series or None,
-                      spect_calibration_bq_per_ml_per_unit=args.spect_calibration,
-                      density_correction=not args.no_density_correction, pvc=args.pvc,
-                      psf_fwhm_mm=args.psf_fwhm_mm, spect_source=args.spect,
-                      extra_study_dirs=tuple(args.recon_dir),
-                      reference_time_point=args.reference_time_point - 1, registration=args.registration,
-                      vois=args.vois, tia_map=args.tia_map, time_points=_time_points(args.time_points),
-                      reduced_method=args.reduced_method, kernel_path=args.kernel,
-                      kernel_density_g_ml=args.kernel_density_g_ml, **_injection_kwargs(args))
     bar = TerminalProgress(quiet=args.quiet)
     try:
         results = run_study(study, opts, progress=bar)
@@ -160,42 +135,8 @@ def _run(study, out, args, overwrite: bool) -> int:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dose-method", choices=("dvk", "ldm"), default="dvk",
-                   help="dose-voxel-kernel convolution (default) or local energy deposition")
-    p.add_argument("--kernel", metavar="FILE",
-                   help="dose voxel kernel computed elsewhere (e.g. Monte Carlo) for --dose-method dvk: Interfile "
-                        ".hdr/.img or voxel S-value table, in Gy/decay, mGy/decay or mGy/(MBq·s), at the SPECT's "
-                        "voxel size (mm, within 1 %%); default: the kernel LuDosimetry builds")
-    p.add_argument("--kernel-density-g-ml", type=float, default=1.0, metavar="G_ML",
-                   help="mass density (g/mL) of the medium the dose kernel is for (default 1.0, water)")
-    _add_injection(p)
-    p.add_argument("--spect-series", action="append", metavar="UID",
-                   help="reconstructed SPECT series to use where a time point has several (repeatable)")
-    p.add_argument("--spect-calibration", type=float, metavar="BQML_PER_UNIT",
-                   help="factor from stored SPECT values to Bq/mL, for images not in Bq/mL")
-    p.add_argument("--no-density-correction", action="store_true", help="ignore CT density in the dose")
-    p.add_argument("--pvc", choices=("none", "gtm"), default="none",
-                   help="partial-volume correction of VOI activities (gtm: geometric transfer matrix)")
-    p.add_argument("--psf-fwhm-mm", type=float, help="SPECT resolution FWHM (mm), needed by --pvc gtm")
-    p.add_argument("--spect", choices=("auto", "vendor", "reconstructed"), default="auto",
-                   help="which reconstructed SPECT to use: the vendor's or ours from 'ludosimetry reconstruct'")
-    p.add_argument("--recon-dir", action="append", default=[], metavar="DIR",
-                   help="output folder of 'ludosimetry reconstruct' read with the study (repeatable)")
-    p.add_argument("--reference-time-point", type=int, default=1, metavar="K",
-                   help="time point (1-based) whose grid carries the TIA and dose maps")
-    p.add_argument("--registration", choices=("none", "rigid", "deformable"), default="none",
-                   help="register every time point's CT (and SPECT per VOI) to the reference")
-    p.add_argument("--vois", choices=("per-time-point", "reference-only"), default="per-time-point",
-                   help="each time point's own contours, or the reference's propagated by the registration")
-    p.add_argument("--tia-map", choices=("voi", "voxel"), default="voi",
-                   help="TIA map from the VOI fits (organ TIA conserved) or from voxel-level fits")
-    p.add_argument("--time-points", metavar="LIST",
-                   help="reduced imaging: use only these time points (1-based, e.g. 2,3); the full fit is "
-                        "reported beside it")
-    p.add_argument("--reduced-method", default="population_prior",
-                   choices=("population_prior", "hanscheid", "madsen", "two_point"),
-                   help="TIA method for --time-points")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing LuDosimetry output folder")
+    options.add_arguments(p, "run")
+    options.add_arguments(p, "output")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
@@ -221,10 +162,8 @@ def cmd_dvh(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    from .recon.reconstruct import ReconOptions, reconstruct_study
-    opts = ReconOptions(algorithm=args.algorithm, iterations=args.iterations, subsets=args.subsets,
-                        calibration_cps_per_mbq=args.calibration_cps_per_mbq, psf=not args.no_psf,
-                        scatter=args.scatter, forms=tuple(args.form) if args.form else None)
+    from .recon.reconstruct import reconstruct_study
+    opts = options.options_from_arguments(args, "reconstruct")
     bar = TerminalProgress(quiet=args.quiet)
     try:
         written = reconstruct_study(args.study, args.out, opts, progress=bar, overwrite=args.overwrite)
@@ -331,16 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconstruct", help="reconstruct SPECT (Bq/mL) from the projections with PyTomography")
     p.add_argument("study")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per reconstruction)")
-    p.add_argument("--algorithm", choices=("osem", "bsrem"), default="osem")
-    p.add_argument("--iterations", type=int, default=4)
-    p.add_argument("--subsets", type=int, default=8)
-    p.add_argument("--calibration-cps-per-mbq", type=float,
-                   help="system sensitivity in the photopeak (cps/MBq); default: from the header")
-    p.add_argument("--no-psf", action="store_true", help="no collimator-detector response model")
-    p.add_argument("--scatter", choices=("tew", "dew", "none"), default="tew")
-    p.add_argument("--form", action="append", choices=("unaltered", "reformatted", "advanced"),
-                   help="projection form(s) to reconstruct (repeatable; default all found)")
-    p.add_argument("--overwrite", action="store_true")
+    options.add_arguments(p, "reconstruct")
+    options.add_arguments(p, "output")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_reconstruct)
 
@@ -376,7 +307,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             warnings.simplefilter("default")
             return int(args.func(args) or 0)
     except LuDosimetryError as exc:
-        sys.stderr.write(f"ludosimetry: error: {exc}\n")
+        sys.stderr.write(f"ludosimetry: error: {exc.describe(options.cli_flag)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("ludosimetry: interrupted\n")

@@ -4,6 +4,12 @@ Study folder → inventory → quantitative SPECT per time point (Bq/mL at acqui
 each time point's SPECT grid → per-VOI time-activity curves and fits (AICc) → TIA per VOI →
 TIA map (Bq·s/mL) on the reference grid → absorbed dose map (DVK or LDM, CT density) → per-VOI
 dose statistics and DVH.
+
+:func:`run_study` is the list of these stages. They share a :class:`_RunContext` (options, progress,
+nuclide, warnings, inventory, reference time point, reduced-imaging subset) and one
+:class:`TimePointData` record per time point, which the stages fill in turn: SPECT and hours
+(:func:`_read_spects`), CT and density (:func:`_read_ct_density`), VOI masks (:func:`_read_vois`,
+:func:`_register_and_propagate`), regions and GTM concentrations (:func:`_partial_volume`).
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,104 +25,9 @@ import SimpleITK as sitk
 from .errors import DicomFileError, FitError, StudyError, StructureError
 from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
 from .io.inventory import Inventory, SeriesEntry, scan_study
-from .progress import as_progress
+from .options import RunOptions, validate
+from .progress import Progress, as_progress
 from .radionuclides import Radionuclide, radionuclide
-
-
-@dataclass
-class RunOptions:
-    """Options of one dosimetry run (all optional; defaults are what a physicist expects).
-
-    Attributes
-    ----------
-    dose_method : str
-        ``"dvk"`` (dose-voxel-kernel convolution, default) or ``"ldm"`` (local energy deposition).
-    injected_activity_bq : float, optional
-        Overrides RadionuclideTotalDose (Bq).
-    injection_time : datetime, optional
-        Overrides RadiopharmaceuticalStartDateTime.
-    spect_series_uid : list of str or str, optional
-        Chooses among several reconstructed SPECT series of one time point.
-    spect_calibration_bq_per_ml_per_unit : float, optional
-        For SPECT not stored in Bq/mL.
-    supersample : int
-        In-plane sub-samples per voxel edge when rasterising contours (fractional VOI masks).
-    density_correction : bool
-        Scale dose by CT density (HU → g/mL).
-    reference_time_point : int
-        Index of the time point whose grid carries the TIA and dose maps.
-    models : tuple of str
-        Candidate TAC models for the AICc selection.
-    models_per_voi : dict, optional
-        VOI name → tuple of models, overriding ``models`` for that VOI (e.g. ``("trapezoid",)`` or
-        ``("bi_exponential",)`` chosen by the physicist).
-    nuclide : str
-    pvc : str
-        ``"none"`` (default) or ``"gtm"``: partial-volume correction of VOI activities by the geometric
-        transfer matrix (Rousset 1998), which needs ``psf_fwhm_mm``.
-    psf_fwhm_mm : float, optional
-        FWHM of the reconstructed SPECT's point-spread function (mm), for ``pvc="gtm"``.
-    spect_source : str
-        ``"auto"`` (the only reconstructed SPECT of each time point), ``"vendor"`` (ignore the
-        reconstructions made by ``ludosimetry reconstruct``) or ``"reconstructed"`` (use only those).
-    extra_study_dirs : tuple of path-like
-        More folders read with the study, e.g. the output folder of ``ludosimetry reconstruct``.
-    registration : str
-        ``"none"`` (time points share the scanner's frame of reference as they are), ``"rigid"`` or
-        ``"deformable"``: CT–CT registration of every time point to the reference, refined per VOI on
-        SPECT intensity (contour-intensity alignment); used to carry SPECT to the reference grid for the
-        TIA map and to propagate VOIs. Transforms are kept in the results and written by ``write_outputs``.
-    vois : str
-        ``"per-time-point"`` (each time point's own RTSTRUCT; time points without one get the reference's
-        contours propagated when a registration is asked) or ``"reference-only"`` (only the reference
-        time point's contours, propagated to the others; needs ``registration``).
-    tia_map : str
-        ``"voi"``: each VOI region's fitted TIA spread like its activity at the reference time point
-        (organ-level TIA exactly conserved); ``"voxel"``: every voxel's curve fitted (same models and
-        AICc guard as the VOI fits) on the time points carried to the reference grid.
-    time_points : tuple of int, optional
-        1-based subset of time points (reduced imaging): the TIA comes from
-        :func:`~LuDosimetryLib.kinetics.reduced.fit_reduced` on the subset and the full fit's TIA is
-        reported beside it. The reference time point must be in the subset.
-    reduced_method : str
-        Method of :func:`~LuDosimetryLib.kinetics.reduced.fit_reduced` for a subset.
-    masks_per_time_point : list of dict, optional
-        VOIs given directly (e.g. segmentations edited in Slicer) instead of the study's RTSTRUCTs:
-        one ``{name: ndarray (z,y,x)}`` per time point, each on that time point's SPECT grid (values ≥ 0.5
-        are inside).
-    kernel_path : str, optional
-        Dose voxel kernel file computed elsewhere (e.g. Monte Carlo), in Gy/decay, mGy/decay or
-        mGy/(MBq·s): an Interfile header (.hdr/.img) or a voxel S-value table (see
-        :func:`~LuDosimetryLib.dose.kernel_files.read_dose_kernel`); used instead of the kernel LuDosimetry
-        builds, with ``dose_method="dvk"`` only. Its voxel size (mm) must match the SPECT's within 1 %.
-    kernel_density_g_ml : float
-        Mass density (g/mL) of the medium the kernel is for (default 1.0, water); the density correction
-        scales the dose by this over the CT density.
-    """
-
-    dose_method: str = "dvk"
-    injected_activity_bq: Optional[float] = None
-    injection_time: Optional[datetime] = None
-    spect_series_uid: Optional[object] = None
-    spect_calibration_bq_per_ml_per_unit: Optional[float] = None
-    supersample: int = 3
-    density_correction: bool = True
-    reference_time_point: int = 0
-    models: tuple = ("mono_exponential", "bi_exponential", "tri_exponential")
-    models_per_voi: Optional[dict] = None
-    nuclide: str = "Lu-177"
-    pvc: str = "none"
-    psf_fwhm_mm: Optional[float] = None
-    masks_per_time_point: Optional[list] = None
-    spect_source: str = "auto"
-    extra_study_dirs: tuple = ()
-    registration: str = "none"
-    vois: str = "per-time-point"
-    tia_map: str = "voi"
-    time_points: Optional[tuple] = None
-    reduced_method: str = "population_prior"
-    kernel_path: Optional[str] = None
-    kernel_density_g_ml: float = 1.0
 
 
 @dataclass
@@ -215,8 +126,8 @@ def choose_spect_series(inv: Inventory, options: RunOptions) -> List[SeriesEntry
     wanted = set(wanted or [])
     unknown = wanted - {s.series_instance_uid for s in inv.by_role("spect_recon")}
     if unknown:
-        raise StudyError(f"--spect-series {', '.join(sorted(unknown))} is not a reconstructed SPECT series "
-                         "of this study (see 'ludosimetry inspect')", inv.root)
+        raise StudyError(f"{', '.join(sorted(unknown))} is not a reconstructed SPECT series of this study "
+                         "(see 'ludosimetry inspect')", inv.root, option="spect_series_uid")
     if options.spect_source not in ("auto", "vendor", "reconstructed"):
         raise StudyError(f"unknown SPECT source {options.spect_source!r} (use auto, vendor or reconstructed)")
     chosen = []
@@ -227,15 +138,16 @@ def choose_spect_series(inv: Inventory, options: RunOptions) -> List[SeriesEntry
             kept = [u for u in uids if inv.get(u).reconstructed_here == ours]
             if not kept:
                 raise StudyError(f"time point {tp.index + 1} has no {options.spect_source} SPECT "
-                                 + ("(run 'ludosimetry reconstruct' and pass its folder with --recon-dir)"
-                                    if ours else "(only LuDosimetry reconstructions)"), inv.root)
+                                 + ("(run 'ludosimetry reconstruct' and pass its folder with {option})"
+                                    if ours else "(only LuDosimetry reconstructions)"), inv.root,
+                                 option="extra_study_dirs" if ours else "spect_source")
             uids = kept
         if wanted and not uids:
             uids = tp.spect_series_uids
         if len(uids) > 1:
             listing = "; ".join(f"{u} ({inv.get(u).description})" for u in uids)
             raise StudyError(f"time point {tp.index + 1} has {len(uids)} reconstructed SPECT series ({listing}); "
-                             "choose one with --spect-series UID", inv.root)
+                             "choose one with {option}", inv.root, option="spect_series_uid")
         chosen.append(inv.get(uids[0]))
     return chosen
 
@@ -291,6 +203,103 @@ def _partition(masks: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return regions
 
 
+@dataclass
+class TimePointData:
+    """One time point of a run, filled in stage by stage (one record per time point).
+
+    Attributes
+    ----------
+    index : int
+        0-based time point.
+    entry : SeriesEntry
+        The reconstructed SPECT series chosen for the time point.
+    spect : SpectVolume
+        Quantitative SPECT (Bq/mL at acquisition).
+    hours : float
+        Acquisition time after the injection (h).
+    ct_hu : SimpleITK.Image, optional
+        The time point's CT (HU) in the SPECT's frame of reference; None without one.
+    density_g_ml : ndarray (z, y, x) float32, optional
+        CT density (g/mL) averaged over each SPECT voxel; None without CT.
+    masks : dict name → ndarray (z, y, x) float32
+        VOI masks (0/1 weights) on the SPECT grid: the time point's own, or the reference's propagated.
+    regions : dict name → bool ndarray (z, y, x)
+        Non-overlapping partition of the VOIs (lesions carved out of organs, :func:`_partition`).
+    gtm_bq_ml : dict name → float, optional
+        GTM concentration (Bq/mL) of every region and of the background (``pvc="gtm"``); None without PVC.
+    registration : Registration, optional
+        Transform of this time point to the reference; None for the reference and without registration.
+    """
+
+    index: int
+    entry: SeriesEntry
+    spect: SpectVolume
+    hours: float
+    ct_hu: Optional[sitk.Image] = None
+    density_g_ml: Optional[np.ndarray] = None
+    masks: Dict[str, np.ndarray] = field(default_factory=dict)
+    regions: Dict[str, np.ndarray] = field(default_factory=dict)
+    gtm_bq_ml: Optional[Dict[str, float]] = None
+    registration: Optional[object] = None
+
+    @property
+    def image(self) -> sitk.Image:
+        """The SPECT image (Bq/mL)."""
+        return self.spect.image
+
+    @property
+    def array(self) -> np.ndarray:
+        """The SPECT voxels (z, y, x; Bq/mL), a read-only view."""
+        return sitk.GetArrayViewFromImage(self.spect.image)
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one SPECT voxel (mL)."""
+        return float(np.prod(self.spect.image.GetSpacing())) / 1000.0
+
+
+@dataclass
+class _RunContext:
+    """What every stage of :func:`run_study` reads.
+
+    Attributes
+    ----------
+    study_dir, options, progress, nuclide
+        The run's inputs (options validated; each stage reports into its own slice of ``progress``).
+    warnings : list of str
+        The run's warnings, in the order they arise.
+    inventory : Inventory
+        Set by :func:`_read_inventory`.
+    ref : int
+        Reference time point (0-based), whose grid carries the TIA and dose maps.
+    subset : list of int or None
+        Time points (0-based) of a reduced-imaging run (:func:`_choose_time_points`); None for all.
+    """
+
+    study_dir: object
+    options: RunOptions
+    progress: Progress
+    nuclide: Radionuclide
+    warnings: List[str] = field(default_factory=list)
+    inventory: Optional[Inventory] = None
+    ref: int = 0
+    subset: Optional[List[int]] = None
+
+
+@dataclass
+class _VoiKinetics:
+    """A VOI's time-activity curve (Bq, Bq/mL per time point; mL and g at the reference) and fits: ``fit``
+    gives the TIA (the reduced-time-point fit on a subset), ``full`` is the fit on every time point beside
+    a reduced one (None without a subset)."""
+
+    activity_bq: List[float]
+    concentration_bq_per_ml: List[float]
+    volume_ml: float
+    mass_g: float
+    fit: object
+    full: Optional[object]
+
+
 def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) -> StudyResults:
     """Run the whole dosimetry chain on a study folder.
 
@@ -311,28 +320,49 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     LuDosimetryError
         With a message naming the file or option and the problem.
     """
-    from .dose import density_from_hu, dose_dvk, dose_ldm
-    from .dvh import cumulative_dvh, dose_statistics
-    from .kinetics import fit_time_activity_curve
-    from .kinetics.reduced import fit_reduced
-
     options = options or RunOptions()
-    if options.dose_method not in ("dvk", "ldm"):
-        raise StudyError(f"unknown dose method {options.dose_method!r} (use dvk or ldm)")
-    if options.pvc not in ("none", "gtm"):
-        raise StudyError(f"unknown partial-volume correction {options.pvc!r} (use none or gtm)")
-    if options.pvc == "gtm" and not (options.psf_fwhm_mm and options.psf_fwhm_mm > 0):
-        raise StudyError("partial-volume correction 'gtm' needs the SPECT resolution: give --psf-fwhm-mm")
+    validate(options)
     file_kernel = _file_kernel(options)
-    progress = as_progress(progress)
-    nuclide: Radionuclide = radionuclide(options.nuclide)
-    run_warnings: List[str] = []
+    ctx = _RunContext(study_dir, options, as_progress(progress), radionuclide(options.nuclide))
 
-    progress.report(0.0, "reading study")
+    # The stages, and the slice of the progress each reports into.
+    ctx.inventory = _read_inventory(ctx)                             # 0    – 0.1
+    tps = _read_spects(ctx, _choose_time_points(ctx))                # 0.1  – 0.25
+    _read_ct_density(ctx, tps)                                       # 0.25 – 0.35
+    _read_vois(ctx, tps)                                             # 0.35 – 0.45
+    _register_and_propagate(ctx, tps)                                # 0.45 – 0.6
+    names = _check_vois(ctx, tps)
+    _partial_volume(ctx, tps)                                        # 0.6  – 0.63
+    kinetics = _fit_vois(ctx, tps, names)                            # 0.63 – 0.68
+    tia_map = _tia_map(ctx, tps)                                     # 0.68 – 0.75
+    ref_tp = tps[ctx.ref]
+    tia_voxel = tia_map * ref_tp.voxel_ml                            # Bq·s per voxel
+    dose, dose_kernel = _dose(ctx, ref_tp, tia_voxel, file_kernel)   # 0.75 – 0.9
+    vois, dvhs = _statistics(ctx, ref_tp, kinetics, dose, tia_voxel)  # 0.9  – 1
+    return _study_results(ctx, tps, kinetics, vois, dvhs, dose, tia_map, dose_kernel)
+
+
+def _read_inventory(ctx: _RunContext) -> Inventory:
+    """Scan the study folder(s) and check that the study can be dosed.
+
+    Returns
+    -------
+    Inventory
+        With the injected activity (Bq) and injection time, from the headers or the options.
+
+    Raises
+    ------
+    DicomFileError
+        A DICOM file could not be read.
+    StudyError
+        No SPECT time point, or no injected activity or injection time.
+    """
+    options, study_dir = ctx.options, ctx.study_dir
+    ctx.progress.report(0.0, "reading study")
     inv = scan_study(study_dir, injected_activity_bq=options.injected_activity_bq,
-                     injection_time=options.injection_time, progress=progress.sub(0.0, 0.1),
+                     injection_time=options.injection_time, progress=ctx.progress.sub(0.0, 0.1),
                      extra_roots=tuple(options.extra_study_dirs))
-    run_warnings += inv.warnings
+    ctx.warnings += inv.warnings
     broken = [item for item in inv.skipped if item["reason"].startswith("unreadable DICOM")]
     if broken:
         raise DicomFileError(broken[0]["reason"] + (f" (and {len(broken) - 1} more such files)" if len(broken) > 1
@@ -343,204 +373,341 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
                          study_dir)
     if inv.injected_activity_bq is None:
         raise StudyError("no injected activity in the headers (RadionuclideTotalDose); "
-                         "give --injected-activity-mbq", study_dir)
+                         "give {option}", study_dir, option="injected_activity_bq")
     if inv.injection_time is None:
         raise StudyError("no injection time in the headers (RadiopharmaceuticalStartDateTime); "
-                         "give --injection-time", study_dir)
-    spect_entries = choose_spect_series(inv, options)
-    n_tp = len(spect_entries)
-    ref = options.reference_time_point
-    if not 0 <= ref < n_tp:
-        raise StudyError(f"reference time point {ref + 1} does not exist (study has {n_tp})")
-    subset = _time_point_subset(options, n_tp, ref, study_dir)
-    if options.registration not in ("none", "rigid", "deformable"):
-        raise StudyError(f"unknown registration {options.registration!r} (use none, rigid or deformable)")
-    if options.vois not in ("per-time-point", "reference-only"):
-        raise StudyError(f"unknown VOI mode {options.vois!r} (use per-time-point or reference-only)")
-    if options.tia_map not in ("voi", "voxel"):
-        raise StudyError(f"unknown TIA map method {options.tia_map!r} (use voi or voxel)")
-    if options.vois == "reference-only" and options.registration == "none":
-        raise StudyError("--vois reference-only propagates the reference contours and needs a registration "
-                         "(--registration rigid or deformable)", study_dir)
+                         "give {option}", study_dir, option="injection_time")
+    return inv
 
-    # Quantitative SPECT per time point.
+
+def _choose_time_points(ctx: _RunContext) -> List[SeriesEntry]:
+    """The SPECT series of every time point; checks the reference and sets the reduced-imaging subset.
+
+    Returns
+    -------
+    list of SeriesEntry
+        One reconstructed SPECT series per time point (:func:`choose_spect_series`).
+    """
+    entries = choose_spect_series(ctx.inventory, ctx.options)
+    n_tp = len(entries)
+    ctx.ref = ref = ctx.options.reference_time_point
+    if not 0 <= ref < n_tp:
+        raise StudyError(f"time point {ref + 1} does not exist (the study has {n_tp})", ctx.study_dir,
+                         option="reference_time_point")
+    ctx.subset = _time_point_subset(ctx.options, n_tp, ref, ctx.study_dir)
+    return entries
+
+
+def _read_spects(ctx: _RunContext, entries: List[SeriesEntry]) -> List[TimePointData]:
+    """Quantitative SPECT (Bq/mL at acquisition) and hours after injection of every time point.
+
+    Returns
+    -------
+    list of TimePointData
+        One per time point, with ``entry``, ``spect`` and ``hours`` set.
+
+    Raises
+    ------
+    StudyError
+        A SPECT acquired before the injection.
+    """
+    inv, n_tp = ctx.inventory, len(entries)
+    progress = ctx.progress.sub(0.1, 0.25)
     spects: List[SpectVolume] = []
-    for i, entry in enumerate(spect_entries):
-        progress.sub(0.1, 0.25).report(i / n_tp, f"reading SPECT {i + 1}/{n_tp}")
-        spects.append(read_spect(entry.files, injection_time=inv.injection_time, nuclide=nuclide,
-                                 calibration_bq_per_ml_per_unit=options.spect_calibration_bq_per_ml_per_unit,
+    for i, entry in enumerate(entries):
+        progress.report(i / n_tp, f"reading SPECT {i + 1}/{n_tp}")
+        spects.append(read_spect(entry.files, injection_time=inv.injection_time, nuclide=ctx.nuclide,
+                                 calibration_bq_per_ml_per_unit=ctx.options.spect_calibration_bq_per_ml_per_unit,
                                  what=f"SPECT {entry.description or entry.series_instance_uid}"))
-    hours = []
-    for entry, sp in zip(spect_entries, spects):
+    tps = []
+    for i, (entry, sp) in enumerate(zip(entries, spects)):
         h = (sp.acquisition_time - inv.injection_time).total_seconds() / 3600.0
         if h <= 0:
             raise StudyError(f"SPECT {entry.description or entry.series_instance_uid} was acquired "
                              f"{sp.acquisition_time.isoformat()}, {-h:.2f} h before the injection "
-                             f"({inv.injection_time.isoformat()}); check --injection-time", entry.files[0])
-        hours.append(h)
+                             f"({inv.injection_time.isoformat()}); check {{option}}", entry.files[0],
+                             option="injection_time")
+        tps.append(TimePointData(index=i, entry=entry, spect=sp, hours=h))
+    return tps
 
-    # CT per time point: HU (registration) and density on the SPECT grid (masses, dose).
-    cts: List[Optional[sitk.Image]] = []
-    densities: List[Optional[np.ndarray]] = []
-    for i, sp in enumerate(spects):
-        progress.sub(0.25, 0.35).report(i / n_tp, f"CT density {i + 1}/{n_tp}")
-        entries = [s for s in inv.by_role("ct") if s.time_point == i and
+
+def _read_ct_density(ctx: _RunContext, tps: List[TimePointData]) -> None:
+    """Each time point's CT (HU, for registration) and density (g/mL) on its SPECT grid (masses, dose).
+
+    Sets ``ct_hu`` and ``density_g_ml`` (None, with a warning, where no CT shares the SPECT's frame of
+    reference: masses then assume 1.04 g/mL).
+    """
+    from .dose import density_from_hu
+
+    progress = ctx.progress.sub(0.25, 0.35)
+    for tp in tps:
+        i, sp = tp.index, tp.spect
+        progress.report(i / len(tps), f"CT density {i + 1}/{len(tps)}")
+        entries = [s for s in ctx.inventory.by_role("ct") if s.time_point == i and
                    (not sp.frame_of_reference_uid or s.frame_of_reference_uid == sp.frame_of_reference_uid)]
         if not entries:
-            cts.append(None)
-            densities.append(None)
-            run_warnings.append(f"time point {i + 1}: no CT in the SPECT's frame of reference; "
+            ctx.warnings.append(f"time point {i + 1}: no CT in the SPECT's frame of reference; "
                                 "masses assume 1.04 g/mL (ICRU 46 soft tissue)")
             continue
-        hu = read_ct(entries[0].files, what=f"CT {entries[0].description}")
-        cts.append(hu)
-        hu_on_spect = mean_over_grid(hu, sp.image, default=-1000.0)
-        densities.append(density_from_hu(sitk.GetArrayFromImage(hu_on_spect)).astype(np.float32))
+        tp.ct_hu = read_ct(entries[0].files, what=f"CT {entries[0].description}")
+        hu_on_spect = mean_over_grid(tp.ct_hu, sp.image, default=-1000.0)
+        tp.density_g_ml = density_from_hu(sitk.GetArrayFromImage(hu_on_spect)).astype(np.float32)
 
-    # VOIs per time point (RTSTRUCTs, or masks given directly).
-    per_tp_masks = _vois_per_time_point(inv, spects, options, study_dir, progress.sub(0.35, 0.45))
 
-    # Registration of every time point to the reference, and VOI propagation.
-    registrations: Dict[int, object] = {}
-    if options.registration != "none":
-        registrations = _register(spects, cts, per_tp_masks, ref, options, study_dir, progress.sub(0.45, 0.6))
-        from .registration import propagate_masks
-        for i in range(n_tp):
-            if i != ref and (options.vois == "reference-only" or not per_tp_masks[i]):
-                moved = propagate_masks(per_tp_masks[ref], spects[ref].image, registrations[i], spects[i].image)
-                per_tp_masks[i] = {k: np.asarray(m, dtype=np.float32) for k, m in moved.items()}
-    if not per_tp_masks[ref]:
+def _read_vois(ctx: _RunContext, tps: List[TimePointData]) -> None:
+    """VOI masks (z,y,x float32 0/1) on each time point's SPECT grid: the study's RTSTRUCTs or the masks
+    given in ``options.masks_per_time_point``. Sets ``masks`` (empty where a time point has none).
+
+    Raises
+    ------
+    StudyError
+        No time point has a VOI, or the given masks do not match the time points.
+    StructureError
+        A given mask is not on its SPECT grid; an ROI is defined twice.
+    """
+    options, study_dir = ctx.options, ctx.study_dir
+    progress = ctx.progress.sub(0.35, 0.45)
+    given = options.masks_per_time_point
+    if given is not None and len(given) != len(tps):
+        raise StudyError(f"{len(given)} sets of VOI masks given for {len(tps)} time points", study_dir)
+    for tp in tps:
+        i = tp.index
+        progress.report(i / len(tps), f"VOIs of time point {i + 1}")
+        if given is not None:
+            shape = tp.array.shape
+            masks = {}
+            for name, m in given[i].items():
+                m = np.asarray(m)
+                if m.shape != shape:
+                    raise StructureError(f"mask {name!r} of time point {i + 1} has shape {m.shape}, "
+                                         f"the SPECT grid {shape}", study_dir)
+                masks[name] = (m >= 0.5).astype(np.float32)
+        elif options.vois == "reference-only" and i != options.reference_time_point:
+            masks = {}
+        else:
+            masks, _ = _masks_for_time_point(ctx.inventory, i, tp.spect, options.supersample)
+        tp.masks = masks
+    if not any(tp.masks for tp in tps):
+        raise StudyError("no RTSTRUCT matches any SPECT time point (same frame of reference or referenced "
+                         "series); nothing to report", study_dir)
+
+
+def _register_and_propagate(ctx: _RunContext, tps: List[TimePointData]) -> None:
+    """With ``options.registration``: register every time point to the reference (CT–CT, refined per VOI
+    on SPECT), then carry the reference VOIs to the time points that take them (``vois="reference-only"``,
+    or no VOIs of their own). Sets ``registration`` and, where propagated, ``masks``.
+
+    Raises
+    ------
+    StudyError
+        A time point to register has no CT.
+    """
+    options, study_dir, ref = ctx.options, ctx.study_dir, ctx.ref
+    if options.registration == "none":
+        return
+    from .registration import propagate_masks, register_time_points
+
+    progress = ctx.progress.sub(0.45, 0.6)
+    fixed = tps[ref]
+    if fixed.ct_hu is None:
+        raise StudyError(f"registration needs the reference time point's CT (time point {ref + 1} has none)",
+                         study_dir)
+    fixed_masks = {k: m >= 0.5 for k, m in fixed.masks.items()} if fixed.masks else None
+    others = [tp for tp in tps if tp.index != ref]
+    for n, tp in enumerate(others):
+        if tp.ct_hu is None:
+            raise StudyError(f"registration needs a CT at every time point (time point {tp.index + 1} has none)",
+                             study_dir)
+        tp.registration = register_time_points(fixed.ct_hu, tp.ct_hu, spect_fixed=fixed.image,
+                                               spect_moving=tp.image, masks_fixed=fixed_masks,
+                                               deformable=options.registration == "deformable",
+                                               progress=progress.sub(n / len(others), (n + 1) / len(others)))
+    for tp in others:
+        if options.vois == "reference-only" or not tp.masks:
+            moved = propagate_masks(fixed.masks, fixed.image, tp.registration, tp.image)
+            tp.masks = {k: np.asarray(m, dtype=np.float32) for k, m in moved.items()}
+
+
+def _check_vois(ctx: _RunContext, tps: List[TimePointData]) -> List[str]:
+    """Check that every time point has the reference's VOIs (and models are given for known VOIs only).
+
+    Returns
+    -------
+    list of str
+        The VOI names, in the reference time point's order.
+
+    Raises
+    ------
+    StudyError
+        The reference or another time point has no VOIs, or VOI names differ between time points.
+    """
+    ref, study_dir = ctx.ref, ctx.study_dir
+    if not tps[ref].masks:
         raise StudyError(f"the reference time point {ref + 1} has no RTSTRUCT (same frame of reference or "
                          "referenced series); nothing to report", study_dir)
-    missing = [i + 1 for i, m in enumerate(per_tp_masks) if not m]
+    missing = [tp.index + 1 for tp in tps if not tp.masks]
     if missing:
         raise StudyError(f"time point(s) {missing} have no RTSTRUCT of their own; propagate the reference "
-                         "contours with --registration rigid or deformable", study_dir)
-    names = list(per_tp_masks[ref])
-    unknown = sorted(set(options.models_per_voi or {}) - set(names))
+                         "contours with a registration ({option} rigid or deformable)", study_dir,
+                         option="registration")
+    names = list(tps[ref].masks)
+    unknown = sorted(set(ctx.options.models_per_voi or {}) - set(names))
     if unknown:
         raise StudyError(f"models are given for VOIs that the study does not have: {unknown} "
                          f"(VOIs: {names})", study_dir)
-    for i, m in enumerate(per_tp_masks):
-        if set(m) != set(names):
-            only_ref = sorted(set(names) - set(m))
-            only_here = sorted(set(m) - set(names))
+    for tp in tps:
+        if set(tp.masks) != set(names):
+            i = tp.index
+            only_ref = sorted(set(names) - set(tp.masks))
+            only_here = sorted(set(tp.masks) - set(names))
             raise StudyError(f"VOI names differ between time point {ref + 1} and {i + 1}: missing at {i + 1}: "
                              f"{only_ref}, only at {i + 1}: {only_here}; rename the ROIs so that every VOI is on "
                              "every time point", study_dir)
+    return names
 
-    # Non-overlapping regions per time point (lesions carved out of organs) and, with PVC, their true
-    # mean concentrations by GTM.
-    partitions = [_partition(m) for m in per_tp_masks]
-    gtm = [None] * n_tp
-    if options.pvc == "gtm":
-        from .pvc import gtm_concentrations
-        for i, sp in enumerate(spects):
-            progress.sub(0.6, 0.63).report(i / n_tp, f"partial-volume correction {i + 1}/{n_tp}")
-            gtm[i] = gtm_concentrations(sitk.GetArrayViewFromImage(sp.image), partitions[i],
-                                        sp.image.GetSpacing(), options.psf_fwhm_mm)
 
-    def fit_tac(acts, name, label=None):
-        """Full fit on every time point; with a subset, the reduced-time-point fit (and the full one)."""
-        label = label or name
-        models = (options.models_per_voi or {}).get(name, options.models)
-        try:
-            full = fit_time_activity_curve(np.array(hours), np.array(acts), models=models,
-                                           nuclide=nuclide, label=label)
-            if subset is None:
-                return full, None
-            idx = list(subset)
-            red = fit_reduced(np.array(hours)[idx], np.array(acts)[idx], options.reduced_method, organ=name,
-                              nuclide=nuclide, label=label)
-            return red, full
-        except FitError as exc:
-            raise FitError(f"VOI {label!r}: {exc.problem}", study_dir) from exc
+def _partial_volume(ctx: _RunContext, tps: List[TimePointData]) -> None:
+    """Non-overlapping regions per time point (lesions carved out of organs) and, with ``pvc="gtm"``,
+    their true mean concentrations by GTM. Sets ``regions`` and ``gtm_bq_ml``."""
+    for tp in tps:
+        tp.regions = _partition(tp.masks)
+    if ctx.options.pvc != "gtm":
+        return
+    from .pvc import gtm_concentrations
 
-    # TACs and fits per VOI.
-    fits, full_fits = {}, {}
-    vois: Dict[str, dict] = {}
-    spacing = spects[ref].image.GetSpacing()
+    progress = ctx.progress.sub(0.6, 0.63)
+    for tp in tps:
+        progress.report(tp.index / len(tps), f"partial-volume correction {tp.index + 1}/{len(tps)}")
+        tp.gtm_bq_ml = gtm_concentrations(tp.array, tp.regions, tp.image.GetSpacing(), ctx.options.psf_fwhm_mm)
+
+
+def _fit_vois(ctx: _RunContext, tps: List[TimePointData], names: List[str]) -> Dict[str, _VoiKinetics]:
+    """Time-activity curve of every VOI (activity per time point, on that time point's own grid and
+    contours) and its fit (AICc model selection; the reduced-time-point fit on a subset).
+
+    Returns
+    -------
+    dict name → _VoiKinetics
+        In the order of ``names``. The fits' warnings are added to the run's.
+    """
+    progress = ctx.progress.sub(0.63, 0.68)
+    out: Dict[str, _VoiKinetics] = {}
     for k, name in enumerate(names):
-        progress.sub(0.63, 0.68).report(k / len(names), f"fitting {name}")
+        progress.report(k / len(names), f"fitting {name}")
         acts, concs, vols, masses = [], [], [], []
-        for i, sp in enumerate(spects):
-            w = per_tp_masks[i][name]
-            vml = float(np.prod(sp.image.GetSpacing())) / 1000.0
-            if gtm[i] is None:
-                a = float(np.sum(w * sitk.GetArrayViewFromImage(sp.image))) * vml
-            else:
-                inside = w > 0
-                a = sum(gtm[i][n] * float(np.count_nonzero(partitions[i][n] & inside)) for n in partitions[i]) * vml
+        for tp in tps:
+            w = tp.masks[name]
+            vml = tp.voxel_ml
+            a = _voi_activity_bq(tp.array, w, vml, gtm=tp.gtm_bq_ml, regions=tp.regions)
             v = float(w.sum()) * vml
             acts.append(a)
             vols.append(v)
             concs.append(a / v if v > 0 else float("nan"))
-            dens = densities[i]
+            dens = tp.density_g_ml
             masses.append(float(np.sum(w * dens)) * vml if dens is not None else v * 1.04)
-        fit, full = fit_tac(acts, name)
-        fits[name] = fit
-        if full is not None:
-            full_fits[name] = full
-        run_warnings += list(fit.warnings)  # already prefixed with the VOI name
-        vois[name] = dict(activity_bq=acts, concentration_bq_per_ml=concs, volume_ml=vols[ref],
-                          mass_g=masses[ref], fit=fit, full=full)
+        fit, full = _fit_tac(ctx, tps, acts, name)
+        ctx.warnings += list(fit.warnings)  # already prefixed with the VOI name
+        out[name] = _VoiKinetics(activity_bq=acts, concentration_bq_per_ml=concs, volume_ml=vols[ctx.ref],
+                                 mass_g=masses[ctx.ref], fit=fit, full=full)
+    return out
 
-    # TIA map (Bq·s/mL) on the reference grid.
-    progress.report(0.68, "TIA map")
-    ref_img = spects[ref].image
-    on_ref = _images_on_reference(spects, ref, registrations)
+
+def _tia_map(ctx: _RunContext, tps: List[TimePointData]) -> np.ndarray:
+    """TIA concentration map (Bq·s/mL, float32 z,y,x) on the reference grid, by ``options.tia_map``:
+    ``"voxel"`` (every voxel's curve fitted, :func:`~LuDosimetryLib.kinetics.voxel.voxel_tia_map`) or
+    ``"voi"`` (each VOI region's fitted TIA spread like its reference activity, :func:`_voi_tia_map`)."""
+    options, ref, subset = ctx.options, ctx.ref, ctx.subset
+    ctx.progress.report(0.68, "TIA map")
+    on_ref = _images_on_reference(tps, ref)
     if options.tia_map == "voxel":
         from .kinetics.voxel import voxel_tia_map
-        use = list(subset) if subset is not None else list(range(n_tp))
-        body = None if densities[ref] is None else densities[ref] > 0.5
-        tia_img, _, _ = voxel_tia_map([on_ref[i] for i in use], [hours[i] for i in use], nuclide=nuclide,
+        use = list(subset) if subset is not None else list(range(len(tps)))
+        density = tps[ref].density_g_ml
+        body = None if density is None else density > 0.5
+        tia_img, _, _ = voxel_tia_map([on_ref[i] for i in use], [tps[i].hours for i in use], nuclide=ctx.nuclide,
                                       models=[m for m in options.models if m != "tri_exponential"], mask=body,
-                                      progress=progress.sub(0.68, 0.75))
-        tia_map = sitk.GetArrayFromImage(tia_img).astype(np.float32)
-    else:
-        tia_map = _tia_map(on_ref, hours, partitions, gtm, ref, nuclide, spects,
-                           lambda acts, name: fit_tac(acts, name, f"{name} (region)")[0], subset)
-    vml_ref = float(np.prod(spacing)) / 1000.0
-    tia_voxel = tia_map * vml_ref  # Bq·s per voxel
-    density = densities[ref]
+                                      progress=ctx.progress.sub(0.68, 0.75))
+        return sitk.GetArrayFromImage(tia_img).astype(np.float32)
+    return _voi_tia_map(ctx, tps, on_ref)
+
+
+def _dose(ctx: _RunContext, ref_tp: TimePointData, tia_voxel: np.ndarray,
+          file_kernel) -> Tuple[np.ndarray, Optional[dict]]:
+    """Absorbed dose (Gy) on the reference grid from the TIA per voxel (Bq·s), by DVK or LDM.
+
+    Parameters
+    ----------
+    ref_tp : TimePointData
+        The reference time point (grid, density).
+    tia_voxel : ndarray (z, y, x)
+        TIA per voxel (Bq·s).
+    file_kernel : DoseKernel, optional
+        A kernel read from ``options.kernel_path``; None for the kernel LuDosimetry builds.
+
+    Returns
+    -------
+    dose : ndarray (z, y, x) float32
+        Gy.
+    dose_kernel : dict or None
+        DVK only: the kernel's source, spacing (mm) and medium density (g/mL), for ``results.json``.
+    """
+    from .dose import dose_dvk, dose_ldm
+
+    options = ctx.options
+    spacing = ref_tp.image.GetSpacing()
+    density = ref_tp.density_g_ml
     dens_for_dose = density if (options.density_correction and density is not None) else None
 
-    progress.report(0.75, f"absorbed dose ({options.dose_method})")
+    ctx.progress.report(0.75, f"absorbed dose ({options.dose_method})")
     dose_kernel = None
     if options.dose_method == "dvk":
         if file_kernel is not None:
             from .dose import check_kernel_grid
             check_kernel_grid(file_kernel, spacing)
-        dose = dose_dvk(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide,
+        dose = dose_dvk(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=ctx.nuclide,
                         kernel=None if file_kernel is None else file_kernel.values_gy_per_decay,
-                        kernel_density_g_ml=options.kernel_density_g_ml, progress=progress.sub(0.75, 0.9))
+                        kernel_density_g_ml=options.kernel_density_g_ml, progress=ctx.progress.sub(0.75, 0.9))
         kernel_spacing = spacing if file_kernel is None else file_kernel.spacing_mm
         dose_kernel = {"source": "LuDosimetry (built)" if file_kernel is None else file_kernel.source,
                        "spacing_mm": [round(float(v), 6) for v in kernel_spacing],
                        "density_g_ml": float(options.kernel_density_g_ml)}
     else:
-        dose = dose_ldm(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=nuclide)
-    dose = np.asarray(dose, dtype=np.float32)
+        dose = dose_ldm(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=ctx.nuclide)
+    return np.asarray(dose, dtype=np.float32), dose_kernel
 
-    progress.report(0.9, "DVH")
+
+def _statistics(ctx: _RunContext, ref_tp: TimePointData, kinetics: Dict[str, _VoiKinetics], dose: np.ndarray,
+                tia_voxel: np.ndarray) -> Tuple[Dict[str, VoiResult], dict]:
+    """Per-VOI results: kinetics, dose statistics and DVH on the reference time point's VOI masks.
+
+    Returns
+    -------
+    vois : dict name → VoiResult
+    dvhs : dict name → cumulative DVH
+        VOIs covering no voxel have NaN dose statistics and no DVH.
+    """
+    from .dvh import cumulative_dvh, dose_statistics
+
+    ctx.progress.report(0.9, "DVH")
+    injected_bq = ctx.inventory.injected_activity_bq
+    gbq = injected_bq / 1e9
+    vml_ref = ref_tp.voxel_ml
     dvhs = {}
-    gbq = inv.injected_activity_bq / 1e9
-    out_vois: Dict[str, VoiResult] = {}
-    for name in names:
-        w = per_tp_masks[ref][name]
-        info = vois[name]
-        fit, full = info["fit"], info["full"]
+    out: Dict[str, VoiResult] = {}
+    for name, kin in kinetics.items():
+        w = ref_tp.masks[name]
+        fit, full = kin.fit, kin.full
         if float(w.sum()) > 0:
             stats = dose_statistics(dose, w, vml_ref)
             dvhs[name] = cumulative_dvh(dose, w, vml_ref)
         else:
             stats = {"mean_dose_gy": float("nan"), "d2_gy": float("nan"), "d50_gy": float("nan"),
                      "d98_gy": float("nan"), "max_dose_gy": float("nan")}
-        out_vois[name] = VoiResult(
-            name=name, volume_ml=info["volume_ml"], mass_g=info["mass_g"], activity_bq=info["activity_bq"],
-            concentration_bq_per_ml=info["concentration_bq_per_ml"], tia_bq_s=float(fit.tia_bq_s),
+        out[name] = VoiResult(
+            name=name, volume_ml=kin.volume_ml, mass_g=kin.mass_g, activity_bq=kin.activity_bq,
+            concentration_bq_per_ml=kin.concentration_bq_per_ml, tia_bq_s=float(fit.tia_bq_s),
             tia_se_bq_s=None if fit.tia_se_bq_s is None else float(fit.tia_se_bq_s),
-            tiac_h=float(fit.tia_bq_s) / inv.injected_activity_bq / 3600.0, fit_model=fit.model,
+            tiac_h=float(fit.tia_bq_s) / injected_bq / 3600.0, fit_model=fit.model,
             fit_params={k: float(v) for k, v in fit.params.items()},
             fit_param_se={k: float(v) for k, v in (fit.param_se or {}).items()},
             effective_half_life_h=None if fit.effective_half_life_h is None else float(fit.effective_half_life_h),
@@ -550,42 +717,191 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
             tia_map_bq_s=float(np.sum(tia_voxel * (w >= 0.5))),
             tia_full_bq_s=None if full is None else float(full.tia_bq_s),
             reduced_relative_difference=None if full is None else float(fit.tia_bq_s / full.tia_bq_s - 1.0))
+    return out, dvhs
+
+
+def _study_results(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[str, _VoiKinetics],
+                   vois: Dict[str, VoiResult], dvhs: dict, dose: np.ndarray, tia_map: np.ndarray,
+                   dose_kernel: Optional[dict]) -> StudyResults:
+    """The run's :class:`StudyResults` (maps as images on the reference SPECT grid)."""
+    ref_tp = tps[ctx.ref]
+    inv, ref_img = ctx.inventory, ref_tp.image
 
     def as_image(arr):
         img = sitk.GetImageFromArray(np.asarray(arr, dtype=np.float32))
         img.CopyInformation(ref_img)
         return img
 
-    first = _series_header(spect_entries[ref])
-    progress.report(1.0, "done")
+    first = _series_header(ref_tp.entry)
+    ctx.progress.report(1.0, "done")
+    density = ref_tp.density_g_ml
     return StudyResults(
         patient_id=first.get("PatientID", ""), patient_name=str(first.get("PatientName", "")),
         injected_activity_bq=float(inv.injected_activity_bq), injection_time=inv.injection_time,
-        time_points=[TimePointResult(i, sp.acquisition_time, h, sp.series_instance_uid, sp.description)
-                     for i, (sp, h) in enumerate(zip(spects, hours))],
-        dose_method=options.dose_method, vois=out_vois, dose_gy=as_image(dose),
+        time_points=[TimePointResult(tp.index, tp.spect.acquisition_time, tp.hours, tp.spect.series_instance_uid,
+                                     tp.spect.description) for tp in tps],
+        dose_method=ctx.options.dose_method, vois=vois, dose_gy=as_image(dose),
         tia_bq_s_per_ml=as_image(tia_map), reference_spect=ref_img,
-        density_g_per_ml=None if density is None else as_image(density), dvhs=dvhs, fits=fits,
-        frame_of_reference_uid=spects[ref].frame_of_reference_uid,
-        study_instance_uid=spect_entries[ref].study_instance_uid, warnings=run_warnings, inventory=inv,
-        registrations=registrations, reference_index=ref,
-        time_points_used=None if subset is None else [i + 1 for i in subset], dose_kernel=dose_kernel)
+        density_g_per_ml=None if density is None else as_image(density), dvhs=dvhs,
+        fits={name: kin.fit for name, kin in kinetics.items()},
+        frame_of_reference_uid=ref_tp.spect.frame_of_reference_uid,
+        study_instance_uid=ref_tp.entry.study_instance_uid, warnings=ctx.warnings, inventory=inv,
+        registrations={tp.index: tp.registration for tp in tps if tp.registration is not None},
+        reference_index=ctx.ref,
+        time_points_used=None if ctx.subset is None else [i + 1 for i in ctx.subset], dose_kernel=dose_kernel)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _voi_activity_bq(image: np.ndarray, voi: np.ndarray, voxel_ml: float,
+                     gtm: Optional[Dict[str, float]] = None,
+                     regions: Optional[Dict[str, np.ndarray]] = None) -> float:
+    """Activity (Bq) of a VOI at one time point, for the VOI curves (:func:`_fit_vois`) and the region
+    curves of the VOI-based TIA map (:func:`_voi_tia_map`): the SPECT concentration summed over the VOI
+    or, with GTM, each region's corrected concentration times its voxels in the VOI; times the voxel volume.
+
+    Parameters
+    ----------
+    image : ndarray (z, y, x)
+        The time point's SPECT (Bq/mL).
+    voi : ndarray (z, y, x)
+        A VOI mask as float32 0/1 weights, or one boolean region of the time point's partition.
+    voxel_ml : float
+        Voxel volume (mL).
+    gtm : dict name → float, optional
+        GTM concentrations (Bq/mL) of the time point's regions; None for the plain sum.
+    regions : dict name → bool ndarray, optional
+        With ``gtm``, the regions the VOI's activity is made of: for a weights mask, every region of the
+        time point's partition (each counted on its voxels inside the VOI); for a boolean region,
+        ``{name: voi}`` (the region itself).
+
+    Returns
+    -------
+    float
+        Activity (Bq).
+
+    Notes
+    -----
+    Each kind of ``voi`` keeps its own arithmetic, so that no result changes in its last bit (float32
+    sums depend on what is summed and in which order): weights as ``sum(voi * image)`` over the whole
+    grid or, with GTM, ``Σ_r c_r·|r ∩ {voi > 0}|`` over every region in order; a region as
+    ``sum(image[voi])`` or ``c_name·|voi|``. The two agree in exact arithmetic, not always in the last bit.
+    """
+    if voi.dtype == bool:  # a region of the partition
+        if gtm is None:
+            return float(np.sum(image[voi])) * voxel_ml
+        (name,) = regions
+        return gtm[name] * float(np.count_nonzero(voi)) * voxel_ml
+    if gtm is None:  # a VOI's 0/1 weights
+        return float(np.sum(voi * image)) * voxel_ml
+    inside = voi > 0
+    return sum(gtm[n] * float(np.count_nonzero(regions[n] & inside)) for n in regions) * voxel_ml
+
+
+def _fit_tac(ctx: _RunContext, tps: List[TimePointData], acts: List[float], name: str,
+             label: Optional[str] = None):
+    """Fit a VOI's (or region's) activities (Bq per time point) with the VOI's candidate models.
+
+    Returns
+    -------
+    fit, full : TacFit, TacFit or None
+        The fit on every time point and None; with a subset, the reduced-time-point fit
+        (:func:`~LuDosimetryLib.kinetics.reduced.fit_reduced`) and the fit on every time point.
+
+    Raises
+    ------
+    FitError
+        Naming the VOI (``label``, default ``name``).
+    """
+    from .kinetics import fit_time_activity_curve
+    from .kinetics.reduced import fit_reduced
+
+    options, subset = ctx.options, ctx.subset
+    label = label or name
+    hours = [tp.hours for tp in tps]
+    models = (options.models_per_voi or {}).get(name, options.models)
+    try:
+        full = fit_time_activity_curve(np.array(hours), np.array(acts), models=models,
+                                       nuclide=ctx.nuclide, label=label)
+        if subset is None:
+            return full, None
+        idx = list(subset)
+        red = fit_reduced(np.array(hours)[idx], np.array(acts)[idx], options.reduced_method, organ=name,
+                          nuclide=ctx.nuclide, label=label)
+        return red, full
+    except FitError as exc:
+        raise FitError(f"VOI {label!r}: {exc.problem}", ctx.study_dir) from exc
+
+
+def _voi_tia_map(ctx: _RunContext, tps: List[TimePointData], on_ref: List[sitk.Image]) -> np.ndarray:
+    """VOI-based TIA concentration map (Bq·s/mL) on the reference SPECT grid.
+
+    Inside each VOI region (lesions carved out of organs) the region's fitted TIA is distributed in
+    proportion to the reference image, so the map's integral over a VOI equals the VOI's TIA (the
+    organ-level result). Outside the VOIs each voxel is integrated by trapezoids from (0, 0) with a
+    physical-decay tail, on the time points carried to the reference grid (``on_ref``).
+
+    Each region's curve is measured on every time point's own grid and regions (:func:`_voi_activity_bq`)
+    and fitted like its VOI (:func:`_fit_tac`: full, or reduced on ``ctx.subset``, which also selects the
+    time points used outside the VOIs); a region whose fit fails keeps the trapezoid integral.
+
+    Parameters
+    ----------
+    tps : list of TimePointData
+        The time points (hours, SPECT, regions and GTM concentrations on each one's own grid).
+    on_ref : list of SimpleITK.Image
+        Every time point's SPECT (Bq/mL) on the reference grid.
+    """
+    ref, subset = ctx.ref, ctx.subset
+    ref_img = tps[ref].image
+    ref_arr = sitk.GetArrayFromImage(ref_img).astype(np.float64)
+    use = list(range(len(on_ref))) if subset is None else list(subset)
+    t_s = np.asarray([tp.hours for tp in tps], dtype=float)[use] * 3600.0
+    stack = [np.clip(sitk.GetArrayViewFromImage(on_ref[i]).astype(np.float64), 0.0, None) for i in use]
+    lam = ctx.nuclide.decay_constant_per_s
+    tia = 0.5 * stack[0] * t_s[0]
+    for i in range(1, len(t_s)):
+        tia += 0.5 * (stack[i] + stack[i - 1]) * (t_s[i] - t_s[i - 1])
+    tia += stack[-1] / lam
+    vml = tps[ref].voxel_ml
+    for name, region in tps[ref].regions.items():
+        if not region.any():
+            continue
+        # region TAC measured on each time point's own grid with that time point's own contours
+        acts = [_voi_activity_bq(tp.array, tp.regions[name], tp.voxel_ml, gtm=tp.gtm_bq_ml,
+                                 regions={name: tp.regions[name]}) for tp in tps]
+        try:
+            region_tia = float(_fit_tac(ctx, tps, acts, name, f"{name} (region)")[0].tia_bq_s)
+        except FitError:
+            region_tia = float(np.sum(tia[region])) * vml
+        weights = np.clip(ref_arr[region], 0.0, None)
+        total = weights.sum()
+        if total <= 0:
+            weights = np.ones_like(weights)
+            total = weights.sum()
+        tia[region] = region_tia * weights / total / vml
+    return tia.astype(np.float32)
+
+
+def _images_on_reference(tps: List[TimePointData], ref: int) -> List[sitk.Image]:
+    """Every time point's SPECT (Bq/mL) on the reference grid: registered (activity-conserving with the
+    deformation's Jacobian) or, without registration, resampled in the shared patient coordinates."""
+    ref_img = tps[ref].image
+    out = []
+    for tp in tps:
+        if tp.index == ref:
+            out.append(ref_img)
+        elif tp.registration is not None:
+            out.append(tp.registration.apply_to_image(tp.image, ref_img, jacobian=True))
+        else:
+            out.append(resample_to(tp.image, ref_img, default=0.0))
+    return out
 
 
 def _file_kernel(options: RunOptions):
     """The dose kernel of ``options.kernel_path`` (read once, before the study), or None."""
-    try:
-        rho = float(options.kernel_density_g_ml)
-    except (TypeError, ValueError):
-        rho = float("nan")
-    if not (np.isfinite(rho) and rho > 0):
-        raise StudyError("--kernel-density-g-ml must be a positive density (g/mL), "
-                         f"got {options.kernel_density_g_ml!r}")
     if options.kernel_path is None:
         return None
-    if options.dose_method != "dvk":
-        raise StudyError(f"a dose kernel file (--kernel) applies to the DVK dose only, not to dose method "
-                         f"{options.dose_method!r}", options.kernel_path)
     from .dose import read_dose_kernel
     return read_dose_kernel(options.kernel_path)
 
@@ -597,136 +913,19 @@ def _time_point_subset(options: RunOptions, n_tp: int, ref: int, study_dir) -> O
     idx = sorted({int(t) - 1 for t in options.time_points})
     bad = [i + 1 for i in idx if not 0 <= i < n_tp]
     if bad:
-        raise StudyError(f"--time-points {bad} do not exist (the study has {n_tp} time points)", study_dir)
+        raise StudyError(f"{bad} do not exist (the study has {n_tp} time points)", study_dir, option="time_points")
     if not idx:
-        raise StudyError("--time-points is empty", study_dir)
+        raise StudyError("is empty", study_dir, option="time_points")
     if ref not in idx:
-        raise StudyError(f"the reference time point {ref + 1} must be one of --time-points "
-                         f"{[i + 1 for i in idx]}", study_dir)
+        raise StudyError(f"the reference time point {ref + 1} must be one of {[i + 1 for i in idx]}", study_dir,
+                         option="time_points")
     return None if len(idx) == n_tp else idx
-
-
-def _vois_per_time_point(inv, spects, options, study_dir, progress) -> List[Dict[str, np.ndarray]]:
-    """VOI masks (z,y,x float32 0/1) on each time point's SPECT grid; empty dict where there are none."""
-    given = options.masks_per_time_point
-    if given is not None and len(given) != len(spects):
-        raise StudyError(f"{len(given)} sets of VOI masks given for {len(spects)} time points", study_dir)
-    out = []
-    for i, sp in enumerate(spects):
-        progress.report(i / len(spects), f"VOIs of time point {i + 1}")
-        if given is not None:
-            shape = sitk.GetArrayViewFromImage(sp.image).shape
-            masks = {}
-            for name, m in given[i].items():
-                m = np.asarray(m)
-                if m.shape != shape:
-                    raise StructureError(f"mask {name!r} of time point {i + 1} has shape {m.shape}, "
-                                         f"the SPECT grid {shape}", study_dir)
-                masks[name] = (m >= 0.5).astype(np.float32)
-        elif options.vois == "reference-only" and i != options.reference_time_point:
-            masks = {}
-        else:
-            masks, _ = _masks_for_time_point(inv, i, sp, options.supersample)
-        out.append(masks)
-    if not any(out):
-        raise StudyError("no RTSTRUCT matches any SPECT time point (same frame of reference or referenced "
-                         "series); nothing to report", study_dir)
-    return out
-
-
-def _register(spects, cts, per_tp_masks, ref, options, study_dir, progress) -> Dict[int, object]:
-    """Registration of every time point to the reference (CT–CT, refined per VOI on SPECT)."""
-    from .registration import register_time_points
-
-    if cts[ref] is None:
-        raise StudyError(f"registration needs the reference time point's CT (time point {ref + 1} has none)",
-                         study_dir)
-    fixed_masks = {k: m >= 0.5 for k, m in per_tp_masks[ref].items()} if per_tp_masks[ref] else None
-    regs = {}
-    others = [i for i in range(len(spects)) if i != ref]
-    for n, i in enumerate(others):
-        if cts[i] is None:
-            raise StudyError(f"registration needs a CT at every time point (time point {i + 1} has none)",
-                             study_dir)
-        regs[i] = register_time_points(cts[ref], cts[i], spect_fixed=spects[ref].image,
-                                       spect_moving=spects[i].image, masks_fixed=fixed_masks,
-                                       deformable=options.registration == "deformable",
-                                       progress=progress.sub(n / len(others), (n + 1) / len(others)))
-    return regs
-
-
-def _images_on_reference(spects, ref, registrations) -> List[sitk.Image]:
-    """Every time point's SPECT (Bq/mL) on the reference grid: registered (activity-conserving with the
-    deformation's Jacobian) or, without registration, resampled in the shared patient coordinates."""
-    ref_img = spects[ref].image
-    out = []
-    for i, sp in enumerate(spects):
-        if i == ref:
-            out.append(ref_img)
-        elif i in registrations:
-            out.append(registrations[i].apply_to_image(sp.image, ref_img, jacobian=True))
-        else:
-            out.append(resample_to(sp.image, ref_img, default=0.0))
-    return out
 
 
 def _series_header(entry: SeriesEntry):
     """Header (no pixels) of a series' first file, read as tolerantly as the inventory read it."""
     from .io.dicom_common import read_dicom
     return read_dicom(entry.files[0], stop_before_pixels=True)
-
-
-def _tia_map(on_ref, hours, partitions, gtm, ref, nuclide, spects, fit_fn, subset) -> np.ndarray:
-    """VOI-based TIA concentration map (Bq·s/mL) on the reference SPECT grid.
-
-    Inside each VOI region (lesions carved out of organs) the region's fitted TIA is distributed in
-    proportion to the reference image, so the map's integral over a VOI equals the VOI's TIA (the
-    organ-level result). Outside the VOIs each voxel is integrated by trapezoids from (0, 0) with a
-    physical-decay tail, on the time points carried to the reference grid (``on_ref``).
-
-    Parameters
-    ----------
-    on_ref : list of SimpleITK.Image
-        Every time point's SPECT (Bq/mL) on the reference grid.
-    fit_fn : callable ``(activities_bq, name) -> fit``
-        The VOI fit (full, or reduced on ``subset``).
-    subset : list of int or None
-        Time points (0-based) used outside the VOIs.
-    """
-    ref_img = spects[ref].image
-    ref_arr = sitk.GetArrayFromImage(ref_img).astype(np.float64)
-    use = list(range(len(on_ref))) if subset is None else list(subset)
-    t_s = np.asarray(hours, dtype=float)[use] * 3600.0
-    stack = [np.clip(sitk.GetArrayViewFromImage(on_ref[i]).astype(np.float64), 0.0, None) for i in use]
-    lam = nuclide.decay_constant_per_s
-    tia = 0.5 * stack[0] * t_s[0]
-    for i in range(1, len(t_s)):
-        tia += 0.5 * (stack[i] + stack[i - 1]) * (t_s[i] - t_s[i - 1])
-    tia += stack[-1] / lam
-    vml = float(np.prod(ref_img.GetSpacing())) / 1000.0
-    for name, region in partitions[ref].items():
-        if not region.any():
-            continue
-        acts = []
-        for i, sp in enumerate(spects):
-            # region TAC measured on each time point's own grid with that time point's own contours
-            m_i = partitions[i][name]
-            vml_i = float(np.prod(sp.image.GetSpacing())) / 1000.0
-            if gtm[i] is None:
-                acts.append(float(np.sum(sitk.GetArrayViewFromImage(sp.image)[m_i])) * vml_i)
-            else:
-                acts.append(gtm[i][name] * float(np.count_nonzero(m_i)) * vml_i)
-        try:
-            region_tia = float(fit_fn(acts, name).tia_bq_s)
-        except FitError:
-            region_tia = float(np.sum(tia[region])) * vml
-        weights = np.clip(ref_arr[region], 0.0, None)
-        total = weights.sum()
-        if total <= 0:
-            weights = np.ones_like(weights)
-            total = weights.sum()
-        tia[region] = region_tia * weights / total / vml
-    return tia.astype(np.float32)
 
 
 def write_outputs(results: StudyResults, out_dir, overwrite: bool = False) -> Path:

@@ -2,9 +2,40 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+def _file_tree(root: Path) -> dict:
+    """``{relative path: (size, mtime_ns)}`` of every file below ``root``."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def synthetic_study(tmp_path_factory) -> Path:
+    """The fast synthetic patient (seed 0), written once for the whole test session.
+
+    Read-only: tests only read it (a test that changes files works on a copy, :func:`synthetic_study_copy`).
+    Its teardown fails when a test changed, added or removed a file of it.
+    """
+    from LuDosimetryLib.phantom import write_synthetic_patient
+
+    study = Path(write_synthetic_patient(tmp_path_factory.mktemp("synthetic") / "study", seed=0, fast=True))
+    written = _file_tree(study)
+    yield study
+    now = _file_tree(study)
+    differing = sorted(name for name in set(now) | set(written) if now.get(name) != written.get(name))
+    assert not differing, ("a test changed the shared synthetic study (a test that changes files must use "
+                           "synthetic_study_copy): " + ", ".join(differing[:5]))
+
+
+@pytest.fixture
+def synthetic_study_copy(synthetic_study, tmp_path) -> Path:
+    """A copy of :func:`synthetic_study` that a test may change."""
+    return Path(shutil.copytree(str(synthetic_study), str(tmp_path / "study")))
 
 
 def require_tool(name: str) -> str:

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from LuDosimetryLib.io.dicom_common import PatientInfo, SeriesInfo, StudyInfo
 from LuDosimetryLib.io.inventory import classify, parse_series_code, scan_study
-from LuDosimetryLib.io.series_writer import write_pt_slices
+from LuDosimetryLib.phantom.dicom.slice_writer import write_pt_slices
 
 VENDOR_FILES = {
     "CT_small.dcm": "ct",            # GE MEDICAL SYSTEMS

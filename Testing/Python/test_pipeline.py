@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from LuDosimetryLib.cli import main
-from LuDosimetryLib.errors import DicomFileError, StructureError, StudyError
+from LuDosimetryLib.errors import DicomFileError, OptionError, StructureError, StudyError
 from LuDosimetryLib.pipeline import RunOptions, run_study
 
 from study_builder import HOURS, LU, build_study
@@ -303,7 +303,7 @@ def test_voxel_tia_map_and_reduced_time_points(moving_study):
             r.tia_bq_s / r.tia_full_bq_s - 1.0)
         assert r.tia_bq_s == pytest.approx(s.tia_bq_s(), rel=0.10), s.name
     assert reduced.time_points_used == [1, 3]
-    with pytest.raises(StudyError, match="reference time point 1 must be one of"):
+    with pytest.raises(OptionError, match="reference time point 1 must be one of"):  # refused before reading
         run_study(moving_study.root, RunOptions(registration="rigid", vois="reference-only", time_points=(2, 3)))
 
 

@@ -1,0 +1,668 @@
+"""Every option of a dosimetry run and of a reconstruction, declared once.
+
+An :class:`Option` says what an option is — the library attribute, its kind, unit, default, choices,
+valid range and help text — and how each front end shows it: the command-line flag and the Slicer
+parameter-node name. Everything else derives from the declarations below:
+
+- :class:`RunOptions` and :class:`ReconOptions`, the dataclasses the library takes (library units:
+  Bq, 0-based time point indices, ``datetime``);
+- the ``argparse`` arguments of ``ludosimetry run`` and ``ludosimetry reconstruct``
+  (:func:`add_arguments`) and the options from parsed arguments (:func:`options_from_arguments`);
+- the fields of the Slicer module's parameter node (:func:`panel_parameters`) and the options from the
+  panel's values (:func:`options_from_panel`);
+- :func:`validate`, which checks every value and the combinations of values before any file is read.
+
+The command line and the panel hand in the same *user* values (MBq, 1-based time points, ISO 8601
+text, "2,3"), and one parser per kind turns them into library values, so both front ends accept and
+refuse the same input.
+
+Adding an option: one :class:`Option` in :data:`RUN_OPTIONS` (or :data:`RECON_OPTIONS`), and, for the
+panel, its widget in ``LuDosimetry/Resources/UI/LuDosimetry.ui`` with the ``SlicerParameterName``
+property set to the declaration's ``parameter``.
+
+Errors about an option carry its name (:attr:`LuDosimetryLib.errors.LuDosimetryError.option`); the
+command line shows it as the ``--flag`` (:func:`cli_flag`), the panel as the widget's label.
+
+This module imports only the standard library: the Slicer module imports it before the library's
+dependencies are installed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields, make_dataclass
+from datetime import datetime
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import OptionError
+
+# ------------------------------------------------------------------------------------------ choices
+
+DOSE_METHODS: Tuple[str, ...] = ("dvk", "ldm")
+PVC_METHODS: Tuple[str, ...] = ("none", "gtm")
+SPECT_SOURCES: Tuple[str, ...] = ("auto", "vendor", "reconstructed")
+REGISTRATION_METHODS: Tuple[str, ...] = ("none", "rigid", "deformable")
+VOI_MODES: Tuple[str, ...] = ("per-time-point", "reference-only")
+TIA_MAP_METHODS: Tuple[str, ...] = ("voi", "voxel")
+REDUCED_METHODS: Tuple[str, ...] = ("population_prior", "hanscheid", "madsen", "two_point")
+RECON_ALGORITHMS: Tuple[str, ...] = ("osem", "bsrem")
+SCATTER_METHODS: Tuple[str, ...] = ("tew", "dew", "none")
+PROJECTION_FORMS: Tuple[str, ...] = ("unaltered", "reformatted", "advanced")
+
+#: The per-VOI model choices of the panel's model table and of ``--voi-model``: (choice, the models of
+#: ``RunOptions.models_per_voi``). "auto" leaves the VOI to the AICc selection among ``RunOptions.models``.
+MODEL_CHOICES: Tuple[Tuple[str, Optional[Tuple[str, ...]]], ...] = (
+    ("auto", None),
+    ("mono", ("mono_exponential",)),
+    ("bi", ("bi_exponential",)),
+    ("tri", ("tri_exponential",)),
+    ("trapezoid", ("trapezoid",)),
+)
+
+
+# ------------------------------------------------------------------------ user values → library
+
+def _parse_time_points(text) -> Optional[Tuple[int, ...]]:
+    """"2,3" (commas, spaces or semicolons) → (2, 3); "" → None. Raises ValueError."""
+    if isinstance(text, (tuple, list)):
+        parts = [str(p) for p in text]
+    else:
+        parts = [p for p in str(text or "").replace(";", ",").replace(" ", ",").split(",") if p]
+    if not parts:
+        return None
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError("") from None
+    if any(n < 1 for n in numbers):
+        raise ValueError("")
+    return numbers
+
+
+def _format_time_points(value) -> str:
+    return ",".join(str(int(v)) for v in value) if value else ""
+
+
+def _parse_datetime(text) -> Optional[datetime]:
+    """ISO 8601 text → datetime; "" → None. Raises ValueError."""
+    if isinstance(text, datetime):
+        return text
+    text = str(text or "").strip()
+    return datetime.fromisoformat(text) if text else None
+
+
+def _format_datetime(value) -> str:
+    return value.isoformat() if value else ""
+
+
+def parse_voi_model_table(text: str) -> Dict[str, str]:
+    """The panel's per-VOI model table from its text (JSON ``{"VOI": "choice"}``; "" for none), in order.
+
+    Raises
+    ------
+    ValueError
+        Not such a JSON object, or a choice that is not one of :data:`MODEL_CHOICES`.
+    """
+    if not (text or "").strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"{text!r} is not a JSON object of VOI name to model")
+    return _checked_model_choices(value.items())
+
+
+def _checked_model_choices(pairs) -> Dict[str, str]:
+    choices = [choice for choice, _ in MODEL_CHOICES]
+    table: Dict[str, str] = {}
+    for name, choice in pairs:
+        if choice not in choices:
+            raise ValueError(f"VOI {name!r}: model {choice!r} is not one of {', '.join(choices)}")
+        table[str(name)] = str(choice)
+    return table
+
+
+def format_voi_model_table(table: Mapping[str, str]) -> str:
+    """Text of the per-VOI model table (inverse of :func:`parse_voi_model_table`); "" when empty."""
+    return json.dumps(dict(table), ensure_ascii=False) if table else ""
+
+
+def voi_model_table_with_names(text: str, names: Sequence[str]) -> str:
+    """The model table for the VOIs ``names`` (in that order): each keeps its earlier choice, a new VOI gets
+    "auto", VOIs not in ``names`` are dropped; an unreadable ``text`` starts over."""
+    try:
+        current = parse_voi_model_table(text)
+    except ValueError:
+        current = {}
+    return format_voi_model_table({str(name): current.get(str(name), "auto") for name in names})
+
+
+def _parse_models_per_voi(value) -> Optional[Dict[str, Tuple[str, ...]]]:
+    """``models_per_voi`` from the panel's table text or from ``--voi-model NAME=MODEL`` items (each VOI
+    not on "auto"); None when every VOI is on auto. Raises ValueError."""
+    if isinstance(value, Mapping):
+        table = dict(value)
+        if all(isinstance(v, (tuple, list)) for v in table.values()):  # already library form
+            return {str(k): tuple(v) for k, v in table.items()} or None
+        table = _checked_model_choices(table.items())
+    elif isinstance(value, (list, tuple)):
+        pairs = []
+        for item in value:
+            name, sep, choice = str(item).rpartition("=")
+            if not sep or not name:
+                raise ValueError(f"{item!r} is not NAME=MODEL")
+            pairs.append((name, choice))
+        table = _checked_model_choices(pairs)
+    else:
+        table = parse_voi_model_table(value)
+    models = dict(MODEL_CHOICES)
+    chosen = {name: tuple(models[choice]) for name, choice in table.items() if models[choice] is not None}
+    return chosen or None
+
+
+def _format_models_per_voi(value) -> str:
+    inverse = {models: choice for choice, models in MODEL_CHOICES if models is not None}
+    return format_voi_model_table({name: inverse.get(tuple(models), "auto") for name, models in (value or {}).items()})
+
+
+# ------------------------------------------------------------------------------------ declarations
+
+#: Kinds of option: how user values are parsed, checked and shown.
+KINDS = ("choice", "float", "int", "bool", "text", "path", "datetime", "time_points", "voi_models",
+         "repeated_text", "repeated_path", "repeated_choice", "internal")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option, declared once.
+
+    Attributes
+    ----------
+    name : str
+        Attribute of :class:`RunOptions` / :class:`ReconOptions` (library value, library units).
+    kind : str
+        One of :data:`KINDS`. ``internal`` options are set by the library's callers only (no flag, no
+        widget) and are not checked here.
+    default
+        Library value when the option is not given.
+    help : str
+        One sentence; the command line's help and the parameter node's documentation.
+    unit : str
+        Unit of the *user* value (e.g. "MBq", "mm", "g/mL"); "" for none.
+    choices : tuple of str
+        Allowed values (``choice`` and ``repeated_choice``).
+    minimum, maximum : float, optional
+        Valid range of the user value; ``exclusive_minimum`` makes the minimum itself invalid.
+    scale, offset : float
+        library value = user value × ``scale`` + ``offset`` (MBq → Bq: scale 1e6; a 1-based time point
+        → 0-based index: offset −1).
+    flag : str, optional
+        Command-line flag; None when the command line does not offer the option. A ``bool`` option whose
+        default is True has a ``--no-…`` flag that sets it False.
+    metavar : str, optional
+        Placeholder of the flag's value in the command line's help.
+    parameter : str, optional
+        Name in the Slicer module's parameter node (the ``SlicerParameterName`` of its widget); None when
+        the panel does not offer the option.
+    panel_unset
+        The panel value that means "not given" (a spin box cannot be empty: 0 for an optional number).
+    panel_range : (float, float), optional
+        Range of the panel's widget, when it differs from the valid range (e.g. it includes
+        ``panel_unset``).
+    group : str
+        ``"run"`` (:class:`RunOptions`), ``"reconstruct"`` (:class:`ReconOptions`) or ``"output"`` (how
+        results are written).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    unit: str = ""
+    choices: Tuple[str, ...] = ()
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    exclusive_minimum: bool = False
+    scale: float = 1.0
+    offset: float = 0.0
+    flag: Optional[str] = None
+    metavar: Optional[str] = None
+    parameter: Optional[str] = None
+    panel_unset: Any = None
+    panel_range: Optional[Tuple[float, float]] = None
+    group: str = "run"
+
+    # -- user value ⇄ library value
+
+    def parse(self, value) -> Any:
+        """The library value of a user value (text or number as the command line or the panel hands it
+        in); None, "" and an empty list give the default.
+
+        Raises
+        ------
+        OptionError
+            The value cannot be read as this option (naming the option).
+        """
+        if value is None or (isinstance(value, str) and not value.strip() and self.kind not in ("choice",)) \
+                or (isinstance(value, (list, tuple)) and not value and self.kind.startswith("repeated")):
+            return self.default
+        try:
+            return self._parse(value)
+        except (TypeError, ValueError) as exc:
+            # our own parsers' messages say what is wrong; Python's (float(), fromisoformat) are left out
+            detail = f" ({exc})" if self.kind == "voi_models" and str(exc) else ""
+            raise OptionError(f"{value!r} is not {self._expected()}{detail}", option=self.name) from None
+
+    def _parse(self, value) -> Any:
+        kind = self.kind
+        if kind in ("float", "int"):
+            number = float(value)
+            if kind == "int":
+                if number != int(number):
+                    raise ValueError("")
+                number = int(number)
+            library = number * self.scale + self.offset
+            return int(round(library)) if kind == "int" else float(library)
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.strip().lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.strip().lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError("")
+            return bool(value)
+        if kind == "datetime":
+            return _parse_datetime(value)
+        if kind == "time_points":
+            return _parse_time_points(value)
+        if kind == "voi_models":
+            return _parse_models_per_voi(value)
+        if kind in ("repeated_text", "repeated_path", "repeated_choice"):
+            items = [value] if isinstance(value, str) else list(value)
+            return tuple(str(v) for v in items)
+        return str(value) if kind in ("choice", "text", "path") else value
+
+    def format(self, value) -> Any:
+        """The user value of a library value (inverse of :meth:`parse`); the panel's unset value for None."""
+        if value is None:
+            return self.panel_unset if self.panel_unset is not None else ""
+        kind = self.kind
+        if kind in ("float", "int"):
+            user = (value - self.offset) / self.scale
+            return int(round(user)) if kind == "int" else float(user)
+        if kind == "datetime":
+            return _format_datetime(value)
+        if kind == "time_points":
+            return _format_time_points(value)
+        if kind == "voi_models":
+            return _format_models_per_voi(value)
+        return value
+
+    def _expected(self) -> str:
+        unit = f" in {self.unit}" if self.unit else ""
+        return {"float": f"a number{unit}", "int": "a whole number",
+                "bool": "true or false", "datetime": "an ISO 8601 date/time (e.g. 2018-11-15T09:22)",
+                "time_points": "a list of time point numbers (1 = first), e.g. 2,3",
+                "voi_models": "a table of VOI name to model (" + ", ".join(c for c, _ in MODEL_CHOICES) + ")",
+                }.get(self.kind, "a valid value")
+
+    # -- checks
+
+    def check(self, value) -> None:
+        """Raise :class:`OptionError` (naming this option) when a library value is not valid."""
+        if value is None or self.kind == "internal":
+            return
+        if self.kind == "choice" and value not in self.choices:
+            raise OptionError(f"{value!r} is not one of {', '.join(self.choices)}", option=self.name)
+        if self.kind == "repeated_choice":
+            bad = [v for v in value if v not in self.choices]
+            if bad:
+                raise OptionError(f"{', '.join(map(repr, bad))} not among {', '.join(self.choices)}",
+                                  option=self.name)
+        if self.kind in ("float", "int"):
+            try:
+                user = float(self.format(value))
+            except (TypeError, ValueError):
+                raise OptionError(f"{value!r} is not {self._expected()}", option=self.name) from None
+            unit = f" {self.unit}" if self.unit else ""
+            if not math.isfinite(user):
+                raise OptionError(f"must be a finite number, got {user!r}", option=self.name)
+            if self.minimum is not None and (user < self.minimum or (self.exclusive_minimum and user <= self.minimum)):
+                relation = ">" if self.exclusive_minimum else "≥"
+                raise OptionError(f"must be {relation} {self.minimum:g}{unit}, got {user:g}{unit}", option=self.name)
+            if self.maximum is not None and user > self.maximum:
+                raise OptionError(f"must be ≤ {self.maximum:g}{unit}, got {user:g}{unit}", option=self.name)
+        if self.kind == "time_points" and any(int(v) < 1 for v in value):
+            raise OptionError(f"{value!r}: time points are numbered from 1", option=self.name)
+
+
+#: Options of a dosimetry run (:class:`RunOptions`, ``ludosimetry run``, the panel).
+RUN_OPTIONS: Tuple[Option, ...] = (
+    Option("dose_method", "choice", "dvk", "dose-voxel-kernel convolution (dvk, default) or local energy "
+           "deposition (ldm)", choices=DOSE_METHODS, flag="--dose-method", parameter="doseMethod"),
+    Option("kernel_path", "path", None, "dose voxel kernel computed elsewhere (e.g. Monte Carlo) for the dvk "
+           "dose: Interfile .hdr/.img or voxel S-value table, in Gy/decay, mGy/decay or mGy/(MBq·s), at the "
+           "SPECT's voxel size (within 1 %); default: the kernel LuDosimetry builds",
+           flag="--kernel", metavar="FILE", parameter="kernelFile", panel_unset=""),
+    Option("kernel_density_g_ml", "float", 1.0, "mass density of the medium the dose kernel is for "
+           "(1.0 = water)", unit="g/mL", minimum=0.0, exclusive_minimum=True, flag="--kernel-density-g-ml",
+           metavar="G_ML", parameter="kernelDensityGMl", panel_range=(0.01, 25.0)),
+    Option("injected_activity_bq", "float", None, "injected activity; overrides the headers (RadionuclideTotalDose)",
+           unit="MBq", scale=1.0e6, minimum=0.0, exclusive_minimum=True, flag="--injected-activity-mbq",
+           metavar="MBQ", parameter="injectedActivityMBq", panel_unset=0.0, panel_range=(0.0, 1.0e5)),
+    Option("injection_time", "datetime", None, "injection date/time, ISO 8601; overrides the headers "
+           "(RadiopharmaceuticalStartDateTime)", flag="--injection-time", metavar="ISO",
+           parameter="injectionTime", panel_unset=""),
+    Option("spect_series_uid", "repeated_text", None, "reconstructed SPECT series to use where a time point "
+           "has several (repeatable)", flag="--spect-series", metavar="UID"),
+    Option("spect_calibration_bq_per_ml_per_unit", "float", None, "factor from stored SPECT values to Bq/mL, "
+           "for images not in Bq/mL", unit="Bq/mL per unit", minimum=0.0, exclusive_minimum=True,
+           flag="--spect-calibration", metavar="BQML_PER_UNIT"),
+    Option("density_correction", "bool", True, "scale the dose by the CT density (--no-density-correction: "
+           "ignore it)", flag="--no-density-correction", parameter="densityCorrection"),
+    Option("pvc", "choice", "none", "partial-volume correction of VOI activities (gtm: geometric transfer "
+           "matrix, Rousset 1998; needs the PSF FWHM)", choices=PVC_METHODS, flag="--pvc", parameter="pvc"),
+    Option("psf_fwhm_mm", "float", None, "SPECT resolution (FWHM of the point-spread function), needed by "
+           "the gtm correction", unit="mm", minimum=0.0, exclusive_minimum=True, flag="--psf-fwhm-mm",
+           metavar="MM", parameter="psfFwhmMm", panel_unset=0.0, panel_range=(0.0, 100.0)),
+    Option("spect_source", "choice", "auto", "which reconstructed SPECT to use: the only one of each time "
+           "point (auto), the vendor's, or ours from 'ludosimetry reconstruct'", choices=SPECT_SOURCES,
+           flag="--spect"),
+    Option("extra_study_dirs", "repeated_path", (), "output folder of 'ludosimetry reconstruct' read with the "
+           "study (repeatable)", flag="--recon-dir", metavar="DIR"),
+    Option("reference_time_point", "int", 0, "time point (1 = first) whose SPECT grid carries the TIA and "
+           "dose maps", minimum=1, offset=-1, flag="--reference-time-point", metavar="K",
+           parameter="referenceTimePoint", panel_range=(1, 10)),
+    Option("registration", "choice", "none", "register every time point's CT (refined per VOI on SPECT) to "
+           "the reference", choices=REGISTRATION_METHODS, flag="--registration", parameter="registrationMethod"),
+    Option("vois", "choice", "per-time-point", "each time point's own contours, or the reference's propagated "
+           "by the registration", choices=VOI_MODES, flag="--vois", parameter="voiMode"),
+    Option("tia_map", "choice", "voi", "TIA map from the VOI fits (organ TIA conserved) or from voxel-level "
+           "fits", choices=TIA_MAP_METHODS, flag="--tia-map", parameter="tiaMap"),
+    Option("time_points", "time_points", None, "reduced imaging: only these time points (1 = first, e.g. 2,3) "
+           "give the TIA; the fit of all time points is reported beside it", flag="--time-points",
+           metavar="LIST", parameter="reducedTimePoints", panel_unset=""),
+    Option("reduced_method", "choice", "population_prior", "TIA method for reduced time points",
+           choices=REDUCED_METHODS, flag="--reduced-method", parameter="reducedMethod"),
+    Option("models_per_voi", "voi_models", None, "the model of a VOI instead of the AICc choice, NAME=MODEL "
+           "with MODEL one of " + ", ".join(c for c, _ in MODEL_CHOICES) + " (repeatable)",
+           flag="--voi-model", metavar="NAME=MODEL", parameter="voiModels", panel_unset=""),
+    # Set by the library's callers only.
+    Option("masks_per_time_point", "internal", None, "VOIs given directly (e.g. segmentations edited in "
+           "Slicer) instead of the study's RTSTRUCTs: one {name: ndarray (z, y, x)} per time point, each on "
+           "that time point's SPECT grid (values ≥ 0.5 are inside)"),
+    Option("supersample", "internal", 3, "in-plane sub-samples per voxel edge when rasterising contours"),
+    Option("models", "internal", ("mono_exponential", "bi_exponential", "tri_exponential"),
+           "candidate TAC models of the AICc selection"),
+    Option("nuclide", "internal", "Lu-177", "radionuclide (ICRP 107 name)"),
+)
+
+#: Options of a reconstruction (:class:`ReconOptions`, ``ludosimetry reconstruct``, the panel).
+RECON_OPTIONS: Tuple[Option, ...] = (
+    Option("algorithm", "choice", "osem", "reconstruction algorithm (bsrem: relative-difference prior)",
+           choices=RECON_ALGORITHMS, flag="--algorithm", parameter="reconAlgorithm", group="reconstruct"),
+    Option("iterations", "int", 4, "iterations", minimum=1, flag="--iterations", parameter="reconIterations",
+           panel_range=(1, 100), group="reconstruct"),
+    Option("subsets", "int", 8, "subsets", minimum=1, flag="--subsets", parameter="reconSubsets",
+           panel_range=(1, 64), group="reconstruct"),
+    Option("calibration_cps_per_mbq", "float", None, "system sensitivity in the photopeak per head; default: "
+           "from the header", unit="cps/MBq", minimum=0.0, exclusive_minimum=True,
+           flag="--calibration-cps-per-mbq", metavar="CPS_PER_MBQ", group="reconstruct"),
+    Option("psf", "bool", True, "model the collimator-detector response (--no-psf: none)", flag="--no-psf",
+           parameter="reconPsf", group="reconstruct"),
+    Option("scatter", "choice", "tew", "scatter estimate from the energy windows", choices=SCATTER_METHODS,
+           flag="--scatter", parameter="reconScatter", group="reconstruct"),
+    Option("forms", "repeated_choice", None, "projection form(s) to reconstruct (repeatable; default: every "
+           "form found)", choices=PROJECTION_FORMS, flag="--form", group="reconstruct"),
+    Option("attenuation", "internal", True, "attenuation correction from the study's mu-map, else its CT",
+           group="reconstruct"),
+    Option("beta", "internal", 0.3, "relative-difference prior strength (BSREM)", group="reconstruct"),
+    Option("gamma", "internal", 2.0, "relative-difference prior edge parameter (BSREM)", group="reconstruct"),
+    Option("dead_time_factor", "float", 1.0, "count-loss correction factor (1 = none)", minimum=1.0,
+           group="reconstruct"),
+    Option("device", "internal", None, "torch device ('cpu', 'cuda'); default: a GPU when torch sees one",
+           group="reconstruct"),
+)
+
+#: How outputs are written (the command line and the panel; not part of RunOptions).
+OUTPUT_OPTIONS: Tuple[Option, ...] = (
+    Option("overwrite", "bool", False, "replace an existing LuDosimetry output folder (never a folder "
+           "LuDosimetry did not write)", flag="--overwrite", parameter="overwrite", group="output"),
+)
+
+ALL_OPTIONS: Tuple[Option, ...] = RUN_OPTIONS + RECON_OPTIONS + OUTPUT_OPTIONS
+_GROUPS: Dict[str, Tuple[Option, ...]] = {"run": RUN_OPTIONS, "reconstruct": RECON_OPTIONS, "output": OUTPUT_OPTIONS}
+
+
+def option(name: str, group: Optional[str] = None) -> Option:
+    """The declaration of an option by its library name (KeyError when there is none)."""
+    for candidate in ALL_OPTIONS:
+        if candidate.name == name and (group is None or candidate.group == group):
+            return candidate
+    raise KeyError(name)
+
+
+def cli_flag(name: Optional[str]) -> str:
+    """The command-line flag of an option (its library name when it has none)."""
+    try:
+        declared = option(str(name))
+    except KeyError:
+        return str(name)
+    return declared.flag or declared.name
+
+
+# ------------------------------------------------------------------------------------ the classes
+
+def _options_class(class_name: str, declared: Sequence[Option], doc: str, namespace=None):
+    """A dataclass with one field per declaration (its default), documented from the declarations."""
+    attributes = "\n".join(f"    {o.name}\n        {o.help}" + (f" (user unit {o.unit})" if o.unit else "")
+                           for o in declared)
+    cls = make_dataclass(class_name, [(o.name, Any, field(default=o.default)) for o in declared],
+                         namespace=dict(namespace or {}))
+    cls.__doc__ = f"{doc}\n\n    Attributes (library units; see :mod:`LuDosimetryLib.options`)\n    ----------\n{attributes}\n"
+    cls.__module__ = __name__
+    return cls
+
+
+def _describe_recon(self) -> str:
+    """Short text of the reconstruction parameters, written into the output header."""
+    algorithm = str(self.algorithm).upper()
+    text = f"{algorithm} {int(self.iterations)}i{int(self.subsets)}s"
+    if algorithm == "BSREM":
+        text += f" RDP b={self.beta:g} g={self.gamma:g}"
+    text += " AC" if self.attenuation else " noAC"
+    text += " PSF" if self.psf else ""
+    text += f" SC={str(self.scatter).upper()}"
+    return text
+
+
+def _validate_self(self) -> None:
+    """Raise :class:`~LuDosimetryLib.errors.OptionError` naming the first invalid option."""
+    validate(self)
+
+
+RunOptions = _options_class(
+    "RunOptions", RUN_OPTIONS, "Options of one dosimetry run (all optional; defaults are what a physicist expects).",
+    {"validate": _validate_self})
+ReconOptions = _options_class(
+    "ReconOptions", RECON_OPTIONS, "Options of a reconstruction (``ludosimetry reconstruct``).",
+    {"validate": _validate_self, "describe": _describe_recon})
+
+
+def _declarations_of(options) -> Tuple[Option, ...]:
+    if isinstance(options, RunOptions):
+        return RUN_OPTIONS
+    if isinstance(options, ReconOptions):
+        return RECON_OPTIONS
+    raise TypeError(f"not RunOptions or ReconOptions: {type(options).__name__}")
+
+
+def validate(options) -> None:
+    """Check every option of a :class:`RunOptions` or :class:`ReconOptions` and their combinations.
+
+    Runs before any file is read: a bad option is refused at once, not after the study scan.
+
+    Raises
+    ------
+    OptionError
+        Naming the option (``error.option``) and the problem.
+    """
+    for declared in _declarations_of(options):
+        declared.check(getattr(options, declared.name))
+    if isinstance(options, RunOptions):
+        _check_run_combinations(options)
+
+
+def _check_run_combinations(options) -> None:
+    if options.pvc == "gtm" and options.psf_fwhm_mm is None:
+        raise OptionError("partial-volume correction 'gtm' needs the SPECT resolution: give {option}",
+                          option="psf_fwhm_mm")
+    if options.vois == "reference-only" and options.registration == "none":
+        raise OptionError("'reference-only' propagates the reference contours and needs a registration "
+                          "(rigid or deformable)", option="vois")
+    if options.kernel_path is not None and options.dose_method != "dvk":
+        raise OptionError(f"a dose kernel file applies to the dvk dose only, not to dose method "
+                          f"{options.dose_method!r}", option="kernel_path")
+    if options.time_points is not None and options.reference_time_point + 1 not in options.time_points:
+        raise OptionError(f"the reference time point {options.reference_time_point + 1} must be one of "
+                          f"{list(options.time_points)}", option="time_points")
+
+
+# -------------------------------------------------------------------------------- command line
+
+def add_arguments(parser, group: str = "run") -> None:
+    """Add the flags of a group's options (``"run"``, ``"reconstruct"``, ``"output"``) to an argparse parser.
+
+    Values are kept as given (text or number); :func:`options_from_arguments` parses them, as the panel's.
+    """
+    for declared in _GROUPS[group]:
+        if not declared.flag:
+            continue
+        unit = f" ({declared.unit})" if declared.unit else ""
+        kwargs: Dict[str, Any] = {"dest": declared.name, "help": (declared.help + unit).replace("%", "%%")}
+        if declared.kind == "bool":
+            kwargs["action"] = "store_false" if declared.default else "store_true"
+            kwargs["default"] = declared.default
+        else:
+            kwargs["default"] = None
+            if declared.kind.startswith("repeated") or declared.kind == "voi_models":
+                kwargs["action"] = "append"
+            if declared.choices:
+                kwargs["choices"] = declared.choices
+            if declared.metavar:
+                kwargs["metavar"] = declared.metavar
+            if declared.default is not None and declared.kind not in ("repeated_path", "repeated_text"):
+                kwargs["help"] += f"; default {declared.format(declared.default)}"
+        parser.add_argument(declared.flag, **kwargs)
+
+
+def values_from_arguments(args, group: str = "run") -> Dict[str, Any]:
+    """``{name: library value}`` of a group's options from parsed arguments (defaults where not given)."""
+    values = {}
+    for declared in _GROUPS[group]:
+        if declared.flag:
+            values[declared.name] = declared.parse(getattr(args, declared.name, None))
+    return values
+
+
+def options_from_arguments(args, group: str = "run", **library_values):
+    """:class:`RunOptions` (or :class:`ReconOptions` for ``group="reconstruct"``) from parsed arguments,
+    validated. ``library_values`` set options that have no flag (e.g. ``masks_per_time_point``)."""
+    cls = {"run": RunOptions, "reconstruct": ReconOptions}[group]
+    options = cls(**{**values_from_arguments(args, group), **library_values})
+    validate(options)
+    return options
+
+
+# ------------------------------------------------------------------------------------ the panel
+
+@dataclass(frozen=True)
+class PanelParameter:
+    """One field of the Slicer module's parameter node that holds an option.
+
+    ``type`` is the parameter's Python type (str, float, int, bool), ``default`` its user value,
+    ``choices`` the allowed texts (a Choice), ``range`` the widget's (minimum, maximum) (a WithinRange).
+    """
+
+    name: str
+    type: type
+    default: Any
+    choices: Tuple[str, ...]
+    range: Optional[Tuple[float, float]]
+    option: Option
+
+
+def _panel_type(declared: Option) -> type:
+    return {"float": float, "int": int, "bool": bool}.get(declared.kind, str)
+
+
+def panel_parameters(groups: Sequence[str] = ("run", "reconstruct", "output")) -> List[PanelParameter]:
+    """The parameter-node fields of every option the panel offers, in declaration order."""
+    out = []
+    for group in groups:
+        for declared in _GROUPS[group]:
+            if not declared.parameter:
+                continue
+            default = declared.format(declared.default)
+            rng = declared.panel_range
+            if rng is None and declared.kind in ("float", "int") and declared.minimum is not None \
+                    and declared.maximum is not None:
+                rng = (declared.minimum, declared.maximum)
+            out.append(PanelParameter(declared.parameter, _panel_type(declared), default,
+                                      tuple(declared.choices) if declared.kind == "choice" else (), rng, declared))
+    return out
+
+
+def panel_option(parameter: str) -> Option:
+    """The declaration behind a parameter-node name (KeyError when none)."""
+    for declared in ALL_OPTIONS:
+        if declared.parameter == parameter:
+            return declared
+    raise KeyError(parameter)
+
+
+def values_from_panel(values, group: str = "run") -> Dict[str, Any]:
+    """``{name: library value}`` of a group's options from the panel: a parameter node, or any object or
+    mapping with its field names. A field at the option's ``panel_unset`` gives the default."""
+    get = values.get if isinstance(values, Mapping) else (lambda key, default=None: getattr(values, key, default))
+    out = {}
+    for declared in _GROUPS[group]:
+        if not declared.parameter:
+            continue
+        value = get(declared.parameter, None)
+        if declared.panel_unset is not None and value == declared.panel_unset:
+            value = None
+        out[declared.name] = declared.parse(value)
+    return out
+
+
+def options_from_panel(values, group: str = "run", **library_values):
+    """:class:`RunOptions` (or :class:`ReconOptions`) from the panel's values, validated (see
+    :func:`values_from_panel`); ``library_values`` set options the panel does not show."""
+    cls = {"run": RunOptions, "reconstruct": ReconOptions}[group]
+    options = cls(**{**values_from_panel(values, group), **library_values})
+    validate(options)
+    return options
+
+
+def option_names(group: str = "run") -> List[str]:
+    """Library names of a group's options, in declaration order."""
+    return [o.name for o in _GROUPS[group]]
+
+
+def replace_options(options, **changes):
+    """A copy of a RunOptions/ReconOptions with ``changes`` (library values), validated."""
+    values = {f.name: getattr(options, f.name) for f in fields(options)}
+    values.update(changes)
+    new = type(options)(**values)
+    validate(new)
+    return new
+
+
+__all__ = ["Option", "PanelParameter", "RunOptions", "ReconOptions", "RUN_OPTIONS", "RECON_OPTIONS",
+           "OUTPUT_OPTIONS", "ALL_OPTIONS", "MODEL_CHOICES", "validate", "add_arguments", "options_from_arguments",
+           "values_from_arguments", "panel_parameters", "panel_option", "options_from_panel", "values_from_panel",
+           "option", "cli_flag", "parse_voi_model_table", "format_voi_model_table", "voi_model_table_with_names",
+           "option_names", "replace_options"]
