@@ -8,9 +8,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .io.export import atomic_output_dir, write_json
+from .result_tables import voi_results_csv_text
 
-RESULT_KEYS = ("volume_ml", "mass_g", "tia_bq_s", "tiac_h", "fit_model", "effective_half_life_h", "mean_dose_gy",
-               "d2_gy", "d50_gy", "d98_gy", "max_dose_gy", "gy_per_gbq")
+#: Files of a run's output folder that the Slicer panel exports (written by :func:`write_outputs`).
+RESULTS_FILE = "results.json"
+DVH_FILE = "dvh.csv"
+VOI_RESULTS_FILE = "voi_results.csv"
+RTDOSE_FILE = "rtdose.dcm"
 
 
 def plot_tacs(path, results) -> Path:
@@ -46,7 +50,8 @@ def plot_tacs(path, results) -> Path:
 def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
     """Write every output of a run into ``out_dir`` atomically.
 
-    Files: ``results.json``, ``dvh.csv``, ``dvh.png``, ``tac.png``, ``dose_gy.nrrd``,
+    Files: ``results.json``, ``voi_results.csv`` (the panel's results table), ``dvh.csv``, ``dvh.png``,
+    ``tac.png``, ``dose_gy.nrrd``,
     ``tia_bq_s_per_ml.nrrd``, ``rtdose.dcm`` (DoseUnits GY, SPECT grid, the study's frame of reference),
     and with a registration ``registration/tp<k>_to_tp<ref>/`` (ITK .tfm, displacement field .nrrd, JSON).
     """
@@ -55,8 +60,9 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
     from .io.rtdose import write_rtdose
 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        write_json(tmp / "results.json", results.to_json())
-        write_dvh_csv(tmp / "dvh.csv", results.dvhs)
+        write_json(tmp / RESULTS_FILE, results.to_json())
+        (tmp / VOI_RESULTS_FILE).write_text(voi_results_csv_text(results.vois), encoding="utf-8")
+        write_dvh_csv(tmp / DVH_FILE, results.dvhs)
         plot_dvh(tmp / "dvh.png", results.dvhs, title=f"Cumulative DVH — {results.patient_id}")
         plot_tacs(tmp / "tac.png", results)
         sitk.WriteImage(results.dose_gy, str(tmp / "dose_gy.nrrd"), True)
@@ -66,7 +72,7 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
                           study_datetime=results.time_points[0].acquisition_time)
         for i, reg in sorted(results.registrations.items()):
             reg.save(tmp / "registration" / f"tp{i + 1}_to_tp{results.reference_index + 1}")
-        write_rtdose(tmp / "rtdose.dcm", results.dose_gy, patient, study,
+        write_rtdose(tmp / RTDOSE_FILE, results.dose_gy, patient, study,
                      frame_of_reference_uid=results.frame_of_reference_uid,
                      series_description=f"LuDosimetry absorbed dose ({results.dose_method.upper()})",
                      comment=f"Lu-177 absorbed dose, {results.dose_method.upper()}, LuDosimetry",

@@ -32,10 +32,11 @@ def check_output_dir(out, overwrite: bool) -> Path:
             raise OutputError("output path exists and is not a folder", out)
         if any(out.iterdir()):
             if not overwrite:
-                raise OutputError("output folder exists and is not empty; use --overwrite", out)
+                raise OutputError("output folder exists and is not empty; allow {option} to replace it", out,
+                                  option="overwrite")
             if not _is_our_output(out):
                 raise OutputError("output folder holds files that LuDosimetry did not write; "
-                                  "refusing to overwrite it (choose another --out)", out)
+                                  "refusing to overwrite it (choose another output folder)", out)
     parent = out.resolve().parent
     if not parent.exists():
         raise OutputError("parent folder of the output does not exist", parent)
@@ -111,4 +112,41 @@ def write_json(path, data) -> Path:
     with atomic_file(path, ".json") as tmp, open(tmp, "w") as fh:
         json.dump(_clean(data), fh, indent=2, allow_nan=False)
         fh.write("\n")
+    return path
+
+
+def write_file_atomically(path, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place.
+
+    Without ``overwrite`` an existing ``path`` is refused, also when it appears while writing (the temporary
+    file is hard-linked to the name, which fails when the name exists).
+
+    Raises
+    ------
+    OutputError
+        ``path`` exists (and ``overwrite`` is False, or it is a folder), or its folder does not exist.
+    """
+    path = Path(path)
+    if path.exists() and (not overwrite or path.is_dir()):
+        raise OutputError("exists; not overwritten" + (" (it is a folder)" if path.is_dir() else ""), path)
+    if not path.parent.is_dir():
+        raise OutputError("folder does not exist", path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        if overwrite:
+            os.replace(tmp, str(path))
+        else:
+            try:
+                os.link(tmp, str(path))
+            except FileExistsError:
+                raise OutputError("exists; not overwritten", path) from None
+            except OSError:  # no hard links on this file system
+                if path.exists():
+                    raise OutputError("exists; not overwritten", path) from None
+                os.replace(tmp, str(path))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path

@@ -148,7 +148,7 @@ def test_segment_with_a_cropped_labelmap_extent_lands_in_place(scene):
     labelmap.SetExtent(2, 4, 1, 3, 3, 4)  # x 2..4, y 1..3, z 3..4
     labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = 1
-    mrml._set_geometry(labelmap, img)
+    mrml.nodes._set_geometry(labelmap, img)  # private: from the module, not the package
     segment = slicer.vtkSegment()
     segment.SetName("edited")
     segment.AddRepresentation(mrml.BINARY_LABELMAP, labelmap)
@@ -174,16 +174,13 @@ def test_segmentation_errors_name_the_problem(scene):
 # ------------------------------------------------------------------------ a run of the synthetic patient
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The fast synthetic patient, run with local deposition (a few seconds) and written out."""
-    from LuDosimetryLib.phantom import write_synthetic_patient
+def run(synthetic_study, tmp_path_factory):
+    """The fast synthetic patient (shared, read-only), run with local deposition (a few seconds) and written out."""
     from LuDosimetryLib.pipeline import RunOptions, run_study, write_outputs
 
-    root = tmp_path_factory.mktemp("mrml_run")
-    study = write_synthetic_patient(root / "study", seed=0, fast=True)
-    results = run_study(study, RunOptions(dose_method="ldm"))
-    out = write_outputs(results, root / "out")
-    return study, results, out
+    results = run_study(synthetic_study, RunOptions(dose_method="ldm"))
+    out = write_outputs(results, tmp_path_factory.mktemp("mrml_run") / "out")
+    return synthetic_study, results, out
 
 
 def test_results_table_equals_results_json(scene, run):

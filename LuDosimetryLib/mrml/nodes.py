@@ -39,7 +39,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import LuDosimetryError, OutputError, StructureError
+from ..errors import LuDosimetryError, OutputError, StructureError
+from ..result_tables import VOI_COLUMN
 
 #: LPS → RAS: x and y change sign (DICOM PS3.3 C.7.6.2.1.1 patient axes vs Slicer's RAS world).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -47,8 +48,6 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: Name of the binary-labelmap representation of a segmentation (vtkSegmentationConverter).
 BINARY_LABELMAP = "Binary labelmap"
 
-#: Column of the VOI names in the results table.
-VOI_COLUMN = "VOI"
 
 #: Subject-hierarchy attribute holding the time-point index (0-based) of a node loaded by this module.
 TIME_POINT_ATTRIBUTE = "LuDosimetry.TimePoint"
@@ -179,7 +178,8 @@ def study_item(scene, patient_id: str, patient_name: str = "", study_instance_ui
     study = sh.CreateStudyItem(patient, study_description or "Dosimetry")
     if study_instance_uid:
         sh.SetItemUID(study, uid_name, study_instance_uid)
-        sh.SetItemAttribute(study, consts.GetDICOMStudyInstanceUIDTagName(), study_instance_uid)
+        # the attribute Slicer's DICOM plugins read ("DICOM.StudyInstanceUID"), not the bare tag name
+        sh.SetItemAttribute(study, consts.GetDICOMStudyInstanceUIDAttributeName(), study_instance_uid)
     return study
 
 
@@ -315,11 +315,11 @@ def add_volume(scene, image: sitk.Image, name: str, *, parent_item: Optional[int
     vtkMRMLScalarVolumeNode
     """
     _check_3d(image, name)
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GetUniqueNameByString(name))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
     node.SetAndObserveImageData(_image_data(sitk.GetArrayViewFromImage(image)))
     _set_geometry(node, image)
     node.CreateDefaultDisplayNodes()
-    node.CreateDefaultStorageNode()
+    node.AddDefaultStorageNode()
     display = node.GetDisplayNode()
     if display is not None:
         if color_node_id and scene.GetNodeByID(color_node_id) is not None:
@@ -391,9 +391,9 @@ def add_segmentation(scene, masks: Mapping[str, np.ndarray], reference: sitk.Ima
     slicer = _slicer()
     _check_3d(reference, name)
     shape = tuple(reversed(reference.GetSize()))
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GetUniqueNameByString(name))
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
     node.CreateDefaultDisplayNodes()
-    node.CreateDefaultStorageNode()
+    node.AddDefaultStorageNode()
     if reference_volume is not None:
         node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
         node.SetNodeReferenceID("referenceImageGeometryRef", reference_volume.GetID())
@@ -442,8 +442,8 @@ def add_structure_set(scene, structure_set, reference: sitk.Image, name: Optiona
     structure_set : StructureSet or path-like
         From :func:`LuDosimetryLib.io.rtstruct.read_rtstruct`, or the file.
     """
-    from .io.rtstruct import read_rtstruct
-    from .vois import structure_set_masks
+    from ..io.rtstruct import read_rtstruct
+    from ..vois import structure_set_masks
 
     ss = structure_set if hasattr(structure_set, "rois") else read_rtstruct(structure_set)
     masks = structure_set_masks(ss, reference, supersample=supersample)
@@ -546,7 +546,7 @@ def add_results_table(scene, results, name: str = "LuDosimetry results", *,
     columns (NaN for a missing value), text as string columns."""
     import vtk
     columns = list(columns if columns is not None else result_columns(results))
-    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GetUniqueNameByString(name))
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     table = node.GetTable()
     names = vtk.vtkStringArray()
     names.SetName(VOI_COLUMN)
@@ -567,7 +567,7 @@ def add_results_table(scene, results, name: str = "LuDosimetry results", *,
         column.SetName(title)
         table.AddColumn(column)
     node.SetUseColumnTitleAsColumnHeader(True) if hasattr(node, "SetUseColumnTitleAsColumnHeader") else None
-    node.CreateDefaultStorageNode() if hasattr(node, "CreateDefaultStorageNode") else None
+    node.AddDefaultStorageNode()
     node.Modified()
     place_in_hierarchy(node, parent_item)
     return node
@@ -588,7 +588,7 @@ def table_rows(table_node) -> Dict[str, Dict[str, Any]]:
 
 def _curve_table(scene, name: str, columns: Mapping[str, np.ndarray], parent_item):
     import vtk
-    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GetUniqueNameByString(name))
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     table = node.GetTable()
     for title, values in columns.items():
         array = vtk.vtkDoubleArray()
@@ -603,7 +603,7 @@ def _curve_table(scene, name: str, columns: Mapping[str, np.ndarray], parent_ite
 
 def _series(scene, name: str, table_node, x: str, y: str, color, *, scatter: bool = False, parent_item=None):
     slicer = _slicer()
-    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GetUniqueNameByString(name))
+    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(name))
     series.SetAndObserveTableNodeID(table_node.GetID())
     series.SetXColumnName(x)
     series.SetYColumnName(y)
@@ -621,8 +621,8 @@ def _series(scene, name: str, table_node, x: str, y: str, color, *, scatter: boo
 
 
 def _palette(k: int) -> Tuple[float, float, float]:
-    from .io.rtstruct import _DEFAULT_COLORS
-    return tuple(c / 255.0 for c in _DEFAULT_COLORS[k % len(_DEFAULT_COLORS)])
+    from ..io.rtstruct import DEFAULT_COLORS
+    return tuple(c / 255.0 for c in DEFAULT_COLORS[k % len(DEFAULT_COLORS)])
 
 
 def add_dvh_chart(scene, results, name: str = "LuDosimetry DVH", *, colors: Optional[Mapping[str, Sequence[float]]] = None,
@@ -634,7 +634,7 @@ def add_dvh_chart(scene, results, name: str = "LuDosimetry DVH", *, colors: Opti
     -------
     vtkMRMLPlotChartNode
     """
-    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GetUniqueNameByString(name))
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
     chart.SetTitle("Cumulative dose-volume histograms")
     chart.SetXAxisTitle("Dose (Gy)")
     chart.SetYAxisTitle("Volume (%)")
@@ -667,7 +667,7 @@ def add_tac_chart(scene, results, name: str = "LuDosimetry TAC", *, colors: Opti
     -------
     vtkMRMLPlotChartNode
     """
-    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GetUniqueNameByString(name))
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
     chart.SetTitle("Time-activity curves")
     chart.SetXAxisTitle("Time after injection (h)")
     chart.SetYAxisTitle("Activity (MBq)")
@@ -744,10 +744,10 @@ def add_time_points(scene, inventory, *, injection_time=None, spect_series_uids:
     list of dict
         Per time point ``{"index", "spect", "ct", "segmentation", "spect_image"}`` (nodes may be None).
     """
-    from .io.images import read_ct, read_spect
-    from .io.rtstruct import read_rtstruct
-    from .progress import as_progress
-    from .vois import structure_set_masks
+    from ..io.images import read_ct, read_spect
+    from ..io.rtstruct import read_rtstruct
+    from ..progress import as_progress
+    from ..vois import structure_set_masks
 
     progress = as_progress(progress)
     first = inventory.series[0] if inventory.series else None
@@ -798,7 +798,7 @@ def add_time_points(scene, inventory, *, injection_time=None, spect_series_uids:
 
 def _spect_images_of(results, indices: Sequence[int]) -> Dict[int, sitk.Image]:
     """The SPECT (Bq/mL) of time points ``indices`` of a run, read again from its inventory."""
-    from .io.images import read_spect
+    from ..io.images import read_spect
 
     inventory = getattr(results, "inventory", None)
     if inventory is None:
@@ -887,7 +887,7 @@ def referenced_series_for(entry, image: sitk.Image):
     multi-frame file is referenced once per slice)."""
     import pydicom
 
-    from .io.rtstruct import ReferencedSeries
+    from ..io.rtstruct import ReferencedSeries
 
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in entry.files]
     nz = image.GetSize()[2]
@@ -912,7 +912,7 @@ def _patient_study_from(path):
 
     import pydicom
 
-    from .io.dicom_common import PatientInfo, StudyInfo
+    from ..io.dicom_common import PatientInfo, StudyInfo
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     try:
@@ -933,7 +933,7 @@ def export_masks_rtstruct(path, masks: Mapping[str, np.ndarray], reference: sitk
                           series_description: str = "LuDosimetry edited VOIs") -> Path:
     """Write masks on the grid of image series ``entry`` (an inventory SeriesEntry whose image is
     ``reference``) as a NEW RTSTRUCT drawn on that series; an existing ``path`` is refused."""
-    from .io.rtstruct import write_rtstruct
+    from ..io.rtstruct import write_rtstruct
 
     path = Path(path)
     if path.exists():
