@@ -15,6 +15,7 @@ and Results (table, DVH and TAC plots, exports).
 Only the standard-library parts of LuDosimetryLib (options, dependencies, errors) are imported at the top:
 the module loads, and its panel shows, before the library's dependencies are installed in Slicer's Python.
 """
+import html
 import importlib
 import logging
 import pathlib
@@ -348,6 +349,13 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The panel's RunOptions (validated; OptionError names the widget's option)."""
         return options.options_from_panel(self._parameterNode, "run", **libraryValues)
 
+    def _inventoryOptions(self):
+        """The panel's options a study scan reads (the others may still be incomplete, e.g. gtm without
+        its PSF)."""
+        from LuDosimetryLib.mrml.session import INVENTORY_OPTIONS
+
+        return options.RunOptions(**options.values_from_panel(self._parameterNode, "run", names=INVENTORY_OPTIONS))
+
     # ------------------------------------------------------------------------------------------ Study
 
     def onDicomRefreshButton(self) -> None:
@@ -404,7 +412,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         try:
             with slicer.util.WaitCursor():
-                inventory = self.session.inventory(node.studyDirectory, self._runOptions())
+                inventory = self.session.inventory(node.studyDirectory, self._inventoryOptions())
         except LuDosimetryError as error:
             self._inventoryJson = None
             self.ui.inventoryTableWidget.setRowCount(0)
@@ -568,12 +576,23 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         finally:
             self._setRunning(False)
+        self._showAssumptions(result)
         runWarnings = list(getattr(result, "warnings", None) or [])
         for warning in runWarnings:
             logging.warning(f"LuDosimetry: {warning}")
         self.ui.statusLabel.text = doneText(result) + (f" ({len(runWarnings)} warnings, see the Python console)"
                                                        if runWarnings else "")
         return result
+
+    def _showAssumptions(self, result) -> None:
+        """List the values the run assumed above the results table (empty when none)."""
+        assumptions = list(getattr(result, "assumptions", None) or [])
+        if not assumptions:
+            self.ui.assumptionsLabel.text = ""
+            return
+        lines = "".join(f"<li>{html.escape(a.message())}</li>" for a in assumptions)
+        self.ui.assumptionsLabel.text = (f"<b>{len(assumptions)} assumption(s) taken</b> "
+                                         f"(tick Strict to refuse them):<ul>{lines}</ul>")
 
     def _setRunning(self, running: bool) -> None:
         self._running = running

@@ -112,6 +112,8 @@ def _print_table(results) -> None:
         for name, v in reduced:
             print(f"  {name[:17]:<18}{v.tia_bq_s / 3.6e9:12.1f} vs {v.tia_full_bq_s / 3.6e9:12.1f} MBq·h "
                   f"({100 * v.reduced_relative_difference:+.1f} %)")
+    for a in results.assumptions:
+        print(f"assumption: {a.message()}")
     for w in results.warnings:
         print(f"warning: {w}")
 

@@ -389,6 +389,9 @@ RUN_OPTIONS: Tuple[Option, ...] = (
     Option("models_per_voi", "voi_models", None, "the model of a VOI instead of the AICc choice, NAME=MODEL "
            "with MODEL one of " + ", ".join(c for c, _ in MODEL_CHOICES) + " (repeatable)",
            flag="--voi-model", metavar="NAME=MODEL", parameter="voiModels", panel_unset=""),
+    Option("strict", "bool", False, "refuse instead of assuming: every value the run would have to assume "
+           "(an inferred date, a default density, a tag read as its default...) ends the run with an error",
+           flag="--strict", parameter="strict"),
     # Set by the library's callers only.
     Option("masks_per_time_point", "internal", None, "VOIs given directly (e.g. segmentations edited in "
            "Slicer) instead of the study's RTSTRUCTs: one {name: ndarray (z, y, x)} per time point, each on "
@@ -623,13 +626,14 @@ def panel_option(parameter: str) -> Option:
     raise KeyError(parameter)
 
 
-def values_from_panel(values, group: str = "run") -> Dict[str, Any]:
+def values_from_panel(values, group: str = "run", names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``{name: library value}`` of a group's options from the panel: a parameter node, or any object or
-    mapping with its field names. A field at the option's ``panel_unset`` gives the default."""
+    mapping with its field names. A field at the option's ``panel_unset`` gives the default. With ``names``,
+    only those options are read (the others' values, valid or not, are not looked at)."""
     get = values.get if isinstance(values, Mapping) else (lambda key, default=None: getattr(values, key, default))
     out = {}
     for declared in _GROUPS[group]:
-        if not declared.parameter:
+        if not declared.parameter or (names is not None and declared.name not in names):
             continue
         value = get(declared.parameter, None)
         if declared.panel_unset is not None and value == declared.panel_unset:

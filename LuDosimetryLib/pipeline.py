@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .assumptions import Assumption, recording
 from .errors import DicomFileError, FitError, StudyError, StructureError
 from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
 from .io.inventory import Inventory, SeriesEntry, scan_study
@@ -93,6 +94,7 @@ class StudyResults:
     study_instance_uid: str
     patient_name: str = ""
     warnings: List[str] = field(default_factory=list)
+    assumptions: List[Assumption] = field(default_factory=list)
     inventory: Optional[Inventory] = None
     registrations: Dict[int, object] = field(default_factory=dict)
     reference_index: int = 0
@@ -114,6 +116,7 @@ class StudyResults:
             "time_points_used": self.time_points_used,
             "registered": sorted(i + 1 for i in self.registrations),
             "vois": {name: v.to_json() for name, v in self.vois.items()},
+            "assumptions": [a.to_json() for a in self.assumptions],
             "warnings": self.warnings,
         }
 
@@ -322,6 +325,15 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     """
     options = options or RunOptions()
     validate(options)
+    # Every value the run has to assume is named (results.json "assumptions"), or refused when strict.
+    with recording(strict=options.strict) as assumption_log:
+        results = _run_stages(study_dir, options, progress)
+    results.assumptions = assumption_log.items
+    return results
+
+
+def _run_stages(study_dir, options: RunOptions, progress) -> StudyResults:
+    """The stages of :func:`run_study`, in order, on validated options."""
     file_kernel = _file_kernel(options)
     ctx = _RunContext(study_dir, options, as_progress(progress), radionuclide(options.nuclide))
 

@@ -15,9 +15,10 @@ In plain Python with the PyPI ``slicer-core`` package (MRML without the applicat
     python LuDosimetry/Scripts/run_study.py --study DIR --out DIR
 
 does the same on a scene made by :func:`LuDosimetryLib.mrml.nodes.create_scene` (no DICOM database: the
-study is read straight from the folder). Every option of ``ludosimetry run`` is accepted. The exit status
-is 0 on success, 1 with the one-line error of ``ludosimetry run`` on bad input or with the traceback of an
-unexpected error, 2 on bad arguments; in Slicer the application always exits with it (it never hangs).
+study is read straight from the folder). Every option of ``ludosimetry run`` is accepted and checked before
+anything is read or imported. The exit status is, as for ``ludosimetry run``: 0 on success, 2 with one line
+(``error: ...``) on a bad argument, option or study, 1 with the traceback of an unexpected error (a bug); in
+Slicer the application always exits with it (it never hangs).
 """
 import argparse
 import sys
@@ -67,28 +68,30 @@ def _print_progress():
     return progress
 
 
-def run(args, scene) -> int:
-    """Run the study on ``scene`` and save it; 0, or 1 with the one-line error on bad input."""
+def run(args, scene, run_options) -> int:
+    """Run the study on ``scene`` and save it; 0, or 2 with the one-line error on bad input."""
     from LuDosimetryLib.errors import LuDosimetryError
     from LuDosimetryLib.mrml.session import DosimetrySession
 
     out = Path(args.out)
     session = DosimetrySession(scene)
     try:
-        results = session.run(args.study, out, options.options_from_arguments(args, "run"),
+        results = session.run(args.study, out, run_options,
                               overwrite=args.overwrite, progress=_print_progress(), load_into_scene=True,
                               load_time_points=not args.no_time_points)
         bundle = session.save_scene(out / SCENE_FILE)
     except LuDosimetryError as error:
         print(f"error: {error.describe(options.cli_flag)}", file=sys.stderr)
-        return 1
+        return 2
+    for assumption in results.assumptions:
+        print(f"assumption: {assumption.message()}", file=sys.stderr)
     for warning in results.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"run_study: {len(results.vois)} VOIs; results in {out}; scene saved as {bundle}")
     return 0
 
 
-def run_in_slicer(args) -> int:
+def run_in_slicer(args, run_options) -> int:
     """In Slicer: index the study into a temporary DICOM database, kept open while the run reads it."""
     import slicer
     from DICOMLib import DICOMUtils
@@ -99,20 +102,27 @@ def run_in_slicer(args) -> int:
         patients = list(db.patients())
         if not patients:
             print(f"error: {args.study}: no DICOM file could be indexed", file=sys.stderr)
-            return 1
+            return 2
         print(f"run_study: {len(patients)} patient(s) indexed in the temporary DICOM database {database_dir}")
-        return run(args, slicer.mrmlScene)
+        return run(args, slicer.mrmlScene, run_options)
 
 
 def main(argv=None) -> int:
+    from LuDosimetryLib.errors import LuDosimetryError
+
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # every option checked before the study is imported or read
+        run_options = options.options_from_arguments(args, "run")
+    except LuDosimetryError as error:
+        print(f"error: {error.describe(options.cli_flag)}", file=sys.stderr)
+        return 2
     if in_slicer_application():
-        return run_in_slicer(args)
+        return run_in_slicer(args, run_options)
     from LuDosimetryLib.mrml.nodes import create_scene, release_scene
 
     scene = create_scene()
     try:
-        return run(args, scene)
+        return run(args, scene, run_options)
     finally:
         release_scene(scene)
 

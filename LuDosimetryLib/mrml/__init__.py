@@ -8,7 +8,7 @@
 ``slicer``/``vtk`` are imported inside the functions that need them: importing this package works in plain
 Python, and nothing here imports Qt or the Slicer application.
 """
-from .nodes import (  # noqa: F401  (the scene bridge's public names)
+from .nodes import (
     LPS_TO_RAS, BINARY_LABELMAP, VOI_COLUMN, TIME_POINT_ATTRIBUTE, REGISTERED_TIME_POINT_ATTRIBUTE,
     REFERENCE_TIME_POINT_ATTRIBUTE, REFERENCE_VOLUME_ROLE, create_scene, release_scene, study_item,
     place_in_hierarchy, time_point_of, nodes_by_time_point, set_time_point, vtk_id_list, ijk_to_ras_matrix,
@@ -16,4 +16,46 @@ from .nodes import (  # noqa: F401  (the scene bridge's public names)
     masks_from_segmentation, result_columns, add_results_table, table_rows, add_dvh_chart, add_tac_chart,
     add_results, add_time_points, add_registered_spects, registered_spect_nodes, referenced_series_for,
     export_masks_rtstruct, export_segmentation_rtstruct, write_working_study, save_mrb, load_mrb)
-from .session import DosimetrySession  # noqa: F401
+from .session import DosimetrySession
+
+__all__ = [
+    "LPS_TO_RAS",
+    "BINARY_LABELMAP",
+    "VOI_COLUMN",
+    "TIME_POINT_ATTRIBUTE",
+    "REGISTERED_TIME_POINT_ATTRIBUTE",
+    "REFERENCE_TIME_POINT_ATTRIBUTE",
+    "REFERENCE_VOLUME_ROLE",
+    "create_scene",
+    "release_scene",
+    "study_item",
+    "place_in_hierarchy",
+    "time_point_of",
+    "nodes_by_time_point",
+    "set_time_point",
+    "vtk_id_list",
+    "ijk_to_ras_matrix",
+    "add_volume",
+    "image_from_volume_node",
+    "add_segmentation",
+    "add_structure_set",
+    "segment_names",
+    "segment_colors",
+    "masks_from_segmentation",
+    "result_columns",
+    "add_results_table",
+    "table_rows",
+    "add_dvh_chart",
+    "add_tac_chart",
+    "add_results",
+    "add_time_points",
+    "add_registered_spects",
+    "registered_spect_nodes",
+    "referenced_series_for",
+    "export_masks_rtstruct",
+    "export_segmentation_rtstruct",
+    "write_working_study",
+    "save_mrb",
+    "load_mrb",
+    "DosimetrySession",
+]

@@ -63,6 +63,10 @@ def _required(value, what: str, error=StudyError):
 
 # ------------------------------------------------------------------------------------------ the session
 
+#: The options a study scan (:meth:`DosimetrySession.inventory`) reads.
+INVENTORY_OPTIONS = ("injected_activity_bq", "injection_time", "extra_study_dirs")
+
+
 class DosimetrySession:
     """Runs the pipeline on a scene and keeps what the panel needs between calls.
 
@@ -95,7 +99,10 @@ class DosimetrySession:
 
     @staticmethod
     def inventory(study_dir, options: Optional[RunOptions] = None):
-        """The study's inventory (time points, series, roles, hours after injection) for the panel."""
+        """The study's inventory (time points, series, roles, hours after injection) for the panel.
+
+        Only the options of :data:`INVENTORY_OPTIONS` are read: a study can be scanned while other options
+        are still being set."""
         from ..io.inventory import scan_study
 
         options = options or RunOptions()

@@ -87,7 +87,7 @@ def test_script_writes_the_outputs_and_a_scene_bundle(synthetic_study, tmp_path)
     # A second run into the same folder is refused without --overwrite, with the CLI's one-line error.
     before = (out / "results.json").read_bytes()
     again = _run("--study", synthetic_study, "--out", out)
-    assert again.returncode == 1
+    assert again.returncode == 2
     last = again.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {out}: output folder exists") and "--overwrite" in last
     assert (out / "results.json").read_bytes() == before
@@ -111,7 +111,7 @@ def test_script_without_time_points_loads_only_the_results(synthetic_study, tmp_
 def test_script_refuses_a_bad_option_naming_the_flag(argv, flag, tmp_path):
     study, out = tmp_path / "no-such-study", tmp_path / "out"
     run = _run("--study", study, "--out", out, *argv, timeout=120)
-    assert run.returncode != 0
+    assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert lines and lines[-1].startswith("error: ") and flag in lines[-1], run.stderr
     assert study.name not in lines[-1]  # the option's error, before the (missing) study is read
@@ -126,11 +126,11 @@ def test_script_argument_errors_exit_2(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_script_bad_study_exits_1_with_one_line(tmp_path):
+def test_script_bad_study_exits_2_with_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     run = _run("--study", empty, "--out", tmp_path / "out", timeout=120)
-    assert run.returncode == 1
+    assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(empty) in lines[0], run.stderr
     assert "Traceback" not in run.stderr

@@ -74,15 +74,20 @@ def test_the_pipeline_reads_only_declared_options():
     assert not undeclared, f"the pipeline reads options that are not declared: {sorted(undeclared)}"
 
 
-def test_the_reconstruction_takes_the_declared_recon_options():
-    """recon.reconstruct keeps a ReconOptions of its own: its fields and defaults must be the declared ones."""
-    from LuDosimetryLib.recon import reconstruct
+def test_no_module_declares_option_classes_of_its_own():
+    """RunOptions and ReconOptions exist once, generated in options.py; no module keeps its own copy."""
+    import LuDosimetryLib
 
-    mine = {f.name: f.default for f in dataclasses.fields(reconstruct.ReconOptions)}
-    declared = {f.name: f.default for f in dataclasses.fields(ReconOptions)}
-    assert mine == declared
-    assert ReconOptions(algorithm="bsrem", psf=False).describe() == \
-        reconstruct.ReconOptions(algorithm="bsrem", psf=False).describe()
+    root = Path(LuDosimetryLib.__file__).parent
+    owners = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name in ("RunOptions", "ReconOptions"):
+                owners.append(f"{path.relative_to(root)}:{node.name}")
+    assert not owners, owners
+    from LuDosimetryLib.recon import reconstruct
+    assert reconstruct.ReconOptions is ReconOptions
 
 
 def test_flags_and_parameter_names_are_unique_and_well_formed():

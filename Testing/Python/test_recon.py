@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 import LuDosimetryLib
 from conftest import require_tool
-from LuDosimetryLib.errors import CancelledError, DicomFileError, OutputError, StudyError
+from LuDosimetryLib.errors import CancelledError, DicomFileError, OptionError, OutputError, StudyError
 from LuDosimetryLib.io.dicom_common import PatientInfo, StudyInfo
 from LuDosimetryLib.io.images import read_spect, resample_to
 from LuDosimetryLib.io.inventory import scan_study
@@ -155,7 +155,7 @@ def test_stitch_beds_keeps_a_constant_and_spans_both():
 def test_recon_options_validation():
     for bad in (dict(algorithm="mlem"), dict(iterations=0), dict(subsets=0), dict(scatter="mc"),
                 dict(calibration_cps_per_mbq=-1.0), dict(forms=("raw",)), dict(dead_time_factor=0.5)):
-        with pytest.raises(StudyError):
+        with pytest.raises(OptionError):
             ReconOptions(**bad).validate()
     assert ReconOptions(algorithm="bsrem").describe().startswith("BSREM 4i8s RDP")
 

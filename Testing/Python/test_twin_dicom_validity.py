@@ -6,7 +6,6 @@ package is importable, and checked the same way; otherwise those kinds are skipp
 from __future__ import annotations
 
 import subprocess
-import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import require_tool
-from LuDosimetryLib.phantom import write_twin
 
 KINDS = {
     "ct": "SPECT_Cts/scan1/ct/CT_0001.dcm",
@@ -54,7 +52,6 @@ def projection_files(twin, tmp_path_factory):
     recon = twin_mod.projection_writers()
     if recon is None:
         pytest.skip("LuDosimetryLib.recon is not available: work 6 is not written")
-    import json
     from LuDosimetryLib.io.dicom_common import StudyInfo
     from LuDosimetryLib.phantom.anatomy import Grid
     from LuDosimetryLib.phantom.presets import get_preset
