@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from LuDosimetryLib import options
 from LuDosimetryLib.errors import OutputError
 from LuDosimetryLib.io.export import atomic_output_dir, check_output_dir, write_json
 
@@ -25,8 +26,11 @@ def test_refuses_existing_without_overwrite(tmp_path):
     out = tmp_path / "out"
     with atomic_output_dir(out):
         pass
-    with pytest.raises(OutputError, match="--overwrite"):
+    with pytest.raises(OutputError) as refused:
         check_output_dir(out, overwrite=False)
+    # the library names the option; the command line shows it as its flag, the panel as its label
+    assert refused.value.option == "overwrite"
+    assert "--overwrite" in refused.value.describe(options.cli_flag)
     check_output_dir(out, overwrite=True)
 
 
