@@ -164,13 +164,28 @@ def cmd_dvh(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    from .recon.reconstruct import reconstruct_study
+    from .assumptions import recording
+    from .recon.backend import require_pytomography
+    from .recon.reconstruct import ReconstructionWarning, reconstruct_study
     opts = options.options_from_arguments(args, "reconstruct")
+    injection = _injection_kwargs(args)
+    require_pytomography("ludosimetry reconstruct")
     bar = TerminalProgress(quiet=args.quiet)
     try:
-        written = reconstruct_study(args.study, args.out, opts, progress=bar, overwrite=args.overwrite)
+        with recording() as assumed, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ReconstructionWarning)
+            written = reconstruct_study(args.study, args.out, opts, progress=bar, overwrite=args.overwrite,
+                                        **injection)
     finally:
         bar.close()
+    # what the reconstruction assumed or wants known, once, whatever --quiet says
+    for a in assumed.items:
+        sys.stderr.write(f"assumption: {a.message()}\n")
+    for w in caught:
+        if issubclass(w.category, ReconstructionWarning):
+            sys.stderr.write(f"warning: {w.message}\n")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if not args.quiet:
         for path in written:
             print(f"wrote {path}")
@@ -181,6 +196,10 @@ def cmd_reconstruct(args) -> int:
 def cmd_phantom(args) -> int:
     from .io.export import atomic_output_dir
     from .phantom import write_synthetic_patient, write_twin
+    if args.preset and not args.no_projections:
+        from .recon.backend import require_pytomography
+        require_pytomography("writing the twin's SPECT projections (work 6)",
+                             alternative="give --no-projections to write the twin without them")
     bar = TerminalProgress(quiet=args.quiet)
     try:
         with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
@@ -273,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per reconstruction)")
     options.add_arguments(p, "reconstruct")
+    _add_injection(p)  # for the output header only; reconstruction does not need the injection
     options.add_arguments(p, "output")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_reconstruct)
@@ -301,12 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr (not Python's two-line form with the source line)."""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"ludosimetry: warning: {text}\n")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except LuDosimetryError as exc:
         sys.stderr.write(f"ludosimetry: error: {exc.describe(options.cli_flag)}\n")

@@ -48,6 +48,12 @@ REDUCED_METHODS: Tuple[str, ...] = ("population_prior", "hanscheid", "madsen", "
 RECON_ALGORITHMS: Tuple[str, ...] = ("osem", "bsrem")
 SCATTER_METHODS: Tuple[str, ...] = ("tew", "dew", "none")
 PROJECTION_FORMS: Tuple[str, ...] = ("unaltered", "reformatted", "advanced")
+#: Collimators of the reconstruction's system model: codes of PyTomography's collimator table
+#: (``pytomography/data/collim.col``, from SIMIND): Siemens Symbia/Intevo (SY-), Siemens e.cam (SE-), GE Infinia /
+#: Discovery NM/CT 670 (GI-), GE NM/CT 870 DR (G8-), Philips BrightView (PB-); ME/MEGP is the Lu-177 choice.
+COLLIMATORS: Tuple[str, ...] = ("SY-ME", "SY-LEHR", "SY-LEAP", "SY-HE", "SE-ME", "SE-LEHR", "SE-LEAP", "SE-HE",
+                                "GI-MEGP", "GI-LEHR", "GI-LEGP", "GI-HEGP", "G8-MEGP", "G8-LEHR", "G8-HEGP",
+                                "PB-MEGP", "PB-LEHR", "PB-LEGP", "PB-HEGP")
 
 #: The per-VOI model choices of the panel's model table and of ``--voi-model``: (choice, the models of
 #: ``RunOptions.models_per_voi``). "auto" leaves the VOI to the AICc selection among ``RunOptions.models``.
@@ -355,6 +361,9 @@ RUN_OPTIONS: Tuple[Option, ...] = (
     Option("injection_time", "datetime", None, "injection date/time, ISO 8601; overrides the headers "
            "(RadiopharmaceuticalStartDateTime)", flag="--injection-time", metavar="ISO",
            parameter="injectionTime", panel_unset=""),
+    Option("residual_activity_bq", "float", None, "activity left in the syringe and lines after the "
+           "injection, subtracted from the injected activity (the net activity gives TIAC and Gy/GBq)",
+           unit="MBq", scale=1.0e6, minimum=0.0, flag="--residual-activity-mbq", metavar="MBQ"),
     Option("spect_series_uid", "repeated_text", None, "reconstructed SPECT series to use where a time point "
            "has several (repeatable)", flag="--spect-series", metavar="UID"),
     Option("spect_calibration_bq_per_ml_per_unit", "float", None, "factor from stored SPECT values to Bq/mL, "
@@ -423,8 +432,13 @@ RECON_OPTIONS: Tuple[Option, ...] = (
            group="reconstruct"),
     Option("beta", "internal", 0.3, "relative-difference prior strength (BSREM)", group="reconstruct"),
     Option("gamma", "internal", 2.0, "relative-difference prior edge parameter (BSREM)", group="reconstruct"),
-    Option("dead_time_factor", "float", 1.0, "count-loss correction factor (1 = none)", minimum=1.0,
-           group="reconstruct"),
+    Option("dead_time_factor", "float", 1.0, "count-loss (dead-time) correction factor the activity is multiplied "
+           "by (1 = none); written into the reconstruction's header", minimum=1.0, flag="--dead-time-factor",
+           metavar="FACTOR", group="reconstruct"),
+    Option("collimator", "choice", "auto", "collimator of the system model (PyTomography collimator table code); "
+           "auto: from the projections' header (Manufacturer, CollimatorGridName), else the maker's "
+           "medium-energy collimator, named as an assumption", choices=("auto",) + COLLIMATORS,
+           flag="--collimator", group="reconstruct"),
     Option("device", "internal", None, "torch device ('cpu', 'cuda'); default: a GPU when torch sees one",
            group="reconstruct"),
 )

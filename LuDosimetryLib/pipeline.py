@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .assumptions import Assumption, recording
-from .errors import DicomFileError, FitError, StudyError, StructureError
+from .errors import DicomFileError, FitError, OptionError, StudyError, StructureError
 from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
 from .io.inventory import Inventory, SeriesEntry, scan_study
 from .options import RunOptions, validate
@@ -100,9 +100,13 @@ class StudyResults:
     reference_index: int = 0
     time_points_used: Optional[List[int]] = None
     dose_kernel: Optional[dict] = None  # DVK only: {"source", "spacing_mm" (x, y, z), "density_g_ml"}
+    residual_activity_bq: Optional[float] = None  # syringe residual, already subtracted from injected_activity_bq
 
     def to_json(self) -> dict:
         extra = {} if self.dose_kernel is None else {"dose_kernel": self.dose_kernel}
+        if self.residual_activity_bq is not None:
+            extra.update(residual_activity_bq=self.residual_activity_bq,
+                         injected_activity_before_residual_bq=self.injected_activity_bq + self.residual_activity_bq)
         return {
             "patient_id": self.patient_id,
             "injected_activity_bq": self.injected_activity_bq,
@@ -389,7 +393,24 @@ def _read_inventory(ctx: _RunContext) -> Inventory:
     if inv.injection_time is None:
         raise StudyError("no injection time in the headers (RadiopharmaceuticalStartDateTime); "
                          "give {option}", study_dir, option="injection_time")
+    administered_activity_bq(inv.injected_activity_bq, options.residual_activity_bq)  # refused early
     return inv
+
+
+def administered_activity_bq(injected_bq: float, residual_bq: Optional[float]) -> float:
+    """The activity the patient received: the injected (assayed) activity less the syringe residual (Bq).
+
+    Raises
+    ------
+    OptionError
+        The residual is not smaller than the injected activity.
+    """
+    if residual_bq is None:
+        return float(injected_bq)
+    if not residual_bq < injected_bq:
+        raise OptionError(f"the residual activity ({residual_bq / 1e6:g} MBq) must be smaller than the injected "
+                          f"activity ({injected_bq / 1e6:g} MBq)", option="residual_activity_bq")
+    return float(injected_bq) - float(residual_bq)
 
 
 def _choose_time_points(ctx: _RunContext) -> List[SeriesEntry]:
@@ -701,7 +722,7 @@ def _statistics(ctx: _RunContext, ref_tp: TimePointData, kinetics: Dict[str, _Vo
     from .dvh import cumulative_dvh, dose_statistics
 
     ctx.progress.report(0.9, "DVH")
-    injected_bq = ctx.inventory.injected_activity_bq
+    injected_bq = administered_activity_bq(ctx.inventory.injected_activity_bq, ctx.options.residual_activity_bq)
     gbq = injected_bq / 1e9
     vml_ref = ref_tp.voxel_ml
     dvhs = {}
@@ -749,7 +770,8 @@ def _study_results(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[st
     density = ref_tp.density_g_ml
     return StudyResults(
         patient_id=first.get("PatientID", ""), patient_name=str(first.get("PatientName", "")),
-        injected_activity_bq=float(inv.injected_activity_bq), injection_time=inv.injection_time,
+        injected_activity_bq=administered_activity_bq(inv.injected_activity_bq, ctx.options.residual_activity_bq),
+        residual_activity_bq=ctx.options.residual_activity_bq, injection_time=inv.injection_time,
         time_points=[TimePointResult(tp.index, tp.spect.acquisition_time, tp.hours, tp.spect.series_instance_uid,
                                      tp.spect.description) for tp in tps],
         dose_method=ctx.options.dose_method, vois=vois, dose_gy=as_image(dose),

@@ -15,6 +15,38 @@ import types
 import warnings
 from typing import Iterator, Optional
 
+from ..errors import LuDosimetryError
+
+#: How to get the reconstruction back end (named in the error when it is missing).
+INSTALL_HINT = "install it with: pip install pytomography (the Slicer module's dependency installer does this)"
+
+
+class BackendMissingError(LuDosimetryError):
+    """PyTomography (or torch) cannot be imported: reconstruction and projection simulation are unavailable."""
+
+
+def _missing(exc: BaseException, purpose: str, alternative: str = "") -> BackendMissingError:
+    return BackendMissingError(f"{purpose} needs PyTomography, which cannot be imported "
+                               f"({type(exc).__name__}: {exc}); {INSTALL_HINT}"
+                               + (f"; or {alternative}" if alternative else ""))
+
+
+def require_pytomography(purpose: str = "SPECT reconstruction", alternative: str = "") -> None:
+    """Raise :class:`BackendMissingError` (one line naming ``purpose`` and ``alternative``) when PyTomography
+    cannot be imported.
+
+    Imports it as :func:`pytomography_session` does (stdout captured, warnings filter restored)."""
+    saved = list(warnings.filters)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import torch  # noqa: F401
+            import pytomography  # noqa: F401
+            from pytomography.projectors.SPECT import SPECTSystemMatrix  # noqa: F401
+    except ImportError as exc:
+        raise _missing(exc, purpose, alternative) from None
+    finally:
+        _restore_filters(saved)
+
 
 def _restore_filters(saved) -> None:
     warnings.filters[:] = saved
@@ -61,6 +93,8 @@ def pytomography_session(device: Optional[str] = None) -> Iterator[types.SimpleN
             from pytomography.projectors.SPECT import SPECTSystemMatrix
             from pytomography.transforms.SPECT import SPECTAttenuationTransform, SPECTPSFTransform
             from pytomography.utils import pad_object, rotate_detector_z
+    except ImportError as exc:
+        raise _missing(exc, "SPECT reconstruction and projection simulation") from None
     finally:
         _restore_filters(saved)
     dev = torch.device(device if device is not None else default_device())

@@ -7,7 +7,7 @@ prior, Nuyts et al., IEEE Trans Nucl Sci 2002;49:56-60). It is imported only ins
 from __future__ import annotations
 
 import re
-import shutil
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +19,12 @@ import SimpleITK as sitk
 
 from ..errors import DicomFileError, OutputError, StudyError
 from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
+from ..io.export import atomic_output_dir
 from ..io.images import read_ct, resample_to
 from ..io.inventory import Inventory, SeriesEntry, scan_study
 from ..io.nm_writer import derived_uid, write_nm_multiframe
 from ..progress import as_progress
+from .collimator import DEFAULT_COLLIMATOR, CollimatorChoice, choose_collimator
 from .energy import WindowRoles, identify_windows
 from .mumap import mu_image_from_ct, read_mumap
 from .projections import ProjectionSeries, read_projections
@@ -32,15 +34,20 @@ from .scatter import energy_window_scatter
 from .system import build_system_matrix, frames_to_projector, object_to_image
 
 
+class ReconstructionWarning(UserWarning):
+    """Something the user should know about a reconstruction that did not stop it (the CLI prints it)."""
+
+
 @dataclass
 class ReconResult:
-    """One reconstructed projection series."""
+    """One reconstructed projection series (``collimator``: the system model's, and where it came from)."""
 
     image: sitk.Image
     series: ProjectionSeries
     roles: WindowRoles
     cps_per_mbq: float
     seconds_per_iteration: List[float] = field(default_factory=list)
+    collimator: Optional[CollimatorChoice] = None
 
 
 def _calibration(series: ProjectionSeries, options: ReconOptions) -> float:
@@ -53,7 +60,8 @@ def _calibration(series: ProjectionSeries, options: ReconOptions) -> float:
 
 
 def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.Image], options: ReconOptions,
-                            progress=None, callback=None) -> ReconResult:
+                            progress=None, callback=None, collimator: Optional[CollimatorChoice] = None
+                            ) -> ReconResult:
     """Reconstruct one projection series to Bq/mL at the acquisition start.
 
     Parameters
@@ -67,6 +75,9 @@ def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.I
         Reported after every sub-iteration; a cancel raises CancelledError.
     callback : callable, optional
         ``callback(iteration, image_bq_per_ml)`` after each full iteration (for benchmarks).
+    collimator : CollimatorChoice, optional
+        The collimator of the PSF model; default: :func:`.collimator.choose_collimator` of the series'
+        header and ``options.collimator``.
     """
     import time
 
@@ -79,6 +90,8 @@ def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.I
     except ValueError as exc:
         raise DicomFileError(str(exc), series.path) from exc
     cps = _calibration(series, options)
+    if collimator is None and options.psf:
+        collimator = choose_collimator(series.header, options.collimator, series.path)
     geom = series.geometry
     try:
         scatter = energy_window_scatter(series.counts, series.windows, roles, options.scatter)
@@ -104,7 +117,8 @@ def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.I
     with pytomography_session(options.device) as ns:
         torch = ns.torch
         progress.report(0.0, "building the system model")
-        system = build_system_matrix(ns, geom, mu_obj, psf=bool(options.psf))
+        system = build_system_matrix(ns, geom, mu_obj, psf=bool(options.psf),
+                                     collimator=collimator.code if collimator else DEFAULT_COLLIMATOR)
         g = torch.tensor(peak, device=ns.device)
         s = torch.tensor(additive, device=ns.device) if additive is not None else None
         likelihood = ns.PoissonLogLikelihood(system, g, additive_term=s)
@@ -134,7 +148,7 @@ def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.I
         obj = algorithm(n_iters=n_iter, n_subsets=n_sub, callback=_Report())
         result = obj.detach().cpu().numpy()
     return ReconResult(image=to_bqml(result), series=series, roles=roles, cps_per_mbq=cps,
-                       seconds_per_iteration=times)
+                       seconds_per_iteration=times, collimator=collimator)
 
 
 # --------------------------------------------------------------------------------------------- study level
@@ -216,7 +230,9 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "SPECT"
 
 
-def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, overwrite: bool = False) -> List[Path]:
+def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, overwrite: bool = False,
+                      injected_activity_bq: Optional[float] = None,
+                      injection_time: Optional[datetime] = None) -> List[Path]:
     """Reconstruct every projection series of a study folder; write one NM SPECT (Bq/mL) per series
     (bed positions of one acquisition stitched).
 
@@ -228,11 +244,17 @@ def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, 
         Output folder; one sub-folder per reconstruction, ``RECON_<n>_<description>``, holding
         ``NM_RECON.dcm`` (NM multi-frame RECON TOMO, Bq/mL, DecayCorrection NONE, same frame of
         reference as the projections, with the reconstruction parameters in SeriesDescription,
-        ConvolutionKernel and DerivationDescription).
+        ConvolutionKernel and DerivationDescription: collimator and its source, calibration, dead-time
+        factor, attenuation, injection source). Each sub-folder is written atomically
+        (:func:`~LuDosimetryLib.io.export.atomic_output_dir`).
     options : ReconOptions
     progress : callable or Progress, optional
     overwrite : bool
-        Replace existing output sub-folders.
+        Replace existing output sub-folders (only LuDosimetry's own).
+    injected_activity_bq, injection_time : optional
+        The injection, for the output header (the reconstruction itself does not need it); default: the
+        study's headers. When neither gives it, the reconstruction is written without it and a
+        :class:`ReconstructionWarning` says so (``ludosimetry run`` then needs it on its command line).
 
     Returns
     -------
@@ -251,7 +273,8 @@ def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError("exists and is not a folder", out_dir)
-    inv = scan_study(study_dir, progress=progress.sub(0.0, 0.05))
+    inv = scan_study(study_dir, injected_activity_bq=injected_activity_bq, injection_time=injection_time,
+                     progress=progress.sub(0.0, 0.05))
     entries = inv.by_role("spect_projections")
     if options.forms is not None:
         entries = [e for e in entries if e.form in options.forms]
@@ -270,12 +293,15 @@ def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, 
         first = group[0]
         name = f"RECON_{gi + 1:02d}_{_safe(first.description)}"
         target = out_dir / name
-        if target.exists():
-            if not overwrite:
-                raise OutputError(f"{name} exists; pass overwrite to replace it", out_dir)
-            shutil.rmtree(target)
+        if target.exists() and not overwrite:
+            raise OutputError(f"{name} exists; pass overwrite to replace it", out_dir)
         images = []
         source = ""
+        collimator = choose_collimator(first.header, options.collimator, first.path) if options.psf else None
+        if collimator is not None and collimator.header_code and collimator.header_code != collimator.code:
+            warnings.warn(ReconstructionWarning(
+                f"{first.path}: collimator {collimator.code} as given, although the header names "
+                f"{collimator.header_code} ({collimator.header_text})"), stacklevel=2)
         for bi, bed in enumerate(group):
             mu = None
             if options.attenuation:
@@ -284,16 +310,35 @@ def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, 
                     raise StudyError("attenuation correction needs a μ-map or CT series in the study; none found "
                                      "(or reconstruct without attenuation correction)", study_dir)
             sub = progress.sub(0.05 + gi * span + bi * span / len(group), 0.05 + gi * span + (bi + 1) * span / len(group))
-            images.append(reconstruct_projections(bed, mu, options, progress=sub).image)
+            images.append(reconstruct_projections(bed, mu, options, progress=sub, collimator=collimator).image)
         image = stitch_beds(images)
-        written.append(_write_recon(target / "NM_RECON.dcm", image, first, options, source, len(group),
-                                    inv.injected_activity_bq, inv.injection_time))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output_dir(target, overwrite=overwrite) as tmp:
+            _write_recon(tmp / "NM_RECON.dcm", image, first, options, source, len(group), inv, collimator)
+        written.append(target / "NM_RECON.dcm")
     progress.report(1.0, f"{len(written)} reconstruction(s) written")
     return written
 
 
+def _injection_for(series: ProjectionSeries, inv: Inventory) -> Tuple[Optional[float], Optional[datetime], str]:
+    """(injected activity Bq, injection time, where they came from) for a reconstruction's header."""
+    activity = inv.injected_activity_bq or series.injected_activity_bq
+    when = inv.injection_time or series.injection_time
+    if activity is None and when is None:
+        return None, None, "not known (not in the headers, not given)"
+    source = inv.injection_source or "RadiopharmaceuticalInformationSequence"
+    missing = [name for name, value in (("activity", activity), ("time", when)) if value is None]
+    return activity, when, source + (f"; injection {' and '.join(missing)} not known" if missing else "")
+
+
 def _write_recon(path: Path, image: sitk.Image, series: ProjectionSeries, options: ReconOptions, mu_source: str,
-                 beds: int, injected_activity_bq: Optional[float], injection_time: Optional[datetime]) -> Path:
+                 beds: int, inv: Inventory, collimator: Optional[CollimatorChoice]) -> Path:
+    """Write one reconstruction (NM multi-frame, Bq/mL, DecayCorrection NONE) with its provenance.
+
+    The injection is not needed by the reconstruction (its values are at the acquisition start): when it
+    is unknown the Radiopharmaceutical Information item is written without RadionuclideTotalDose and
+    start times (both Type 3 in the NM Isotope module, PS3.3 C.8.4.10) and a warning says so.
+    """
     ds = series.header
     patient = PatientInfo(patient_id=str(ds.get("PatientID", "ANON") or "ANON"),
                           patient_name=str(ds.get("PatientName", "Anonymous") or "Anonymous"),
@@ -309,18 +354,31 @@ def _write_recon(path: Path, image: sitk.Image, series: ProjectionSeries, option
                       series_number=int(ds.get("SeriesNumber", 1) or 1) + 1000, description=desc,
                       frame_of_reference_uid=series.frame_of_reference_uid or None)
     acq = series.acquisition_time or study_dt
-    activity = injected_activity_bq or series.injected_activity_bq
-    inj = injection_time or series.injection_time
+    activity, inj, injection_source = _injection_for(series, inv)
     if activity is None or inj is None:
-        raise StudyError("the injected activity and injection time are unknown (no RadiopharmaceuticalInformation"
-                         "Sequence); they are needed in the output header", series.path)
+        warnings.warn(ReconstructionWarning(
+            f"{series.path}: the injected activity and/or injection time are unknown (no Radiopharmaceutical"
+            "InformationSequence in the projections, none given): the reconstruction is written without them; "
+            "give --injected-activity-mbq and --injection-time here or to 'ludosimetry run'"), stacklevel=3)
+    # write_nm_multiframe needs both; with DecayCorrection NONE they only fill the radiopharmaceutical item,
+    # from which unknown ones are removed below.
     write_nm_multiframe(image, path, patient, study, info, acquisition_datetime=acq, duration_s=series.duration_s,
-                        injected_activity_bq=activity, injection_datetime=inj, decay_correction="NONE")
+                        injected_activity_bq=activity if activity is not None else 1.0,
+                        injection_datetime=inj if inj is not None else acq, decay_correction="NONE")
     out = pydicom.dcmread(str(path))
+    item = out.RadiopharmaceuticalInformationSequence[0]
+    if activity is None:
+        del item.RadionuclideTotalDose
+    if inj is None:
+        del item.RadiopharmaceuticalStartTime
+        del item.RadiopharmaceuticalStartDateTime
+    calibration = "option" if options.calibration_cps_per_mbq is not None else "header"
     out.ConvolutionKernel = f"{str(options.algorithm).upper()} {int(options.iterations)}i{int(options.subsets)}s"[:16]
     out.DerivationDescription = (f"Reconstructed from {series.description} ({beds} bed(s)) with PyTomography: "
-                                 f"{options.describe()}; calibration {_calibration(series, options):g} cps/MBq; "
-                                 f"attenuation from {mu_source or 'none'}")[:1024]
+                                 f"{options.describe()}; {collimator.describe() if collimator else 'no PSF model'}; "
+                                 f"calibration {_calibration(series, options):g} cps/MBq ({calibration}); "
+                                 f"dead-time factor {float(options.dead_time_factor):g}; "
+                                 f"attenuation from {mu_source or 'none'}; injection: {injection_source}")[:1024]
     out.ImageType = ["DERIVED", "PRIMARY", "RECON TOMO", "EMISSION"]
     corrected = (["ATTN"] if mu_source else []) + (["SCAT"] if str(options.scatter).lower() != "none" else [])
     out.CorrectedImage = corrected + ["UNIF", "COR"]

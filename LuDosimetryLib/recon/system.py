@@ -26,12 +26,16 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-#: Siemens Symbia/Intevo medium-energy low-penetration (MELP) collimator, PyTomography's collimator table
+from ..errors import OptionError
+from .collimator import DEFAULT_COLLIMATOR  # noqa: F401 - Siemens ME; the choice is made in .collimator
+
+#: Siemens Symbia/Intevo medium-energy low-penetration (MELP) collimator is PyTomography's collimator table
 #: entry "SY-ME" (hole diameter 0.294 cm, septa 0.114 cm, length 4.064 cm; from the SIMIND collimator
-#: data file shipped with PyTomography, ``pytomography/data/collim.col``).
-DEFAULT_COLLIMATOR = "SY-ME"
+#: data file shipped with PyTomography, ``pytomography/data/collim.col``); GE's MEGP of the Infinia /
+#: Discovery NM/CT 670 is "GI-MEGP" (0.300 cm, 0.105 cm, 5.800 cm). See :mod:`.collimator`.
 #: Intrinsic resolution FWHM at 140 keV of the Symbia/Intevo 3/8" NaI detector, 3.8 mm (Siemens Symbia
 #: Intevo system specifications, UFOV intrinsic spatial resolution); scaled as E^-1/2 by PyTomography.
+#: Used for every camera: at 208 keV with a medium-energy collimator the collimator's blur dominates.
 INTRINSIC_FWHM_140KEV_MM = 3.8
 #: Lu-177 main photopeak, 208.366 keV (ICRP Publication 107 / NNDC ENSDF); 208 keV used for mu and PSF.
 LU177_PEAK_KEV = 208.366
@@ -143,11 +147,25 @@ def psf_meta(ns, energy_kev: float = LU177_PEAK_KEV, collimator: str = DEFAULT_C
     import contextlib
     import io as _io
 
+    if collimator not in collimator_table_codes():
+        # PyTomography matches a code as a substring and fails obscurely on an unknown one
+        raise OptionError(f"{collimator!r} is not in PyTomography's collimator table", option="collimator")
     with contextlib.redirect_stdout(_io.StringIO()):
         from pytomography.io.SPECT import dicom as pyt_dicom
 
         return pyt_dicom.get_psfmeta_from_scanner_params(
             collimator, float(energy_kev), intrinsic_resolution_140keV=intrinsic_fwhm_140kev_mm / 10.0)
+
+
+def collimator_table_codes() -> frozenset:
+    """The codes of PyTomography's collimator table (``pytomography/data/collim.col``: records start with "*")."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("pytomography")
+    table = os.path.join(os.path.dirname(spec.origin), "data", "collim.col")
+    with open(table, encoding="latin-1") as handle:
+        return frozenset(line[1:].split()[0] for line in handle if line.startswith("*") and line[1:].split())
 
 
 class GaussianPSFOperator:

@@ -375,7 +375,7 @@ def test_errors_name_the_option_as_each_front_end_does():
     with_path = OutputError("output folder exists; allow {option} to replace it", "/data/out", option="overwrite")
     assert with_path.describe(options.cli_flag) == "/data/out: output folder exists; allow --overwrite to replace it"
     assert LuDosimetryError("plain").describe(options.cli_flag) == "plain"
-    assert options.cli_flag("dead_time_factor") == "dead_time_factor"  # no flag: its library name
+    assert options.cli_flag("supersample") == "supersample"  # no flag: its library name
     assert options.cli_flag("no_such_option") == "no_such_option"
     assert options.cli_flag("reference_time_point") == "--reference-time-point"
 
