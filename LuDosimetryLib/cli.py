@@ -219,6 +219,50 @@ def cmd_phantom(args) -> int:
     return 0
 
 
+def _read_results_json(path: str) -> dict:
+    """A run's results.json (one error line naming the file when it cannot be read)."""
+    from .errors import StudyError
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StudyError(f"cannot read a results.json ({type(exc).__name__}: {exc})", path) from None
+    if not isinstance(data, dict):
+        raise StudyError("not a LuDosimetry results.json (no object at the top)", path)
+    return data
+
+
+def cmd_cycles(args) -> int:
+    import csv
+
+    from .assumptions import recording
+    from .cycles import summarize_cycles, summary_table_rows
+    from .io.export import atomic_output_dir, check_output_dir, write_json
+    check_output_dir(args.out, args.overwrite)
+    results = [(str(p), _read_results_json(p)) for p in args.results]
+    next_gbq = None if args.next_activity_mbq is None else args.next_activity_mbq / 1e3
+    with recording(strict=args.strict) as assumed:
+        summary = summarize_cycles(results, next_activity_gbq=next_gbq,
+                                   kidney_risk_factors=args.kidney_risk_factors)
+    data = summary.to_json()
+    data["assumptions"] = [a.to_json() for a in assumed.items]
+    rows = summary_table_rows(summary)
+    arithmetic = [line for v in summary.vois if v.projection for line in v.projection["arithmetic"]]
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        write_json(tmp / "cycles.json", data)
+        with open(tmp / "cycles.csv", "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows(rows)
+        (tmp / "cycles.txt").write_text("\n".join(arithmetic + summary.notes) + "\n", encoding="utf-8")
+    for a in assumed.items:
+        sys.stderr.write(f"assumption: {a.message()}\n")
+    if not args.quiet:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)))
+        for line in arithmetic + summary.notes:
+            print(line)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .phantom import write_synthetic_patient
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ludosimetry-demo-"))
@@ -309,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("cycles", help="cumulative dose and BED over one patient's cycles, and how many "
+                       "further cycles stay under the organ limits")
+    p.add_argument("results", nargs="+", help="results.json of each cycle's run")
+    p.add_argument("--out", required=True, help="output folder (cycles.json, cycles.csv, cycles.txt)")
+    p.add_argument("--next-activity-mbq", type=float, help="activity of a further cycle (MBq); default: the "
+                   "mean of the cycles given")
+    p.add_argument("--kidney-risk-factors", action="store_true",
+                   help="kidney BED limit 28 Gy instead of 40 Gy (Bodei et al. 2008)")
+    p.add_argument("--strict", action="store_true", help="refuse instead of assuming")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_cycles)
 
     p = sub.add_parser("demo", help="synthetic patient + run, then the per-VOI table")
     p.add_argument("--dir", help="folder for the study and results (default: a new temporary folder)")
