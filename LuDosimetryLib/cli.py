@@ -1,7 +1,8 @@
 """``ludosimetry``: the command line.
 
 Subcommands: ``inspect`` (inventory of a study), ``run`` (the whole chain), ``dvh`` (statistics of any
-RT Dose with an RTSTRUCT), ``phantom`` (write the synthetic patient), ``demo`` (phantom + run).
+RT Dose with an RTSTRUCT), ``report`` (rebuild a run's report.html/report.pdf from its output folder),
+``phantom`` (write the synthetic patient), ``demo`` (phantom + run).
 A user error prints one line ``ludosimetry: error: <file>: <problem>`` and exits with status 2.
 """
 from __future__ import annotations
@@ -263,6 +264,15 @@ def cmd_cycles(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .patient_report import write_report
+    written = write_report(args.out)
+    if not args.quiet:
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .phantom import write_synthetic_patient
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ludosimetry-demo-"))
@@ -366,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_cycles)
+
+    p = sub.add_parser("report", help="rebuild report.html and report.pdf from a run's output folder alone")
+    p.add_argument("out", metavar="OUT", help="output folder of 'ludosimetry run'")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="synthetic patient + run, then the per-VOI table")
     p.add_argument("--dir", help="folder for the study and results (default: a new temporary folder)")

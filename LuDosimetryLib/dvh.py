@@ -87,9 +87,11 @@ def dose_statistics(dose_gy: np.ndarray, weights: np.ndarray, voxel_volume_ml: f
         Volume of one voxel in mL.
     mass_weights : numpy.ndarray, optional
         Mass density (z, y, x) in g/mL (any per-voxel mass scale works: only ratios matter). When given,
-        ``mean_dose_gy`` is the **mass-weighted** mean, i.e. energy imparted / mass, which is the mean
-        absorbed dose of the VOI in the MIRD sense, and ``mass_g`` is added. Without it the mean is
-        **volume-weighted**. Dx, V and the DVH stay volume-based either way (ICRU 83).
+        ``mean_dose_gy`` is the **mass-weighted** mean ``Σ D_i m_i / Σ m_i``, i.e. energy imparted / mass,
+        which is the mean absorbed dose of the VOI in the MIRD sense (Bolch et al., MIRD Pamphlet No. 21,
+        J Nucl Med 50 (2009) 477: D = ε/m), and ``mass_g`` is added. Without it the mean is
+        **volume-weighted** (the same for a uniform density). ``mean_dose_volume_weighted_gy``
+        (``Σ D_i v_i / Σ v_i``) is given either way. Dx, V and the DVH stay volume-based (ICRU 83).
     volume_thresholds_gy : sequence of float
         Doses for ``v_gy``.
     name : str, optional
@@ -98,7 +100,8 @@ def dose_statistics(dose_gy: np.ndarray, weights: np.ndarray, voxel_volume_ml: f
     Returns
     -------
     dict
-        ``volume_ml`` (sum of weights x voxel volume), ``mean_dose_gy``, ``min_dose_gy`` and
+        ``volume_ml`` (sum of weights x voxel volume), ``mean_dose_gy`` (mass-weighted with
+        ``mass_weights``), ``mean_dose_volume_weighted_gy``, ``min_dose_gy`` and
         ``max_dose_gy`` (over voxels with weight > 0), ``d2_gy``, ``d50_gy``, ``d95_gy``, ``d98_gy`` (see the
         module docstring), ``v_gy`` (dict threshold Gy -> volume in mL receiving at least that dose),
         and ``mass_g`` when ``mass_weights`` is given.
@@ -126,6 +129,7 @@ def dose_statistics(dose_gy: np.ndarray, weights: np.ndarray, voxel_volume_ml: f
         stats["mass_g"] = float(mass.sum())
     else:
         stats["mean_dose_gy"] = float(np.sum(volume * dose) / total)
+    stats["mean_dose_volume_weighted_gy"] = float(np.sum(volume * dose) / total)
     stats["min_dose_gy"] = float(dose.min())
     stats["max_dose_gy"] = float(dose.max())
     for x in (2, 50, 95, 98):

@@ -44,7 +44,11 @@ SPECT_SOURCES: Tuple[str, ...] = ("auto", "vendor", "reconstructed")
 REGISTRATION_METHODS: Tuple[str, ...] = ("none", "rigid", "deformable")
 VOI_MODES: Tuple[str, ...] = ("per-time-point", "reference-only")
 TIA_MAP_METHODS: Tuple[str, ...] = ("voi", "voxel")
-REDUCED_METHODS: Tuple[str, ...] = ("population_prior", "hanscheid", "madsen", "two_point")
+REDUCED_METHODS: Tuple[str, ...] = ("auto", "population_prior", "hanscheid", "madsen", "two_point")
+#: Error models of the time-activity fits (LuDosimetryLib.kinetics.fit.ERROR_MODELS): σ ∝ A, σ ∝ √A, σ constant.
+FIT_WEIGHTINGS: Tuple[str, ...] = ("proportional", "counting", "uniform")
+#: Components of the uncertainty budget (LuDosimetryLib.uncertainty.COMPONENTS), each overridable in %.
+UNCERTAINTY_COMPONENTS: Tuple[str, ...] = ("calibration", "recovery", "volume", "counting", "fit", "dose_factor")
 RECON_ALGORITHMS: Tuple[str, ...] = ("osem", "bsrem")
 SCATTER_METHODS: Tuple[str, ...] = ("tew", "dew", "none")
 PROJECTION_FORMS: Tuple[str, ...] = ("unaltered", "reformatted", "advanced")
@@ -173,11 +177,47 @@ def _format_models_per_voi(value) -> str:
     return format_voi_model_table({name: inverse.get(tuple(models), "auto") for name, models in (value or {}).items()})
 
 
+def _parse_percentages(value) -> Optional[Dict[str, float]]:
+    """``{component: %}`` of the uncertainty budget from ``COMPONENT=PCT`` items (``--uncertainty``, repeatable)
+    or the panel's text ("calibration=3, volume=10": commas, semicolons or spaces); None when there are none.
+    Raises ValueError naming the bad item."""
+    if isinstance(value, Mapping):
+        pairs = [(str(k), v) for k, v in value.items()]
+    else:
+        items = [value] if isinstance(value, str) else list(value)
+        pairs = []
+        for item in items:
+            for part in str(item).replace(";", ",").replace(" ", ",").split(","):
+                if not part:
+                    continue
+                name, sep, number = part.partition("=")
+                if not sep:
+                    raise ValueError(f"{part!r} is not COMPONENT=PCT")
+                pairs.append((name, number))
+    table: Dict[str, float] = {}
+    for name, number in pairs:
+        name = name.strip().lower()
+        if name not in UNCERTAINTY_COMPONENTS:
+            raise ValueError(f"{name!r} is not one of {', '.join(UNCERTAINTY_COMPONENTS)}")
+        try:
+            pct = float(number)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: {number!r} is not a number of %") from None
+        if not (math.isfinite(pct) and pct >= 0):
+            raise ValueError(f"{name}: {number!r} is not a percentage ≥ 0")
+        table[name] = pct
+    return table or None
+
+
+def _format_percentages(value) -> str:
+    return ", ".join(f"{name}={pct:g}" for name, pct in (value or {}).items())
+
+
 # ------------------------------------------------------------------------------------ declarations
 
 #: Kinds of option: how user values are parsed, checked and shown.
 KINDS = ("choice", "float", "int", "bool", "text", "path", "datetime", "time_points", "voi_models",
-         "repeated_text", "repeated_path", "repeated_choice", "internal")
+         "percentages", "repeated_text", "repeated_path", "repeated_choice", "internal")
 
 
 @dataclass(frozen=True)
@@ -258,7 +298,7 @@ class Option:
             return self._parse(value)
         except (TypeError, ValueError) as exc:
             # our own parsers' messages say what is wrong; Python's (float(), fromisoformat) are left out
-            detail = f" ({exc})" if self.kind == "voi_models" and str(exc) else ""
+            detail = f" ({exc})" if self.kind in ("voi_models", "percentages") and str(exc) else ""
             raise OptionError(f"{value!r} is not {self._expected()}{detail}", option=self.name) from None
 
     def _parse(self, value) -> Any:
@@ -285,6 +325,8 @@ class Option:
             return _parse_time_points(value)
         if kind == "voi_models":
             return _parse_models_per_voi(value)
+        if kind == "percentages":
+            return _parse_percentages(value)
         if kind in ("repeated_text", "repeated_path", "repeated_choice"):
             items = [value] if isinstance(value, str) else list(value)
             return tuple(str(v) for v in items)
@@ -304,6 +346,8 @@ class Option:
             return _format_time_points(value)
         if kind == "voi_models":
             return _format_models_per_voi(value)
+        if kind == "percentages":
+            return _format_percentages(value)
         return value
 
     def _expected(self) -> str:
@@ -312,6 +356,7 @@ class Option:
                 "bool": "true or false", "datetime": "an ISO 8601 date/time (e.g. 2018-11-15T09:22)",
                 "time_points": "a list of time point numbers (1 = first), e.g. 2,3",
                 "voi_models": "a table of VOI name to model (" + ", ".join(c for c, _ in MODEL_CHOICES) + ")",
+                "percentages": "COMPONENT=PCT (components: " + ", ".join(UNCERTAINTY_COMPONENTS) + ")",
                 }.get(self.kind, "a valid value")
 
     # -- checks
@@ -340,6 +385,11 @@ class Option:
                 raise OptionError(f"must be {relation} {self.minimum:g}{unit}, got {user:g}{unit}", option=self.name)
             if self.maximum is not None and user > self.maximum:
                 raise OptionError(f"must be ≤ {self.maximum:g}{unit}, got {user:g}{unit}", option=self.name)
+        if self.kind == "percentages":
+            try:
+                _parse_percentages(value)
+            except ValueError as exc:
+                raise OptionError(str(exc), option=self.name) from None
         if self.kind == "time_points" and any(int(v) < 1 for v in value):
             raise OptionError(f"{value!r}: time points are numbered from 1", option=self.name)
 
@@ -393,8 +443,23 @@ RUN_OPTIONS: Tuple[Option, ...] = (
     Option("time_points", "time_points", None, "reduced imaging: only these time points (1 = first, e.g. 2,3) "
            "give the TIA; the fit of all time points is reported beside it", flag="--time-points",
            metavar="LIST", parameter="reducedTimePoints", panel_unset=""),
-    Option("reduced_method", "choice", "population_prior", "TIA method for reduced time points",
-           choices=REDUCED_METHODS, flag="--reduced-method", parameter="reducedMethod"),
+    Option("reduced_method", "choice", "auto", "TIA method for reduced time points (auto: hanscheid for one "
+           "point, two_point for two, the AICc fit for more; population_prior and madsen need "
+           "--population-half-life)", choices=REDUCED_METHODS, flag="--reduced-method", parameter="reducedMethod"),
+    Option("population_half_lives", "repeated_text", None, "population effective half-life of an organ type for "
+           "the population_prior and madsen methods, TYPE=HOURS:LOG_SD (LOG_SD: SD of ln T_eff, needed by "
+           "population_prior; repeatable); LuDosimetry has no default values",
+           flag="--population-half-life", metavar="TYPE=HOURS[:LOG_SD]"),
+    Option("organ_types", "repeated_text", None, "organ type of a VOI for the population half-lives, VOI=TYPE "
+           "(exact VOI name; repeatable); otherwise only exact default names (Kidney_L, Liver, Spleen...; "
+           "docs/reduced_time_points.md), recorded as an assumption", flag="--organ-type", metavar="VOI=TYPE"),
+    Option("fit_weighting", "choice", "proportional", "error model of the time-activity fits: proportional "
+           "(relative uncertainty, weights 1/A²), counting (Poisson, weights 1/A) or uniform (unweighted)",
+           choices=FIT_WEIGHTINGS, flag="--fit-weighting"),
+    Option("uncertainty", "percentages", None, "an uncertainty component's relative standard uncertainty instead "
+           "of its default or estimate, COMPONENT=PCT with COMPONENT one of " + ", ".join(UNCERTAINTY_COMPONENTS)
+           + " (repeatable; docs/uncertainty.md)", unit="%", flag="--uncertainty", metavar="COMPONENT=PCT",
+           parameter="uncertaintyComponents", panel_unset=""),
     Option("models_per_voi", "voi_models", None, "the model of a VOI instead of the AICc choice, NAME=MODEL "
            "with MODEL one of " + ", ".join(c for c, _ in MODEL_CHOICES) + " (repeatable)",
            flag="--voi-model", metavar="NAME=MODEL", parameter="voiModels", panel_unset=""),
@@ -424,6 +489,9 @@ RECON_OPTIONS: Tuple[Option, ...] = (
            flag="--calibration-cps-per-mbq", metavar="CPS_PER_MBQ", group="reconstruct"),
     Option("psf", "bool", True, "model the collimator-detector response (--no-psf: none)", flag="--no-psf",
            parameter="reconPsf", group="reconstruct"),
+    Option("dew_k", "float", None, "dual-energy-window scatter multiplier k (scatter = k x lower-window counts, "
+           "Jaszczak 1984); required by --scatter dew: it depends on the windows and the radionuclide",
+           minimum=0.0, exclusive_minimum=True, flag="--dew-k", metavar="K", group="reconstruct"),
     Option("scatter", "choice", "tew", "scatter estimate from the energy windows", choices=SCATTER_METHODS,
            flag="--scatter", parameter="reconScatter", group="reconstruct"),
     Option("forms", "repeated_choice", None, "projection form(s) to reconstruct (repeatable; default: every "
@@ -530,6 +598,9 @@ def validate(options) -> None:
         declared.check(getattr(options, declared.name))
     if isinstance(options, RunOptions):
         _check_run_combinations(options)
+    elif isinstance(options, ReconOptions) and options.scatter == "dew" and options.dew_k is None:
+        raise OptionError("dual-energy-window scatter correction needs its multiplier k: give {option} "
+                          "(no value is established for Lu-177)", option="dew_k")
 
 
 def _check_run_combinations(options) -> None:
@@ -564,7 +635,7 @@ def add_arguments(parser, group: str = "run") -> None:
             kwargs["default"] = declared.default
         else:
             kwargs["default"] = None
-            if declared.kind.startswith("repeated") or declared.kind == "voi_models":
+            if declared.kind.startswith("repeated") or declared.kind in ("voi_models", "percentages"):
                 kwargs["action"] = "append"
             if declared.choices:
                 kwargs["choices"] = declared.choices
@@ -679,8 +750,29 @@ def replace_options(options, **changes):
     return new
 
 
+def _json_value(value) -> Any:
+    """A library value as JSON (datetimes as ISO 8601, tuples as lists, arrays summarised by their shape)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a numpy array (this module imports no numpy)
+        return f"array {tuple(int(n) for n in value.shape)} {value.dtype}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def options_as_json(options) -> Dict[str, Any]:
+    """Every option of a RunOptions/ReconOptions, library name → library value (library units), as JSON:
+    what a run's ``results.json`` records and its report shows."""
+    return {declared.name: _json_value(getattr(options, declared.name)) for declared in _declarations_of(options)}
+
+
 __all__ = ["Option", "PanelParameter", "RunOptions", "ReconOptions", "RUN_OPTIONS", "RECON_OPTIONS",
            "OUTPUT_OPTIONS", "ALL_OPTIONS", "MODEL_CHOICES", "validate", "add_arguments", "options_from_arguments",
            "values_from_arguments", "panel_parameters", "panel_option", "options_from_panel", "values_from_panel",
            "option", "cli_flag", "parse_voi_model_table", "format_voi_model_table", "voi_model_table_with_names",
-           "option_names", "replace_options"]
+           "option_names", "replace_options", "options_as_json"]

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from .assumptions import Assumption, recording
 from .errors import DicomFileError, FitError, OptionError, StudyError, StructureError
 from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
-from .io.inventory import Inventory, SeriesEntry, scan_study
+from .io.inventory import Inventory, SeriesEntry, require_one_patient, require_plausible_times, scan_study
 from .options import RunOptions, validate
 from .progress import Progress, as_progress
 from .radionuclides import Radionuclide, radionuclide
@@ -33,7 +33,13 @@ from .radionuclides import Radionuclide, radionuclide
 
 @dataclass
 class VoiResult:
-    """Per-VOI results; attribute names are the keys of ``results.json``."""
+    """Per-VOI results; attribute names are the keys of ``results.json``.
+
+    ``mean_dose_gy`` is MIRD's mean absorbed dose, mass-weighted: ``Σ D_i m_i / Σ m_i`` over the VOI's
+    voxels with ``m_i`` from the CT density (energy imparted over mass; MIRD Pamphlet No. 21); it gives
+    ``gy_per_gbq``. ``mean_dose_volume_weighted_gy`` is ``Σ D_i v_i / Σ v_i``, beside it for comparison
+    (the two are equal where the density is uniform, e.g. without a CT).
+    """
 
     name: str
     volume_ml: float
@@ -58,6 +64,15 @@ class VoiResult:
     tia_map_bq_s: Optional[float] = None
     tia_full_bq_s: Optional[float] = None
     reduced_relative_difference: Optional[float] = None
+    fit_param_at_bound: Dict[str, str] = field(default_factory=dict)  # name → bound; its SE is null
+    fit_error_model: str = ""  # error model of the fit (kinetics.fit: proportional, counting, uniform, given)
+    mean_dose_volume_weighted_gy: Optional[float] = None
+    # Relative standard uncertainties (%, k = 1; LuDosimetryLib.uncertainty): all components, counting and fit
+    # alone, and each component's contribution to the mean dose's.
+    tia_uncertainty_pct: Optional[float] = None
+    tia_random_uncertainty_pct: Optional[float] = None
+    mean_dose_uncertainty_pct: Optional[float] = None
+    uncertainty_budget: Dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -101,8 +116,15 @@ class StudyResults:
     time_points_used: Optional[List[int]] = None
     dose_kernel: Optional[dict] = None  # DVK only: {"source", "spacing_mm" (x, y, z), "density_g_ml"}
     residual_activity_bq: Optional[float] = None  # syringe residual, already subtracted from injected_activity_bq
+    options: Optional[RunOptions] = None  # the run's options (results.json "options")
+    inputs: Optional[dict] = None  # the series read, a SHA-256 per file (provenance.input_series_json)
+    time_point_images: List[sitk.Image] = field(default_factory=list)  # each time point's SPECT (Bq/mL), own grid
+    time_point_masks: List[Dict[str, np.ndarray]] = field(default_factory=list)  # VOI masks used, per time point
 
     def to_json(self) -> dict:
+        from .options import options_as_json
+        from .provenance import software_versions
+
         extra = {} if self.dose_kernel is None else {"dose_kernel": self.dose_kernel}
         if self.residual_activity_bq is not None:
             extra.update(residual_activity_bq=self.residual_activity_bq,
@@ -122,6 +144,10 @@ class StudyResults:
             "vois": {name: v.to_json() for name, v in self.vois.items()},
             "assumptions": [a.to_json() for a in self.assumptions],
             "warnings": self.warnings,
+            "patient_name": self.patient_name, "study_instance_uid": self.study_instance_uid,
+            "frame_of_reference_uid": self.frame_of_reference_uid,
+            "options": None if self.options is None else options_as_json(self.options),
+            "inputs": self.inputs, "software": software_versions(),
         }
 
 
@@ -152,7 +178,8 @@ def choose_spect_series(inv: Inventory, options: RunOptions) -> List[SeriesEntry
         if wanted and not uids:
             uids = tp.spect_series_uids
         if len(uids) > 1:
-            listing = "; ".join(f"{u} ({inv.get(u).description})" for u in uids)
+            listing = "; ".join(f"{u} ({inv.get(u).description}, PatientID {inv.get(u).patient_id!r})"
+                                for u in uids)
             raise StudyError(f"time point {tp.index + 1} has {len(uids)} reconstructed SPECT series ({listing}); "
                              "choose one with {option}", inv.root, option="spect_series_uid")
         chosen.append(inv.get(uids[0]))
@@ -163,12 +190,41 @@ def _structure_sets_for(inv: Inventory, tp_index: int) -> List[SeriesEntry]:
     return [s for s in inv.by_role("rtstruct") if s.time_point == tp_index]
 
 
+def _ct_series_for(inv: Inventory, tp_index: int, frame_of_reference_uid: str) -> List[SeriesEntry]:
+    """The CT series of a time point in its SPECT's frame of reference (the first is read)."""
+    return [s for s in inv.by_role("ct") if s.time_point == tp_index and
+            (not frame_of_reference_uid or s.frame_of_reference_uid == frame_of_reference_uid)]
+
+
+def _series_read(ctx: "_RunContext", tps: List["TimePointData"]) -> List[SeriesEntry]:
+    """The series a run read: each time point's SPECT, its CT (:func:`_ct_series_for`) and the structure
+    sets its VOIs came from (:func:`_read_vois`: none with given masks, the reference's alone with
+    ``vois="reference-only"``)."""
+    options, inv = ctx.options, ctx.inventory
+    read: List[SeriesEntry] = []
+    for tp in tps:
+        read.append(tp.entry)
+        read += _ct_series_for(inv, tp.index, tp.spect.frame_of_reference_uid)[:1]
+        if options.masks_per_time_point is None and (options.vois != "reference-only"
+                                                     or tp.index == options.reference_time_point):
+            read += _structure_sets_for(inv, tp.index)
+    return read
+
+
 def _masks_for_time_point(inv: Inventory, tp_index: int, spect: SpectVolume, supersample: int):
     """Masks (z,y,x) of every ROI of the time point's structure sets, on the SPECT grid.
 
     Contours are rasterised with ``supersample``² in-plane sub-samples per voxel and a voxel belongs to
     the VOI when at least half of it is covered (majority rule: unbiased volume, robust for thin shapes).
-    Returned as float32 0/1 weights.
+    Returned as float32 0/1 weights, with the file of each ROI; an ROI may cover no voxel (see
+    :func:`_read_vois`).
+
+    Raises
+    ------
+    DicomFileError
+        The SPECT names no frame of reference (naming the SPECT), so no RTSTRUCT can be checked against it.
+    StructureError
+        An RTSTRUCT or one of its ROIs is in another frame of reference; an ROI is defined twice.
     """
     from .io.rtstruct import read_rtstruct
     from .vois import check_frame_of_reference, structure_set_masks
@@ -177,15 +233,17 @@ def _masks_for_time_point(inv: Inventory, tp_index: int, spect: SpectVolume, sup
     sources: Dict[str, str] = {}
     for entry in _structure_sets_for(inv, tp_index):
         for path in entry.files:
+            if not spect.frame_of_reference_uid:
+                spect_file = next((s.files[0] for s in inv.series
+                                   if s.series_instance_uid == spect.series_instance_uid), inv.root)
+                raise DicomFileError(f"the SPECT of time point {tp_index + 1} names no FrameOfReferenceUID, so the "
+                                     f"VOIs of {path} cannot be placed on it", spect_file)
             ss = read_rtstruct(path)
             check_frame_of_reference(ss, spect.frame_of_reference_uid)
             for name, m in structure_set_masks(ss, spect.image, supersample=supersample).items():
                 if name in masks:
                     raise StructureError(f"ROI {name!r} is defined twice at time point {tp_index + 1} "
                                          f"(also in {sources[name]})", path)
-                if not np.any(m > 0):
-                    warnings.warn(f"{path}: ROI {name!r} covers no voxel of the SPECT grid; it is reported "
-                                  "with zero volume")
                 masks[name] = (m >= 0.5).astype(np.float32)
                 sources[name] = path
     return masks, sources
@@ -233,7 +291,11 @@ class TimePointData:
     regions : dict name → bool ndarray (z, y, x)
         Non-overlapping partition of the VOIs (lesions carved out of organs, :func:`_partition`).
     gtm_bq_ml : dict name → float, optional
-        GTM concentration (Bq/mL) of every region and of the background (``pvc="gtm"``); None without PVC.
+        GTM concentration (Bq/mL) of every region and of the background regions (``pvc="gtm"``); None
+        without PVC.
+    pvc_image : SimpleITK.Image, optional
+        The SPECT (Bq/mL) corrected voxel by voxel with the GTM concentrations (RBV, ``pvc="gtm"``): what
+        the TIA maps are built on; None without PVC.
     registration : Registration, optional
         Transform of this time point to the reference; None for the reference and without registration.
     """
@@ -247,6 +309,7 @@ class TimePointData:
     masks: Dict[str, np.ndarray] = field(default_factory=dict)
     regions: Dict[str, np.ndarray] = field(default_factory=dict)
     gtm_bq_ml: Optional[Dict[str, float]] = None
+    pvc_image: Optional[sitk.Image] = None
     registration: Optional[object] = None
 
     @property
@@ -305,6 +368,7 @@ class _VoiKinetics:
     mass_g: float
     fit: object
     full: Optional[object]
+    uncertainty: Optional[object] = None  # the TIA's uncertainty components (uncertainty.TiaUncertainty)
 
 
 def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) -> StudyResults:
@@ -333,6 +397,7 @@ def run_study(study_dir, options: Optional[RunOptions] = None, progress=None) ->
     with recording(strict=options.strict) as assumption_log:
         results = _run_stages(study_dir, options, progress)
     results.assumptions = assumption_log.items
+    results.options = options
     return results
 
 
@@ -350,7 +415,7 @@ def _run_stages(study_dir, options: RunOptions, progress) -> StudyResults:
     names = _check_vois(ctx, tps)
     _partial_volume(ctx, tps)                                        # 0.6  – 0.63
     kinetics = _fit_vois(ctx, tps, names)                            # 0.63 – 0.68
-    tia_map = _tia_map(ctx, tps)                                     # 0.68 – 0.75
+    tia_map = _tia_map(ctx, tps, kinetics)                           # 0.68 – 0.75
     ref_tp = tps[ctx.ref]
     tia_voxel = tia_map * ref_tp.voxel_ml                            # Bq·s per voxel
     dose, dose_kernel = _dose(ctx, ref_tp, tia_voxel, file_kernel)   # 0.75 – 0.9
@@ -369,9 +434,11 @@ def _read_inventory(ctx: _RunContext) -> Inventory:
     Raises
     ------
     DicomFileError
-        A DICOM file could not be read.
+        A DICOM file could not be read, or names no series (:meth:`Inventory.unusable`).
     StudyError
-        No SPECT time point, or no injected activity or injection time.
+        A folder could not be listed; no SPECT time point, or no injected activity or injection time.
+    StrictRefusal
+        Strict run and the injection date inferred from a time alone.
     """
     options, study_dir = ctx.options, ctx.study_dir
     ctx.progress.report(0.0, "reading study")
@@ -379,10 +446,11 @@ def _read_inventory(ctx: _RunContext) -> Inventory:
                      injection_time=options.injection_time, progress=ctx.progress.sub(0.0, 0.1),
                      extra_roots=tuple(options.extra_study_dirs))
     ctx.warnings += inv.warnings
-    broken = [item for item in inv.skipped if item["reason"].startswith("unreadable DICOM")]
+    broken = inv.unusable()  # unreadable files and folders, objects without a series: none left out silently
     if broken:
-        raise DicomFileError(broken[0]["reason"] + (f" (and {len(broken) - 1} more such files)" if len(broken) > 1
-                                                    else ""), broken[0]["file"])
+        more = f" (and {len(broken) - 1} more such files or folders)" if len(broken) > 1 else ""
+        error = StudyError if broken[0]["reason"].startswith("unreadable folder") else DicomFileError
+        raise error(broken[0]["reason"] + more, broken[0]["file"])
     if not inv.time_points:
         roles = sorted({s.role for s in inv.series})
         raise StudyError(f"no reconstructed SPECT with an acquisition time (series found: {', '.join(roles)})",
@@ -420,8 +488,17 @@ def _choose_time_points(ctx: _RunContext) -> List[SeriesEntry]:
     -------
     list of SeriesEntry
         One reconstructed SPECT series per time point (:func:`choose_spect_series`).
+
+    Raises
+    ------
+    StudyError
+        Time points of more than one patient; a scan before the injection or implausibly long after it.
+    DicomFileError
+        A SPECT file whose acquisition time disagrees with the rest of its series.
     """
     entries = choose_spect_series(ctx.inventory, ctx.options)
+    ctx.warnings += require_one_patient(ctx.inventory, entries)
+    require_plausible_times(ctx.inventory, entries)
     n_tp = len(entries)
     ctx.ref = ref = ctx.options.reference_time_point
     if not 0 <= ref < n_tp:
@@ -467,20 +544,24 @@ def _read_spects(ctx: _RunContext, entries: List[SeriesEntry]) -> List[TimePoint
 def _read_ct_density(ctx: _RunContext, tps: List[TimePointData]) -> None:
     """Each time point's CT (HU, for registration) and density (g/mL) on its SPECT grid (masses, dose).
 
-    Sets ``ct_hu`` and ``density_g_ml`` (None, with a warning, where no CT shares the SPECT's frame of
-    reference: masses then assume 1.04 g/mL).
+    Sets ``ct_hu`` and ``density_g_ml``. Where no CT shares the SPECT's frame of reference ``density_g_ml``
+    stays None, a named assumption (refused with ``strict``): masses at 1.04 g/mL (ICRU 46 soft tissue),
+    the dose in the kernel's medium everywhere (no density correction) and, on the reference time point,
+    no body outline (the dose is not set to 0 outside the body: the outline comes from the CT only).
     """
+    from .assumptions import assume
     from .dose import density_from_hu
 
     progress = ctx.progress.sub(0.25, 0.35)
     for tp in tps:
         i, sp = tp.index, tp.spect
         progress.report(i / len(tps), f"CT density {i + 1}/{len(tps)}")
-        entries = [s for s in ctx.inventory.by_role("ct") if s.time_point == i and
-                   (not sp.frame_of_reference_uid or s.frame_of_reference_uid == sp.frame_of_reference_uid)]
+        entries = _ct_series_for(ctx.inventory, i, sp.frame_of_reference_uid)
         if not entries:
-            ctx.warnings.append(f"time point {i + 1}: no CT in the SPECT's frame of reference; "
-                                "masses assume 1.04 g/mL (ICRU 46 soft tissue)")
+            outline = "; no body outline (dose not set to 0 outside the body)" if i == ctx.ref else ""
+            assume(f"time point {i + 1}: no CT in the SPECT's frame of reference: density",
+                   f"1.04 g/mL for masses (ICRU 46 soft tissue), the dose kernel's medium for the dose{outline}",
+                   "default", tp.entry.files[0])
             continue
         tp.ct_hu = read_ct(entries[0].files, what=f"CT {entries[0].description}")
         hu_on_spect = mean_over_grid(tp.ct_hu, sp.image, default=-1000.0)
@@ -491,16 +572,25 @@ def _read_vois(ctx: _RunContext, tps: List[TimePointData]) -> None:
     """VOI masks (z,y,x float32 0/1) on each time point's SPECT grid: the study's RTSTRUCTs or the masks
     given in ``options.masks_per_time_point``. Sets ``masks`` (empty where a time point has none).
 
+    A VOI that covers no voxel of the reference time point (no contour there, or none on the SPECT grid)
+    is left out of the run, with a warning naming it and its file. One that covers no voxel of another
+    time point, while the reference has it, is refused without a registration; with one,
+    :func:`_check_vois` replaces it by the propagated reference VOI. The RTSTRUCT reader's warnings
+    (contours skipped, ROIs renamed) are the run's warnings.
+
     Raises
     ------
     StudyError
-        No time point has a VOI, or the given masks do not match the time points.
+        No time point has a VOI, the given masks do not match the time points, or no VOI of the
+        reference time point covers a voxel.
     StructureError
-        A given mask is not on its SPECT grid; an ROI is defined twice.
+        A given mask is not on its SPECT grid; an ROI is defined twice; a VOI covers no voxel of a time
+        point other than the reference and there is no registration.
     """
     options, study_dir = ctx.options, ctx.study_dir
     progress = ctx.progress.sub(0.35, 0.45)
     given = options.masks_per_time_point
+    sources: Dict[int, Dict[str, str]] = {}
     if given is not None and len(given) != len(tps):
         raise StudyError(f"{len(given)} sets of VOI masks given for {len(tps)} time points", study_dir)
     for tp in tps:
@@ -518,17 +608,47 @@ def _read_vois(ctx: _RunContext, tps: List[TimePointData]) -> None:
         elif options.vois == "reference-only" and i != options.reference_time_point:
             masks = {}
         else:
-            masks, _ = _masks_for_time_point(ctx.inventory, i, tp.spect, options.supersample)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                masks, sources[i] = _masks_for_time_point(ctx.inventory, i, tp.spect, options.supersample)
+            for w in caught:
+                if str(w.message) not in ctx.warnings:
+                    ctx.warnings.append(str(w.message))
         tp.masks = masks
     if not any(tp.masks for tp in tps):
         raise StudyError("no RTSTRUCT matches any SPECT time point (same frame of reference or referenced "
                          "series); nothing to report", study_dir)
+    ref = ctx.ref
+    reference = tps[ref].masks
+    for name in [n for n, m in reference.items() if not m.any()]:
+        ctx.warnings.append(f"{sources.get(ref, {}).get(name, study_dir)}: VOI {name!r} covers no voxel of the "
+                            f"reference time point {ref + 1} (no contour there, or none on the SPECT grid); it "
+                            "is left out of the results")
+        for tp in tps:
+            tp.masks.pop(name, None)
+        if not reference:
+            raise StudyError(f"no VOI covers a voxel of the reference time point {ref + 1}; nothing to report",
+                             study_dir)
+    if options.registration != "none":
+        return  # _check_vois replaces empty VOIs of other time points by the propagated reference VOIs
+    for tp in tps:
+        empty = [n for n, m in tp.masks.items() if n in reference and not m.any()]
+        if tp.index != ref and empty:
+            raise StructureError(f"VOI {empty[0]!r} covers no voxel of time point {tp.index + 1} (no contour "
+                                 "there, or none on the SPECT grid) while the reference time point "
+                                 f"{ref + 1} has it: its activity would be 0; contour it, or propagate the "
+                                 "reference contours with {option} rigid or deformable",
+                                 sources.get(tp.index, {}).get(empty[0], study_dir), option="registration")
 
 
 def _register_and_propagate(ctx: _RunContext, tps: List[TimePointData]) -> None:
     """With ``options.registration``: register every time point to the reference (CT–CT, refined per VOI
     on SPECT), then carry the reference VOIs to the time points that take them (``vois="reference-only"``,
     or no VOIs of their own). Sets ``registration`` and, where propagated, ``masks``.
+
+    A propagated VOI keeps its volume (``propagate_masks(mode="volume")``: the reference volume, times the
+    deformation's Jacobian, in the voxels mapping deepest into it), so that its activity cannot drift with
+    where the map puts the voxel centres.
 
     Raises
     ------
@@ -557,7 +677,7 @@ def _register_and_propagate(ctx: _RunContext, tps: List[TimePointData]) -> None:
                                                progress=progress.sub(n / len(others), (n + 1) / len(others)))
     for tp in others:
         if options.vois == "reference-only" or not tp.masks:
-            moved = propagate_masks(fixed.masks, fixed.image, tp.registration, tp.image)
+            moved = propagate_masks(fixed.masks, fixed.image, tp.registration, tp.image, mode="volume")
             tp.masks = {k: np.asarray(m, dtype=np.float32) for k, m in moved.items()}
 
 
@@ -569,10 +689,15 @@ def _check_vois(ctx: _RunContext, tps: List[TimePointData]) -> List[str]:
     list of str
         The VOI names, in the reference time point's order.
 
+    A VOI that covers no voxel of a time point other than the reference (:func:`_read_vois` lets it pass
+    only with a registration) is replaced there by the reference VOI propagated by the registration, with
+    a warning.
+
     Raises
     ------
     StudyError
-        The reference or another time point has no VOIs, or VOI names differ between time points.
+        The reference or another time point has no VOIs, VOI names differ between time points, or a VOI
+        covers no voxel of a time point even when propagated.
     """
     ref, study_dir = ctx.ref, ctx.study_dir
     if not tps[ref].masks:
@@ -596,22 +721,52 @@ def _check_vois(ctx: _RunContext, tps: List[TimePointData]) -> List[str]:
             raise StudyError(f"VOI names differ between time point {ref + 1} and {i + 1}: missing at {i + 1}: "
                              f"{only_ref}, only at {i + 1}: {only_here}; rename the ROIs so that every VOI is on "
                              "every time point", study_dir)
+    fixed = tps[ref]
+    for tp in tps:
+        empty = [n for n in names if tp.index != ref and not tp.masks[n].any()]
+        if empty and tp.registration is not None:
+            from .registration import propagate_masks
+            moved = propagate_masks({n: fixed.masks[n] for n in empty}, fixed.image, tp.registration, tp.image)
+            tp.masks.update({n: np.asarray(moved[n], dtype=np.float32) for n in empty})
+            ctx.warnings.append(f"time point {tp.index + 1}: VOI(s) {', '.join(repr(n) for n in empty)} cover no "
+                                "voxel of the time point's own contours; the reference contours, propagated by "
+                                "the registration, are used instead")
+        still = [n for n in empty if not tp.masks[n].any()]
+        if still:
+            raise StudyError(f"VOI {still[0]!r} covers no voxel of time point {tp.index + 1}, even propagated "
+                             f"from the reference time point {ref + 1}: its activity would be 0", study_dir)
     return names
 
 
 def _partial_volume(ctx: _RunContext, tps: List[TimePointData]) -> None:
     """Non-overlapping regions per time point (lesions carved out of organs) and, with ``pvc="gtm"``,
-    their true mean concentrations by GTM. Sets ``regions`` and ``gtm_bq_ml``."""
+    their true mean concentrations by GTM and the SPECT corrected voxel by voxel (RBV, :mod:`.pvc`).
+    Sets ``regions``, ``gtm_bq_ml`` and ``pvc_image``.
+
+    The GTM background is split at the body outline of the time point's CT
+    (:func:`~LuDosimetryLib.dose.body_outline`) into the rest of the body and the air around it; without
+    a CT it is one region, a named assumption (refused with ``strict``).
+    """
     for tp in tps:
         tp.regions = _partition(tp.masks)
     if ctx.options.pvc != "gtm":
         return
-    from .pvc import gtm_concentrations
+    from .assumptions import assume
+    from .dose import body_outline
+    from .pvc import gtm_correction
 
     progress = ctx.progress.sub(0.6, 0.63)
     for tp in tps:
         progress.report(tp.index / len(tps), f"partial-volume correction {tp.index + 1}/{len(tps)}")
-        tp.gtm_bq_ml = gtm_concentrations(tp.array, tp.regions, tp.image.GetSpacing(), ctx.options.psf_fwhm_mm)
+        body = None if tp.density_g_ml is None else body_outline(tp.density_g_ml)
+        if body is None:
+            assume(f"partial-volume correction (GTM) of time point {tp.index + 1}: body and air outside the VOIs "
+                   "taken as one background region", "one background region (no CT for a body outline)",
+                   "default", tp.entry.files[0])
+        pvc = gtm_correction(tp.array, tp.regions, tp.image.GetSpacing(), ctx.options.psf_fwhm_mm, body=body)
+        tp.gtm_bq_ml = pvc.concentrations_bq_ml
+        tp.pvc_image = sitk.GetImageFromArray(pvc.corrected_bq_ml)
+        tp.pvc_image.CopyInformation(tp.image)
 
 
 def _fit_vois(ctx: _RunContext, tps: List[TimePointData], names: List[str]) -> Dict[str, _VoiKinetics]:
@@ -623,12 +778,17 @@ def _fit_vois(ctx: _RunContext, tps: List[TimePointData], names: List[str]) -> D
     dict name → _VoiKinetics
         In the order of ``names``. The fits' warnings are added to the run's.
     """
+    from . import uncertainty as unc
+
     progress = ctx.progress.sub(0.63, 0.68)
+    overrides, ref_tp = ctx.options.uncertainty or {}, tps[ctx.ref]
+    # counting noise of each time point from the image's own noise (unless the user gives it)
+    noise = [float("nan") if "counting" in overrides else unc.image_counts_per_bq_ml(tp.array) for tp in tps]
     out: Dict[str, _VoiKinetics] = {}
     for k, name in enumerate(names):
         progress.report(k / len(names), f"fitting {name}")
-        acts, concs, vols, masses = [], [], [], []
-        for tp in tps:
+        acts, concs, vols, masses, sigmas = [], [], [], [], []
+        for tp, counts_scale in zip(tps, noise):
             w = tp.masks[name]
             vml = tp.voxel_ml
             a = _voi_activity_bq(tp.array, w, vml, gtm=tp.gtm_bq_ml, regions=tp.regions)
@@ -638,17 +798,35 @@ def _fit_vois(ctx: _RunContext, tps: List[TimePointData], names: List[str]) -> D
             concs.append(a / v if v > 0 else float("nan"))
             dens = tp.density_g_ml
             masses.append(float(np.sum(w * dens)) * vml if dens is not None else v * 1.04)
+            raw = _voi_activity_bq(tp.array, w, vml) if tp.gtm_bq_ml is not None else a  # GTM: same relative u
+            sigmas.append(unc.image_sigma_bq(tp.array, w, vml, counts_scale) * abs(a / raw) if raw else float("nan"))
         fit, full = _fit_tac(ctx, tps, acts, name)
         ctx.warnings += list(fit.warnings)  # already prefixed with the VOI name
+        # Uncertainty (LuDosimetryLib.uncertainty): the fit's points, the VOI ±1 voxel, the PSF's recovery (GTM).
+        used = list(range(len(tps))) if ctx.subset is None else list(ctx.subset)
+        drawn = ref_tp.masks[name]
+        minus, plus = unc.delineation_masks(drawn)
+        delineation = [_voi_activity_bq(ref_tp.array, m.astype(np.float32), ref_tp.voxel_ml, gtm=ref_tp.gtm_bq_ml,
+                                        regions=ref_tp.regions) for m in (minus, drawn, plus)]
+        delineation += [float(np.count_nonzero(m >= 0.5)) * ref_tp.voxel_ml for m in (minus, drawn, plus)]
+        recovery = 0.0 if ctx.options.pvc != "gtm" else unc.recovery_uncertainty(
+            drawn, ref_tp.image.GetSpacing(), ctx.options.psf_fwhm_mm)
+        tia_unc = unc.tia_uncertainty(fit, [sigmas[i] for i in used], delineation=tuple(delineation),
+                                      recovery=recovery, overrides=overrides)
+        ctx.warnings += [w for w in tia_unc.warnings if w not in ctx.warnings]
         out[name] = _VoiKinetics(activity_bq=acts, concentration_bq_per_ml=concs, volume_ml=vols[ctx.ref],
-                                 mass_g=masses[ctx.ref], fit=fit, full=full)
+                                 mass_g=masses[ctx.ref], fit=fit, full=full, uncertainty=tia_unc)
+    if "counting" not in overrides and any(not (s >= 0) for s in noise):
+        ctx.warnings.append("the counting noise of a time point could not be read from its SPECT (too few voxels "
+                            "with activity): its uncertainty is not known; give it with --uncertainty counting=PCT")
     return out
 
 
-def _tia_map(ctx: _RunContext, tps: List[TimePointData]) -> np.ndarray:
+def _tia_map(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[str, _VoiKinetics]) -> np.ndarray:
     """TIA concentration map (Bq·s/mL, float32 z,y,x) on the reference grid, by ``options.tia_map``:
     ``"voxel"`` (every voxel's curve fitted, :func:`~LuDosimetryLib.kinetics.voxel.voxel_tia_map`) or
-    ``"voi"`` (each VOI region's fitted TIA spread like its reference activity, :func:`_voi_tia_map`)."""
+    ``"voi"`` (each VOI's reported TIA spread like its reference activity, :func:`_voi_tia_map`). Both are
+    built on the time points' SPECT corrected voxel by voxel when ``pvc="gtm"`` (:func:`_images_on_reference`)."""
     options, ref, subset = ctx.options, ctx.ref, ctx.subset
     ctx.progress.report(0.68, "TIA map")
     on_ref = _images_on_reference(tps, ref)
@@ -661,7 +839,7 @@ def _tia_map(ctx: _RunContext, tps: List[TimePointData]) -> np.ndarray:
                                       models=[m for m in options.models if m != "tri_exponential"], mask=body,
                                       progress=ctx.progress.sub(0.68, 0.75))
         return sitk.GetArrayFromImage(tia_img).astype(np.float32)
-    return _voi_tia_map(ctx, tps, on_ref)
+    return _voi_tia_map(ctx, tps, on_ref, kinetics)
 
 
 def _dose(ctx: _RunContext, ref_tp: TimePointData, tia_voxel: np.ndarray,
@@ -680,32 +858,47 @@ def _dose(ctx: _RunContext, ref_tp: TimePointData, tia_voxel: np.ndarray,
     Returns
     -------
     dose : ndarray (z, y, x) float32
-        Gy.
+        Gy; 0 outside the body outline.
     dose_kernel : dict or None
         DVK only: the kernel's source, spacing (mm) and medium density (g/mL), for ``results.json``.
+
+    Notes
+    -----
+    The body outline is the reference CT's (:func:`~LuDosimetryLib.dose.media.body_outline`: density of at
+    least 0.5 g/mL with its cavities filled), with or without the density correction; without a CT there
+    is none (the dose is the kernel medium's everywhere, a named assumption of :func:`_read_ct_density`).
+    With the correction the electron part of the dose is scaled by the density, the photon part is not
+    (:mod:`~LuDosimetryLib.dose.convolve`); a kernel file is split into the two by
+    :func:`~LuDosimetryLib.dose.kernels.split_kernel`.
     """
-    from .dose import dose_dvk, dose_ldm
+    from .dose import body_outline, dose_dvk, dose_ldm
 
     options = ctx.options
     spacing = ref_tp.image.GetSpacing()
     density = ref_tp.density_g_ml
     dens_for_dose = density if (options.density_correction and density is not None) else None
+    body = None if density is None else body_outline(density)
 
     ctx.progress.report(0.75, f"absorbed dose ({options.dose_method})")
     dose_kernel = None
     if options.dose_method == "dvk":
+        photon_kernel = None
         if file_kernel is not None:
-            from .dose import check_kernel_grid
+            from .dose import check_kernel_grid, split_kernel
             check_kernel_grid(file_kernel, spacing)
+            if dens_for_dose is not None:
+                photon_kernel = split_kernel(file_kernel.values_gy_per_decay, file_kernel.spacing_mm, ctx.nuclide,
+                                             density_g_ml=options.kernel_density_g_ml)[1]
         dose = dose_dvk(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=ctx.nuclide,
                         kernel=None if file_kernel is None else file_kernel.values_gy_per_decay,
-                        kernel_density_g_ml=options.kernel_density_g_ml, progress=ctx.progress.sub(0.75, 0.9))
+                        photon_kernel=photon_kernel, kernel_density_g_ml=options.kernel_density_g_ml,
+                        body_mask=body, progress=ctx.progress.sub(0.75, 0.9))
         kernel_spacing = spacing if file_kernel is None else file_kernel.spacing_mm
         dose_kernel = {"source": "LuDosimetry (built)" if file_kernel is None else file_kernel.source,
                        "spacing_mm": [round(float(v), 6) for v in kernel_spacing],
                        "density_g_ml": float(options.kernel_density_g_ml)}
     else:
-        dose = dose_ldm(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=ctx.nuclide)
+        dose = dose_ldm(tia_voxel, spacing, density_g_ml=dens_for_dose, nuclide=ctx.nuclide, body_mask=body)
     return np.asarray(dose, dtype=np.float32), dose_kernel
 
 
@@ -716,26 +909,46 @@ def _statistics(ctx: _RunContext, ref_tp: TimePointData, kinetics: Dict[str, _Vo
     Returns
     -------
     vois : dict name → VoiResult
+        ``mean_dose_gy`` mass-weighted by the reference CT density (volume-weighted, the same, without
+        a CT), ``mean_dose_volume_weighted_gy`` beside it.
     dvhs : dict name → cumulative DVH
         VOIs covering no voxel have NaN dose statistics and no DVH.
+
+    A VOI more than 1 % of which lies outside the body outline (air, where the dose is 0) is a warning.
     """
+    from .dose import body_outline
     from .dvh import cumulative_dvh, dose_statistics
 
     ctx.progress.report(0.9, "DVH")
+    outside_body = None if ref_tp.density_g_ml is None else ~body_outline(ref_tp.density_g_ml)
     injected_bq = administered_activity_bq(ctx.inventory.injected_activity_bq, ctx.options.residual_activity_bq)
     gbq = injected_bq / 1e9
     vml_ref = ref_tp.voxel_ml
     dvhs = {}
     out: Dict[str, VoiResult] = {}
+    from . import uncertainty as unc
+
     for name, kin in kinetics.items():
         w = ref_tp.masks[name]
         fit, full = kin.fit, kin.full
+        # the mean dose over the VOI eroded / as drawn / dilated by one voxel, and their volumes (uncertainty)
+        minus, plus = unc.delineation_masks(w)
+        shells = (minus, w >= 0.5, plus)
+        delineation = tuple(unc.mass_weighted_mean(dose, m, ref_tp.density_g_ml) for m in shells) + tuple(
+            float(np.count_nonzero(m)) * vml_ref for m in shells)
+        budget = unc.dose_uncertainty(kin.uncertainty, dose_delineation=delineation,
+                                      overrides=ctx.options.uncertainty)
         if float(w.sum()) > 0:
-            stats = dose_statistics(dose, w, vml_ref)
+            stats = dose_statistics(dose, w, vml_ref, mass_weights=ref_tp.density_g_ml)
             dvhs[name] = cumulative_dvh(dose, w, vml_ref)
+            outside = 0.0 if outside_body is None else float(np.sum(w[outside_body])) / float(w.sum())
+            if outside > 0.01:
+                ctx.warnings.append(f"VOI {name!r}: {100.0 * outside:.1f} % of its volume lies outside the body "
+                                    "outline (air on the CT): the dose there is 0")
         else:
-            stats = {"mean_dose_gy": float("nan"), "d2_gy": float("nan"), "d50_gy": float("nan"),
-                     "d98_gy": float("nan"), "max_dose_gy": float("nan")}
+            stats = {"mean_dose_gy": float("nan"), "mean_dose_volume_weighted_gy": float("nan"),
+                     "d2_gy": float("nan"), "d50_gy": float("nan"), "d98_gy": float("nan"),
+                     "max_dose_gy": float("nan")}
         out[name] = VoiResult(
             name=name, volume_ml=kin.volume_ml, mass_g=kin.mass_g, activity_bq=kin.activity_bq,
             concentration_bq_per_ml=kin.concentration_bq_per_ml, tia_bq_s=float(fit.tia_bq_s),
@@ -743,13 +956,18 @@ def _statistics(ctx: _RunContext, ref_tp: TimePointData, kinetics: Dict[str, _Vo
             tiac_h=float(fit.tia_bq_s) / injected_bq / 3600.0, fit_model=fit.model,
             fit_params={k: float(v) for k, v in fit.params.items()},
             fit_param_se={k: float(v) for k, v in (fit.param_se or {}).items()},
+            fit_param_at_bound=dict(getattr(fit, "param_at_bound", {}) or {}),
+            fit_error_model=str(getattr(fit, "error_model", "")),
             effective_half_life_h=None if fit.effective_half_life_h is None else float(fit.effective_half_life_h),
             mean_dose_gy=float(stats["mean_dose_gy"]), d2_gy=float(stats["d2_gy"]), d50_gy=float(stats["d50_gy"]),
             d98_gy=float(stats["d98_gy"]), max_dose_gy=float(stats["max_dose_gy"]),
             gy_per_gbq=float(stats["mean_dose_gy"]) / gbq, fit_warnings=list(fit.warnings),
             tia_map_bq_s=float(np.sum(tia_voxel * (w >= 0.5))),
             tia_full_bq_s=None if full is None else float(full.tia_bq_s),
-            reduced_relative_difference=None if full is None else float(fit.tia_bq_s / full.tia_bq_s - 1.0))
+            reduced_relative_difference=None if full is None else float(fit.tia_bq_s / full.tia_bq_s - 1.0),
+            mean_dose_volume_weighted_gy=float(stats["mean_dose_volume_weighted_gy"]),
+            tia_uncertainty_pct=budget.tia_uncertainty_pct, tia_random_uncertainty_pct=budget.tia_random_uncertainty_pct,
+            mean_dose_uncertainty_pct=budget.mean_dose_uncertainty_pct, uncertainty_budget=budget.uncertainty_budget)
     return out, dvhs
 
 
@@ -757,6 +975,8 @@ def _study_results(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[st
                    vois: Dict[str, VoiResult], dvhs: dict, dose: np.ndarray, tia_map: np.ndarray,
                    dose_kernel: Optional[dict]) -> StudyResults:
     """The run's :class:`StudyResults` (maps as images on the reference SPECT grid)."""
+    from .provenance import input_series_json
+
     ref_tp = tps[ctx.ref]
     inv, ref_img = ctx.inventory, ref_tp.image
 
@@ -782,7 +1002,11 @@ def _study_results(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[st
         study_instance_uid=ref_tp.entry.study_instance_uid, warnings=ctx.warnings, inventory=inv,
         registrations={tp.index: tp.registration for tp in tps if tp.registration is not None},
         reference_index=ctx.ref,
-        time_points_used=None if ctx.subset is None else [i + 1 for i in ctx.subset], dose_kernel=dose_kernel)
+        time_points_used=None if ctx.subset is None else [i + 1 for i in ctx.subset], dose_kernel=dose_kernel,
+        inputs=input_series_json(_series_read(ctx, tps), inv.root,
+                                 other_files={} if ctx.options.kernel_path is None
+                                 else {"dose_kernel": ctx.options.kernel_path}),
+        time_point_images=[tp.image for tp in tps], time_point_masks=[tp.masks for tp in tps])
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -807,7 +1031,7 @@ def _voi_activity_bq(image: np.ndarray, voi: np.ndarray, voxel_ml: float,
     regions : dict name → bool ndarray, optional
         With ``gtm``, the regions the VOI's activity is made of: for a weights mask, every region of the
         time point's partition (each counted on its voxels inside the VOI); for a boolean region,
-        ``{name: voi}`` (the region itself).
+        ``{name: voi}`` (the region itself). A region without voxels (absent from ``gtm``) holds 0 Bq.
 
     Returns
     -------
@@ -825,70 +1049,90 @@ def _voi_activity_bq(image: np.ndarray, voi: np.ndarray, voxel_ml: float,
         if gtm is None:
             return float(np.sum(image[voi])) * voxel_ml
         (name,) = regions
-        return gtm[name] * float(np.count_nonzero(voi)) * voxel_ml
+        return gtm[name] * float(np.count_nonzero(voi)) * voxel_ml if name in gtm else 0.0
     if gtm is None:  # a VOI's 0/1 weights
         return float(np.sum(voi * image)) * voxel_ml
     inside = voi > 0
-    return sum(gtm[n] * float(np.count_nonzero(regions[n] & inside)) for n in regions) * voxel_ml
+    # a region without voxels at this time point has no GTM value and holds nothing
+    return sum(gtm[n] * float(np.count_nonzero(regions[n] & inside)) for n in regions if n in gtm) * voxel_ml
 
 
 def _fit_tac(ctx: _RunContext, tps: List[TimePointData], acts: List[float], name: str,
              label: Optional[str] = None):
-    """Fit a VOI's (or region's) activities (Bq per time point) with the VOI's candidate models.
+    """Fit a VOI's (or region's) activities (Bq per time point) with the VOI's candidate models, weighted by
+    the error model ``options.fit_weighting`` (:mod:`~LuDosimetryLib.kinetics.fit`).
 
     Returns
     -------
     fit, full : TacFit, TacFit or None
         The fit on every time point and None; with a subset, the reduced-time-point fit
-        (:func:`~LuDosimetryLib.kinetics.reduced.fit_reduced`) and the fit on every time point.
+        (:func:`~LuDosimetryLib.kinetics.reduced.fit_reduced`) and the fit on every time point. A population
+        method takes the VOI's organ type from ``options.organ_types`` or, as a named assumption, from the
+        exact-name defaults, and the user's ``options.population_half_lives``.
 
     Raises
     ------
     FitError
         Naming the VOI (``label``, default ``name``).
+    OptionError
+        A population method without the population half-lives, or without an organ type for the VOI.
     """
+    from .assumptions import assume
     from .kinetics import fit_time_activity_curve
-    from .kinetics.reduced import fit_reduced
+    from .kinetics.reduced import fit_reduced, population_inputs
 
     options, subset = ctx.options, ctx.subset
     label = label or name
     hours = [tp.hours for tp in tps]
     models = (options.models_per_voi or {}).get(name, options.models)
     try:
-        full = fit_time_activity_curve(np.array(hours), np.array(acts), models=models,
-                                       nuclide=ctx.nuclide, label=label)
+        full = fit_time_activity_curve(np.array(hours), np.array(acts), models=models, nuclide=ctx.nuclide,
+                                       error_model=options.fit_weighting, label=label)
         if subset is None:
             return full, None
         idx = list(subset)
-        red = fit_reduced(np.array(hours)[idx], np.array(acts)[idx], options.reduced_method, organ=name,
-                          nuclide=ctx.nuclide, label=label)
+        organ, population, from_default = population_inputs(name, options.reduced_method, options.organ_types,
+                                                             options.population_half_lives)
+        if from_default:
+            assume(f"organ type of VOI {name!r} for its population half-life", organ,
+                   "default mapping of exact VOI names (--organ-type VOI=TYPE to set it)")
+        red = fit_reduced(np.array(hours)[idx], np.array(acts)[idx], options.reduced_method, organ=organ,
+                          population=population, nuclide=ctx.nuclide, label=label,
+                          error_model=options.fit_weighting)
         return red, full
     except FitError as exc:
         raise FitError(f"VOI {label!r}: {exc.problem}", ctx.study_dir) from exc
 
 
-def _voi_tia_map(ctx: _RunContext, tps: List[TimePointData], on_ref: List[sitk.Image]) -> np.ndarray:
-    """VOI-based TIA concentration map (Bq·s/mL) on the reference SPECT grid.
+def _voi_tia_map(ctx: _RunContext, tps: List[TimePointData], on_ref: List[sitk.Image],
+                 kinetics: Dict[str, _VoiKinetics]) -> np.ndarray:
+    """VOI-based TIA concentration map (Bq·s/mL) on the reference SPECT grid, whose integral over every VOI,
+    nested ones included, is the VOI's reported TIA.
 
-    Inside each VOI region (lesions carved out of organs) the region's fitted TIA is distributed in
-    proportion to the reference image, so the map's integral over a VOI equals the VOI's TIA (the
-    organ-level result). Outside the VOIs each voxel is integrated by trapezoids from (0, 0) with a
-    physical-decay tail, on the time points carried to the reference grid (``on_ref``).
+    Outside the VOIs each voxel is integrated by trapezoids from (0, 0) with a physical-decay tail, on the
+    time points carried to the reference grid (``on_ref``; with ``pvc="gtm"`` corrected voxel by voxel, so
+    that the activity a VOI recovers is not also left in its halo). The VOI regions (lesions carved out of
+    organs, :func:`_partition`) are filled smallest first: each gets its VOI's reported TIA less what the
+    map already holds in the VOI's other voxels (the smaller VOIs inside it), spread in proportion to the
+    reference image (``on_ref``). The fit of a whole organ and the fits of the lesions inside it are not
+    additive; taking the organ's remainder, not a separate fit of its parenchyma, keeps both the organ's
+    and each lesion's TIA.
 
-    Each region's curve is measured on every time point's own grid and regions (:func:`_voi_activity_bq`)
-    and fitted like its VOI (:func:`_fit_tac`: full, or reduced on ``ctx.subset``, which also selects the
-    time points used outside the VOIs); a region whose fit fails keeps the trapezoid integral.
+    Where the VOIs inside a VOI hold more than its own TIA (fits that cannot be reconciled) its region
+    takes its own fitted curve instead (:func:`_region_tia_bq_s`), and a warning says so.
 
     Parameters
     ----------
     tps : list of TimePointData
         The time points (hours, SPECT, regions and GTM concentrations on each one's own grid).
     on_ref : list of SimpleITK.Image
-        Every time point's SPECT (Bq/mL) on the reference grid.
+        Every time point's SPECT (Bq/mL) on the reference grid (:func:`_images_on_reference`).
+    kinetics : dict name → _VoiKinetics
+        The VOIs' fits (:func:`_fit_vois`); ``fit.tia_bq_s`` is the reported TIA.
     """
     ref, subset = ctx.ref, ctx.subset
-    ref_img = tps[ref].image
-    ref_arr = sitk.GetArrayFromImage(ref_img).astype(np.float64)
+    ref_tp = tps[ref]
+    ref_arr = sitk.GetArrayFromImage(on_ref[ref]).astype(np.float64)
     use = list(range(len(on_ref))) if subset is None else list(subset)
     t_s = np.asarray([tp.hours for tp in tps], dtype=float)[use] * 3600.0
     stack = [np.clip(sitk.GetArrayViewFromImage(on_ref[i]).astype(np.float64), 0.0, None) for i in use]
@@ -897,17 +1141,19 @@ def _voi_tia_map(ctx: _RunContext, tps: List[TimePointData], on_ref: List[sitk.I
     for i in range(1, len(t_s)):
         tia += 0.5 * (stack[i] + stack[i - 1]) * (t_s[i] - t_s[i - 1])
     tia += stack[-1] / lam
-    vml = tps[ref].voxel_ml
-    for name, region in tps[ref].regions.items():
+    vml = ref_tp.voxel_ml
+    for name, region in ref_tp.regions.items():  # smallest VOI first
         if not region.any():
             continue
-        # region TAC measured on each time point's own grid with that time point's own contours
-        acts = [_voi_activity_bq(tp.array, tp.regions[name], tp.voxel_ml, gtm=tp.gtm_bq_ml,
-                                 regions={name: tp.regions[name]}) for tp in tps]
-        try:
-            region_tia = float(_fit_tac(ctx, tps, acts, name, f"{name} (region)")[0].tia_bq_s)
-        except FitError:
-            region_tia = float(np.sum(tia[region])) * vml
+        others = (ref_tp.masks[name] >= 0.5) & ~region  # the smaller VOIs' voxels inside this one, already set
+        held = float(np.sum(tia[others])) * vml
+        region_tia = float(kinetics[name].fit.tia_bq_s) - held
+        if region_tia < 0:
+            region_tia = _region_tia_bq_s(ctx, tps, name, float(np.sum(tia[region])) * vml)
+            ctx.warnings.append(
+                f"VOI {name!r}: the VOIs inside it hold {held:.4g} Bq·s, more than its own TIA "
+                f"({float(kinetics[name].fit.tia_bq_s):.4g} Bq·s); the TIA map fills its remaining voxels with "
+                f"their own fit ({region_tia:.4g} Bq·s), so the map's TIA over {name!r} differs from the reported")
         weights = np.clip(ref_arr[region], 0.0, None)
         total = weights.sum()
         if total <= 0:
@@ -917,18 +1163,32 @@ def _voi_tia_map(ctx: _RunContext, tps: List[TimePointData], on_ref: List[sitk.I
     return tia.astype(np.float32)
 
 
+def _region_tia_bq_s(ctx: _RunContext, tps: List[TimePointData], name: str, trapezoid_bq_s: float) -> float:
+    """TIA (Bq·s) of VOI ``name``'s region (the VOI less the smaller VOIs inside it) from its own curve, measured
+    on every time point's own grid and regions (:func:`_voi_activity_bq`) and fitted like its VOI
+    (:func:`_fit_tac`); ``trapezoid_bq_s`` (the voxels' trapezoid integral) where the fit fails."""
+    acts = [_voi_activity_bq(tp.array, tp.regions[name], tp.voxel_ml, gtm=tp.gtm_bq_ml,
+                             regions={name: tp.regions[name]}) for tp in tps]
+    try:
+        return float(_fit_tac(ctx, tps, acts, name, f"{name} (region)")[0].tia_bq_s)
+    except FitError:
+        return trapezoid_bq_s
+
+
 def _images_on_reference(tps: List[TimePointData], ref: int) -> List[sitk.Image]:
     """Every time point's SPECT (Bq/mL) on the reference grid: registered (activity-conserving with the
-    deformation's Jacobian) or, without registration, resampled in the shared patient coordinates."""
+    deformation's Jacobian) or, without registration, resampled in the shared patient coordinates. With
+    ``pvc="gtm"`` each time point's image corrected voxel by voxel on its own grid (``pvc_image``)."""
     ref_img = tps[ref].image
     out = []
     for tp in tps:
+        img = tp.image if tp.pvc_image is None else tp.pvc_image
         if tp.index == ref:
-            out.append(ref_img)
+            out.append(img)
         elif tp.registration is not None:
-            out.append(tp.registration.apply_to_image(tp.image, ref_img, jacobian=True))
+            out.append(tp.registration.apply_to_image(img, ref_img, jacobian=True))
         else:
-            out.append(resample_to(tp.image, ref_img, default=0.0))
+            out.append(resample_to(img, ref_img, default=0.0))
     return out
 
 

@@ -1,5 +1,7 @@
 """Turn :class:`~LuDosimetryLib.pipeline.StudyResults` into files: results.json, dvh.csv/png, tac.png,
-NRRD maps and a standalone DICOM RT Dose — all inside one atomically renamed folder."""
+NRRD maps, each time point's SPECT and VOI masks, a standalone DICOM RT Dose and the per-patient report
+(report.html, report.pdf; built from the folder's files alone) — all inside one atomically renamed folder.
+File names: :mod:`LuDosimetryLib.output_layout`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,13 +10,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from .io.export import atomic_output_dir, write_json
+from .output_layout import (DOSE_FILE, DVH_FILE, REPORT_HTML_FILE, REPORT_PDF_FILE, RESULTS_FILE, RTDOSE_FILE,
+                            TIA_FILE, VOI_RESULTS_FILE, time_point_masks_file, time_point_spect_file)
 from .result_tables import voi_results_csv_text
 
-#: Files of a run's output folder that the Slicer panel exports (written by :func:`write_outputs`).
-RESULTS_FILE = "results.json"
-DVH_FILE = "dvh.csv"
-VOI_RESULTS_FILE = "voi_results.csv"
-RTDOSE_FILE = "rtdose.dcm"
+#: The files of a run's output folder that the Slicer panel exports (:data:`RESULTS_FILE`, :data:`DVH_FILE`,
+#: :data:`VOI_RESULTS_FILE`, :data:`RTDOSE_FILE`, :data:`REPORT_HTML_FILE`, :data:`REPORT_PDF_FILE`) are named
+#: in :mod:`LuDosimetryLib.output_layout` and re-exported here.
+__all__ = ["RESULTS_FILE", "DVH_FILE", "VOI_RESULTS_FILE", "RTDOSE_FILE", "REPORT_HTML_FILE", "REPORT_PDF_FILE",
+           "plot_tacs", "write_outputs", "write_time_points"]
 
 
 def plot_tacs(path, results) -> Path:
@@ -53,11 +57,14 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
     Files: ``results.json``, ``voi_results.csv`` (the panel's results table), ``dvh.csv``, ``dvh.png``,
     ``tac.png``, ``dose_gy.nrrd``,
     ``tia_bq_s_per_ml.nrrd``, ``rtdose.dcm`` (DoseUnits GY, SPECT grid, the study's frame of reference),
+    ``time_points/`` (each time point's SPECT and VOI masks, :func:`write_time_points`), ``report.html`` and
+    ``report.pdf`` (:mod:`LuDosimetryLib.patient_report`, from the files above),
     and with a registration ``registration/tp<k>_to_tp<ref>/`` (ITK .tfm, displacement field .nrrd, JSON).
     """
     from .dvh import plot_dvh, write_dvh_csv
     from .io.dicom_common import PatientInfo, StudyInfo
     from .io.rtdose import write_rtdose
+    from .patient_report import report_files
 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         write_json(tmp / RESULTS_FILE, results.to_json())
@@ -65,8 +72,9 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
         write_dvh_csv(tmp / DVH_FILE, results.dvhs)
         plot_dvh(tmp / "dvh.png", results.dvhs, title=f"Cumulative DVH — {results.patient_id}")
         plot_tacs(tmp / "tac.png", results)
-        sitk.WriteImage(results.dose_gy, str(tmp / "dose_gy.nrrd"), True)
-        sitk.WriteImage(results.tia_bq_s_per_ml, str(tmp / "tia_bq_s_per_ml.nrrd"), True)
+        sitk.WriteImage(results.dose_gy, str(tmp / DOSE_FILE), True)
+        sitk.WriteImage(results.tia_bq_s_per_ml, str(tmp / TIA_FILE), True)
+        write_time_points(tmp, results)
         patient = PatientInfo(patient_id=results.patient_id, patient_name=results.patient_name or results.patient_id)
         study = StudyInfo(study_instance_uid=results.study_instance_uid or StudyInfo().study_instance_uid,
                           study_datetime=results.time_points[0].acquisition_time)
@@ -79,4 +87,20 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
                      # 16-bit: validates with the dicom3tools dciodvfy in Debian (it aborts on 32-bit RT Dose);
                      # precision max/65535, e.g. 0.4 mGy for a 25 Gy maximum.
                      bits_allocated=16)
+        for name, data in report_files(tmp, shown_as=out_dir).items():  # the report reads only the files written above
+            (tmp / name).write_bytes(data)
     return Path(out_dir)
+
+
+def write_time_points(folder, results) -> None:
+    """Each time point's SPECT (Bq/mL at acquisition, float32) and the VOI masks the run used on it (bit-packed,
+    :mod:`LuDosimetryLib.io.voi_masks`), on the time point's own grid, into ``folder/time_points/``: the
+    report's per-time-point images with VOI outlines are drawn from them."""
+    from .io.voi_masks import write_voi_masks
+
+    folder = Path(folder)
+    for tp, image, masks in zip(results.time_points, results.time_point_images, results.time_point_masks):
+        spect = folder / time_point_spect_file(tp.index + 1)
+        spect.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(spect), True)
+        write_voi_masks(folder / time_point_masks_file(tp.index + 1), masks, image)

@@ -11,7 +11,9 @@ import io
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-#: The per-VOI quantities of the results table: (attribute of a VOI result, column title).
+#: The per-VOI quantities of the results table: (attribute of a VOI result, column title). The mean dose
+#: is MIRD's, mass-weighted (Σ D·m / Σ m); the volume-weighted mean (Σ D·v / Σ v) is beside it (empty for
+#: the results of earlier versions, which have only a volume-weighted ``mean_dose_gy``).
 RESULT_COLUMNS: Tuple[Tuple[str, str], ...] = (
     ("volume_ml", "Volume (mL)"),
     ("mass_g", "Mass (g)"),
@@ -19,12 +21,17 @@ RESULT_COLUMNS: Tuple[Tuple[str, str], ...] = (
     ("tiac_h", "TIAC (h)"),
     ("fit_model", "Fit model"),
     ("effective_half_life_h", "Effective half-life (h)"),
-    ("mean_dose_gy", "Mean dose (Gy)"),
+    ("mean_dose_gy", "Mean dose, mass-weighted (Gy)"),
+    ("mean_dose_volume_weighted_gy", "Mean dose, volume-weighted (Gy)"),
     ("d2_gy", "D2 (Gy)"),
     ("d50_gy", "D50 (Gy)"),
     ("d98_gy", "D98 (Gy)"),
     ("max_dose_gy", "Max dose (Gy)"),
     ("gy_per_gbq", "Dose per activity (Gy/GBq)"),
+    # relative standard uncertainties, k = 1 (LuDosimetryLib.uncertainty; the budget is in results.json)
+    ("tia_uncertainty_pct", "u(TIA) (%)"),
+    ("tia_random_uncertainty_pct", "u(TIA), counting and fit (%)"),
+    ("mean_dose_uncertainty_pct", "u(mean dose) (%)"),
 )
 
 #: Per-VOI quantities shown after RESULT_COLUMNS only when a run gives them (reduced time points: the TIA
@@ -60,8 +67,15 @@ FIT_COLUMNS: Tuple[Tuple[str, str], ...] = (
 
 
 def _value(voi, attribute: str):
-    """A VOI's value from a VoiResult (attribute) or from results.json (key); None when absent."""
-    return voi.get(attribute) if isinstance(voi, dict) else getattr(voi, attribute, None)
+    """A VOI's value from a VoiResult (attribute) or from results.json (key); None when absent.
+
+    The ``results.json`` of an earlier version (no ``mean_dose_volume_weighted_gy``) has a volume-weighted
+    ``mean_dose_gy``: it is shown as the volume-weighted mean, never under the mass-weighted title."""
+    if not isinstance(voi, dict):
+        return getattr(voi, attribute, None)
+    if "mean_dose_volume_weighted_gy" not in voi and attribute in ("mean_dose_gy", "mean_dose_volume_weighted_gy"):
+        return voi.get("mean_dose_gy") if attribute == "mean_dose_volume_weighted_gy" else None
+    return voi.get(attribute)
 
 
 def result_columns_for(vois) -> List[Tuple[str, str]]:

@@ -60,6 +60,9 @@ class Roi:
         RT ROI Interpreted Type (3006,00A4), e.g. ``'ORGAN'``, ``'GTV'``; ``''`` when absent.
     contours : list of numpy.ndarray
         Closed planar polygons, each (N, 3) float64 in LPS mm, without the closing repeat of the first point.
+    frame_of_reference_uid : str
+        Referenced Frame of Reference UID (3006,0024) of the ROI, the frame its contours are in; ``''`` when
+        absent.
     """
 
     number: int
@@ -67,6 +70,7 @@ class Roi:
     color: Optional[Tuple[int, int, int]]
     roi_type: str
     contours: List[np.ndarray] = field(default_factory=list)
+    frame_of_reference_uid: str = ""
 
 
 @dataclass
@@ -337,7 +341,8 @@ def check_frame_of_reference(structure_set: "StructureSet", frame_of_reference_u
     Raises
     ------
     StructureError
-        Naming the file, when the structure set's frame of reference matches none of them.
+        Naming the file, when the structure set's frame of reference, or that of one of its ROIs (its
+        Referenced Frame of Reference UID), matches none of them.
 
     Warns
     -----
@@ -346,6 +351,11 @@ def check_frame_of_reference(structure_set: "StructureSet", frame_of_reference_u
     """
     uids = {frame_of_reference_uid} if isinstance(frame_of_reference_uid, str) else set(frame_of_reference_uid)
     uids.discard("")
+    for roi in structure_set.rois:
+        if roi.frame_of_reference_uid and roi.frame_of_reference_uid not in uids:
+            raise StructureError(f"ROI {roi.name!r} is drawn in frame of reference {roi.frame_of_reference_uid} "
+                                 "(its Referenced Frame of Reference UID), which matches no image of the study ("
+                                 + (", ".join(sorted(uids)) or "none") + ")", structure_set.path)
     if not structure_set.frame_of_reference_uid:
         warnings.warn(f"{structure_set.path}: the RTSTRUCT names no frame of reference; "
                       "it is assumed to match the images", stacklevel=2)

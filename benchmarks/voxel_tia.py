@@ -142,10 +142,21 @@ def bench_reduced(draws: int) -> None:
                  "days 0,1,4,8": np.array([3.74, 27.73, 103.09, 195.7])}
     methods = [("hanscheid", (2,)), ("madsen", (2,)), ("map", (2,)), ("two_point", (1, 2)), ("map", (1, 2)),
                ("two_point", (2, 3)), ("map", (2, 3))]
+    # LuDosimetry has no built-in population half-lives. The stand-in population of this benchmark is each
+    # organ's true effective half-life (from the phantom's kinetics, latest slope) with a spread of ln T_eff
+    # of 0.25: an optimistic bound for the population methods (madsen, map), said in the table's title.
+    types = {"Kidney_L": "kidney", "Liver": "liver", "Spleen": "spleen", "Lesion_1": "lesion"}
+    lam_phys = math.log(2) / (6.647 * 24)
+    population = {}
+    for org, tissues in organs.items():
+        slowest = min(math.log(2) / TISSUE_KINETICS[ts].biological_half_lives_h[-1] for ts in tissues[:1])
+        population[types[org]] = (math.log(2) / (slowest + lam_phys), 0.25)
     rng = np.random.default_rng(0)
+    skipped = {}
     for sname, t in schedules.items():
         print(f"\nreduced time points, schedule {sname} ({', '.join(f'{v:g}' for v in t)} h), 5 % noise, "
-              f"{draws} draws: mean ± SD of TIA error (%) vs the 4-point fit [vs truth]")
+              f"{draws} draws: mean ± SD of TIA error (%) vs the 4-point fit [vs truth]; population methods "
+              f"with the true T_eff (optimistic)")
         header = "  " + f"{'method (points)':<22}" + "".join(f"{o:>22}" for o in organs)
         print(header)
         rows = {}
@@ -162,8 +173,10 @@ def bench_reduced(draws: int) -> None:
                 rows.setdefault(("full 4-point", ()), {}).setdefault(org, []).append((0.0, full / truth - 1))
                 for m, idx in methods:
                     try:
-                        r = fit_reduced(t[list(idx)], a[list(idx)], m, organ=org).tia_bq_s
-                    except FitError:
+                        r = fit_reduced(t[list(idx)], a[list(idx)], m, organ=types[org],
+                                        population=population).tia_bq_s
+                    except FitError as exc:
+                        skipped.setdefault((m, idx, org), str(exc))
                         continue
                     rows.setdefault((m, idx), {}).setdefault(org, []).append((r / full - 1, r / truth - 1))
         for (m, idx), per in rows.items():
@@ -173,6 +186,8 @@ def bench_reduced(draws: int) -> None:
                 v = np.array(per.get(org, [(np.nan, np.nan)]))
                 cells.append(f"{100 * v[:, 0].mean():+6.1f}±{100 * v[:, 0].std():4.1f} [{100 * v[:, 1].mean():+5.1f}]")
             print("  " + f"{label:<22}" + "".join(f"{c:>22}" for c in cells))
+    for (m, idx, org), why in skipped.items():
+        print(f"  skipped {m} ({','.join(str(i + 1) for i in idx)}) {org}: {why}")
 
 
 def main(argv=None) -> int:

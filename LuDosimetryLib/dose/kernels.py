@@ -462,7 +462,8 @@ def validate_spacing(spacing_mm) -> Tuple[float, float, float]:
 
 @lru_cache(maxsize=16)
 def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional[float],
-                   include_photons: bool, density: float, electron_kinds: Tuple[str, ...]) -> np.ndarray:
+                   include_photons: bool, density: float, electron_kinds: Tuple[str, ...],
+                   include_electrons: bool = True) -> np.ndarray:
     hv = np.asarray(h, dtype=np.float64)
     edges_g, e_energy = electron_radial_table(name, electron_kinds)
     edges_mm = edges_g * 10.0 / density
@@ -483,7 +484,7 @@ def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional
     e_w = e_energy.reshape(-1, factor).sum(axis=1)
     e_edges = edges_mm[::factor]
     radii = [0.5 * (e_edges[1:] + e_edges[:-1])]
-    weights = [e_w]
+    weights = [e_w if include_electrons else np.zeros_like(e_w)]  # the box is the same either way
     r_cut = float(np.sqrt(np.sum(((np.asarray(n_near) + 1) * hv) ** 2)))
     if include_photons:
         dr = min(hv.min() / 30.0, r_cut / 200.0)
@@ -524,7 +525,8 @@ def _kernel_cached(h: Tuple[float, float, float], name: str, radius_mm: Optional
 
 def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Optional[float] = None,
                       include_photons: bool = True, density_g_ml: float = 1.0,
-                      electron_emissions: Sequence[str] = ELECTRON_EMISSIONS) -> np.ndarray:
+                      electron_emissions: Sequence[str] = ELECTRON_EMISSIONS,
+                      include_electrons: bool = True) -> np.ndarray:
     """Dose voxel kernel (Gy per decay) for a homogeneous water-like medium.
 
     Parameters
@@ -546,6 +548,10 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
         (internal-conversion electrons) and ``"auger"``. Default all three, as a dose calculation needs;
         ``("beta-",)`` reproduces kernels of databases that transport the beta spectrum only (e.g. the
         DOSXYZnrc voxel S values of Lanconelli et al., Phys Med Biol 57 (2012) 517), for comparison.
+    include_electrons : bool
+        Include the electron contribution (default True). ``include_electrons=False`` gives the photon
+        part alone, on the box of the kernel with electrons (same shape), so that the kernel with both is
+        the sum of the two parts (see :func:`dose_voxel_kernel_parts`).
 
     Returns
     -------
@@ -556,7 +562,7 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
     Notes
     -----
     See the module docstring for the physics and its references. Kernels are cached per rounded
-    spacing (0.001 mm), nuclide, radius, photon switch, density and electron emission kinds.
+    spacing (0.001 mm), nuclide, radius, photon and electron switches, density and electron emission kinds.
     """
     h = validate_spacing(spacing_mm)
     try:
@@ -575,6 +581,74 @@ def dose_voxel_kernel(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Opt
     if not kinds or not requested <= set(ELECTRON_EMISSIONS):
         raise LuDosimetryError(f"electron emissions must be a non-empty subset of {list(ELECTRON_EMISSIONS)}, "
                                f"got {sorted(requested)!r}")
+    if not (include_electrons or include_photons):
+        raise LuDosimetryError("a dose kernel needs electrons, photons or both")
     nuc = resolve_nuclide(nuclide)
     key = tuple(round(s, 3) for s in h)
-    return np.array(_kernel_cached(key, nuc.name, radius_mm, bool(include_photons), round(rho, 4), kinds))
+    return np.array(_kernel_cached(key, nuc.name, radius_mm, bool(include_photons), round(rho, 4), kinds,
+                                   bool(include_electrons)))
+
+
+def dose_voxel_kernel_parts(spacing_mm, nuclide: NuclideLike = None, *, radius_mm: Optional[float] = None,
+                            density_g_ml: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """The electron and photon parts of :func:`dose_voxel_kernel` (Gy per decay), on one box.
+
+    The density correction of :func:`~LuDosimetryLib.dose.convolve.dose_dvk` scales the two differently:
+    the electron energy is absorbed within millimetres of the decay (locally), the photon energy far
+    from it.
+
+    Parameters
+    ----------
+    spacing_mm, nuclide, radius_mm, density_g_ml
+        As for :func:`dose_voxel_kernel` (with photons).
+
+    Returns
+    -------
+    electrons, photons : numpy.ndarray
+        float64 (z, y, x), the same odd shape; ``electrons + photons`` is ``dose_voxel_kernel(...)``.
+    """
+    common = dict(radius_mm=radius_mm, density_g_ml=density_g_ml)
+    total = dose_voxel_kernel(spacing_mm, nuclide, **common)
+    photons = dose_voxel_kernel(spacing_mm, nuclide, include_electrons=False, **common)
+    return total - photons, photons
+
+
+def split_kernel(kernel: np.ndarray, spacing_mm, nuclide: NuclideLike = None, *,
+                 density_g_ml: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Split a dose kernel made elsewhere (e.g. by Monte Carlo) into its electron and photon parts.
+
+    A kernel file gives the total dose per decay only. At each offset the photon share of the kernel
+    LuDosimetry builds for the same voxel size, nuclide and medium, ``K_γ/(K_e + K_γ)``, is taken as the
+    photon share of ``kernel``: far from the source (beyond the electron range) that share is 1, so the
+    given kernel's own photon tail is kept whole; near it the share is a few per cent (an assumption of
+    this method, tested against the built kernel, for which it is exact).
+
+    Parameters
+    ----------
+    kernel : numpy.ndarray
+        Dose kernel (z, y, x), odd sizes, Gy per decay.
+    spacing_mm : sequence of 3 floats
+        Its voxel spacing (x, y, z) in mm.
+    nuclide : str or Radionuclide, optional
+        Default Lu-177.
+    density_g_ml : float
+        Density of the medium the kernel is for (g/mL).
+
+    Returns
+    -------
+    electrons, photons : numpy.ndarray
+        float64, the shape of ``kernel``; ``electrons + photons == kernel``.
+    """
+    k = np.asarray(kernel, dtype=np.float64)
+    h = validate_spacing(spacing_mm)
+    if k.ndim != 3 or any(n % 2 == 0 for n in k.shape):
+        raise LuDosimetryError(f"dose kernel must be a 3-D array with odd sizes, got shape {k.shape}")
+    half_zyx = [n // 2 for n in k.shape]
+    radius = max(max(half_zyx[2 - a] * h[a] for a in range(3)), min(h))
+    e_built, g_built = dose_voxel_kernel_parts(h, nuclide, radius_mm=radius, density_g_ml=density_g_ml)
+    centre = [n // 2 for n in e_built.shape]
+    box = tuple(slice(c - m, c + m + 1) for c, m in zip(centre, half_zyx))
+    total = e_built[box] + g_built[box]
+    share = np.divide(g_built[box], total, out=np.ones_like(total), where=total > 0)
+    photons = k * np.clip(share, 0.0, 1.0)
+    return k - photons, photons

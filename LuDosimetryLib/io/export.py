@@ -35,8 +35,8 @@ import socket
 import sys
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from pathlib import Path, PurePosixPath
+from typing import Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import OutputError
 
@@ -183,19 +183,36 @@ def foreign_files(folder) -> Optional[List[str]]:
     if marker["files"] is None:  # older output: no list of files
         return []
     ours = set(marker["files"]) | {MARKER, OWNER_FILE}
-    return [name for name in _files_below(folder) if name not in ours]
+    return [name for name in _files_below(folder) if name not in ours and _temporary_of(name) not in ours]
+
+
+#: ``.<name>.<random>.tmp``: the temporary file :func:`write_file_atomically` writes beside ``<name>``.
+_TEMPORARY_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _temporary_of(relative: str) -> Optional[str]:
+    """The file (relative POSIX path) whose temporary file of :func:`write_file_atomically` ``relative`` is
+    (a write killed before its rename leaves it), or None."""
+    folder, _, name = relative.rpartition("/")
+    m = _TEMPORARY_FILE.match(name)
+    if m is None:
+        return None
+    return f"{folder}/{m['name']}" if folder else m["name"]
 
 
 def _is_our_output(path: Path) -> bool:
     return foreign_files(path) == []
 
 
-def _write_marker(folder: Path) -> None:
+def _marker_text(files: List[str]) -> str:
     from .. import __version__
 
+    return json.dumps({"written_by": _WRITTEN_BY, "version": __version__, "files": files}, indent=1) + "\n"
+
+
+def _write_marker(folder: Path) -> None:
     files = [name for name in _files_below(folder) if name not in (MARKER, OWNER_FILE)]
-    (folder / MARKER).write_text(json.dumps({"written_by": _WRITTEN_BY, "version": __version__, "files": files},
-                                            indent=1) + "\n", encoding="utf-8")
+    (folder / MARKER).write_text(_marker_text(files), encoding="utf-8")
 
 
 def _remove_ours(folder: Path) -> None:
@@ -468,3 +485,76 @@ def write_file_atomically(path, data: bytes, overwrite: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_files_addable(folder, names) -> Optional[List[str]]:
+    """Check that :func:`add_files_to_output` may write ``names`` into ``folder``, before any work is done.
+
+    Returns
+    -------
+    list of str or None
+        The files the folder's :data:`MARKER` lists (None for an older output, which lists none).
+
+    Raises
+    ------
+    OutputError
+        ``folder`` is not a LuDosimetry output folder; a name is taken by a file LuDosimetry did not write,
+        by a folder or by a link.
+    """
+    folder = Path(folder)
+    marker = None if folder.is_symlink() or not folder.is_dir() else _read_marker(folder)
+    if marker is None:
+        raise OutputError(f"is not a LuDosimetry output folder (it has no {MARKER} file)", folder)
+    listed = marker["files"]
+    for name in names:
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or not relative.parts or ".." in relative.parts or name in (MARKER, OWNER_FILE):
+            raise ValueError(f"not a file name inside the output folder: {name!r}")
+        path = folder / name
+        if path.is_symlink() or path.is_dir():
+            raise OutputError("is a folder or a link; not replaced", path)
+        if path.exists() and listed is not None and name not in listed:
+            raise OutputError("exists and LuDosimetry did not write it; not replaced (move it away first)", path)
+    return listed
+
+
+def add_files_to_output(folder, files: Mapping[str, bytes]) -> List[Path]:
+    """Add files to an existing LuDosimetry output folder (e.g. a report rebuilt from it), keeping its marker
+    right.
+
+    Each file goes through a temporary file beside it, renamed into place (:func:`write_file_atomically`): a
+    reader sees the previous file or the new one, whole. A name that exists is replaced only when the
+    folder's :data:`MARKER` says LuDosimetry wrote it (:func:`check_files_addable`); a name that appears while
+    writing is not replaced. The marker lists the new files before they are written, so a write killed
+    half-way leaves a marker naming a file that is not there, or a temporary file of a listed name
+    (recognised as ours by :func:`foreign_files`) — never a file that looks like the user's. Nothing is
+    written when any name is refused.
+
+    Parameters
+    ----------
+    folder : path-like
+        A LuDosimetry output folder (one that holds the marker).
+    files : mapping relative POSIX path → bytes
+        The files to write (sub-folders are created).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    OutputError
+        As :func:`check_files_addable`.
+    """
+    folder = Path(folder)
+    listed = check_files_addable(folder, list(files))
+    if listed is not None and not set(files) <= set(listed):
+        write_file_atomically(folder / MARKER, _marker_text(sorted(set(listed) | set(files))).encode("utf-8"),
+                              overwrite=True)
+    written = []
+    for name, data in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written.append(write_file_atomically(path, data, overwrite=path.exists()))
+    return written

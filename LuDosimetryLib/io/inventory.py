@@ -11,21 +11,36 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from pydicom.errors import InvalidDicomError
 
+from ..assumptions import assume
 from ..errors import DicomFileError, StudyError
 from ..progress import as_progress
 from .dicom_common import read_dicom
-from .dicom_time import acquisition_datetime, injection_from_header
+from .dicom_time import (acquisition_datetime, acquisition_time_problem, format_time, implausible_delay,
+                         injection_from_header, injection_times_differ, radiopharmaceutical_start)
 
 ROLES = ("ct", "spect_recon", "spect_projections", "attenuation_map", "planar_whole_body", "planar_static",
          "rtstruct", "mask", "tia_map", "pet", "mr", "rtdose", "other")
 
 CODE_PATTERN = re.compile(r"C(\d+)\s*S(\d+)\s*D(\d+)", re.IGNORECASE)
+
+#: Skip reason of a DICOM object (an image slice, a structure set) that names no series: dropping it could
+#: silently cut a slice off the edge of a volume, so a run refuses it (see :meth:`Inventory.unusable`).
+ORPHAN_OBJECT = "DICOM object without SeriesInstanceUID: its series cannot be known"
+
+#: Files of one series acquired further apart than this are not one acquisition (a SPECT bed takes
+#: 10–30 min): the series' time is uncertain, warned, and a run refuses such a SPECT (h).
+SERIES_TIME_SPREAD_H = 1.0
+
+#: A header's injection time further than this from the one used is warned (s).
+INJECTION_TOLERANCE_S = 60.0
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 # Header keywords read for classification (pixel data is never read here).
 _TIA_WORDS = re.compile(r"\bTIA\b|time[ _-]?integrated|cumulated|Bq\s*\*?\s*s\b|BQML\*S|bq\.s", re.IGNORECASE)
@@ -85,6 +100,9 @@ class SeriesEntry:
     injection_time: Optional[datetime] = None
     radiopharmaceutical: str = ""
     reconstructed_here: bool = False
+    injection_date_inferred: bool = False  # RadiopharmaceuticalStartTime without a date: the date is a guess
+    time_conflict: str = ""  # files acquired more than SERIES_TIME_SPREAD_H apart: what, naming the file
+    time_conflict_file: str = ""
 
 
 @dataclass
@@ -121,6 +139,13 @@ class Inventory:
                 return s
         raise StudyError(f"no series with SeriesInstanceUID {series_instance_uid} "
                          f"(present: {', '.join(s.series_instance_uid for s in self.series)})", self.root)
+
+    def unusable(self) -> List[Dict[str, str]]:
+        """Skipped entries a run cannot leave out silently: unreadable files and folders (their series may be
+        incomplete) and DICOM objects without a series (:data:`ORPHAN_OBJECT`)."""
+        return [item for item in self.skipped
+                if item["reason"].startswith(("unreadable DICOM", "unreadable folder")) or
+                item["reason"] == ORPHAN_OBJECT]
 
     def hours_post_injection(self, when: Optional[datetime]) -> Optional[float]:
         """Hours from injection to ``when`` (None when either is unknown)."""
@@ -291,10 +316,11 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
     for extra in extra_roots:
         if not Path(extra).is_dir():
             raise StudyError("additional study folder does not exist", extra)
-    paths = sorted(str(p) for r in (root, *map(Path, extra_roots)) for p in r.rglob("*") if p.is_file())
-    if not paths:
+    paths, unreadable = _study_files((root, *map(Path, extra_roots)))
+    if not paths and not unreadable:
         raise StudyError("study folder is empty", root)
-    skipped = []
+    # A folder that cannot be listed is reported like a file that cannot be read (a run refuses both).
+    skipped = [{"file": folder, "reason": f"unreadable folder ({reason})"} for folder, reason in unreadable]
     by_uid: Dict[str, List] = {}
     for i, path in enumerate(paths):
         if i % 50 == 0:
@@ -305,10 +331,13 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         if not uid:
-            skipped.append({"file": path, "reason": "DICOM file without SeriesInstanceUID"})
+            skipped.append({"file": path, "reason": (ORPHAN_OBJECT if _is_composite_object(ds) else
+                                                     "DICOM file without SeriesInstanceUID")})
             continue
         by_uid.setdefault(uid, []).append((path, ds))
     if not by_uid:
+        if unreadable and not paths:
+            raise StudyError(f"study folder cannot be read ({unreadable[0][1]})", unreadable[0][0])
         raise StudyError(f"no DICOM file among {len(paths)} files", root)
 
     inv_warnings: List[str] = []
@@ -325,10 +354,10 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
         if len(roles) > 1:
             inv_warnings.append(f"series {uid}: files of mixed kinds {dict(roles)}; treated as {role}")
         first_path, first = items[0]
-        times = [acquisition_datetime(ds) for _, ds in items]
-        known = [(t, src) for t, src in times if t is not None]
-        acq, src = (min(known, key=lambda x: x[0]) if known else (None, ""))
         desc = str(first.get("SeriesDescription", "") or "")
+        acq, src, conflict = _series_acquisition_time(items)
+        if conflict is not None:
+            inv_warnings.append(f"series {uid} ({desc}): {conflict[1]}")
         folders = _relative_folders(first_path, (root, *map(Path, extra_roots)))
         code = parse_series_code(desc, *reversed(folders))
         refs = []
@@ -353,9 +382,13 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
             columns=int(first.get("Columns", 0) or 0), units=_units(first),
             injected_activity_bq=activity, injection_time=inj_time, radiopharmaceutical=radio,
             reconstructed_here="PyTomography" in str(first.get("DerivationDescription", "") or ""))
-        if role in ("spect_recon", "spect_projections", "planar_whole_body") and src and "Acquisition" not in src:
-            inv_warnings.append(f"series {uid} ({desc}): no acquisition date/time in the header; "
-                                f"using {src}")
+        entry.injection_date_inferred = inj_time is not None and radiopharmaceutical_start(first)[0] is None
+        if conflict is not None:
+            entry.time_conflict_file, entry.time_conflict = conflict
+        if role in ("spect_recon", "spect_projections", "planar_whole_body"):
+            fallback = _acquisition_time_fallback(items)
+            if fallback:
+                inv_warnings.append(f"series {uid} ({desc}): {fallback}")
         series.append(entry)
     series.sort(key=lambda s: (s.acquisition_time or datetime.max, s.role, s.description))
     progress.report(1.0, "classified")
@@ -367,12 +400,90 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
     return inv
 
 
+def _study_files(roots: Sequence[Path]) -> "Tuple[List[str], List[Tuple[str, str]]]":
+    """Every file below ``roots`` (symbolic links to files included, links to folders not followed), sorted,
+    and the folders that could not be listed, with the reason."""
+    files: List[str] = []
+    unreadable: List[Tuple[str, str]] = []
+
+    def failed(err: OSError) -> None:
+        unreadable.append((str(err.filename), f"{type(err).__name__}: {err.strerror or err}"))
+    for root in roots:
+        for folder, _subfolders, names in os.walk(str(root), onerror=failed):
+            files += [p for p in (os.path.join(folder, n) for n in names) if os.path.isfile(p)]
+    return sorted(files), unreadable
+
+
+def _is_composite_object(ds) -> bool:
+    """An image, structure set or other stored object (it has a Modality or SOP class), not a DICOMDIR
+    or a bare dataset."""
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID",
+                                                              "") or "")
+    if sop_class == _DICOMDIR_SOP_CLASS:
+        return False
+    return bool(ds.get("Modality") or ds.get("SOPClassUID") or "Rows" in ds)
+
+
+def _series_acquisition_time(items) -> "Tuple[Optional[datetime], str, Optional[Tuple[str, str]]]":
+    """The acquisition start of a series: the earliest of its files' times that agree with the median.
+
+    Returns
+    -------
+    (datetime or None, str, (file, message) or None)
+        The time, the header it came from, and the file furthest from the others when it is more than
+        :data:`SERIES_TIME_SPREAD_H` away (with a message naming it and both times).
+    """
+    known = []
+    for path, ds in items:
+        when, source = acquisition_datetime(ds)
+        if when is not None:
+            known.append((when, source, path))
+    if not known:
+        return None, "", None
+    known.sort(key=lambda k: k[0])
+    median = known[len(known) // 2][0]
+    spread = timedelta(hours=SERIES_TIME_SPREAD_H)
+    acq, source, _ = next(k for k in known if abs(k[0] - median) <= spread)
+    worst, worst_source, worst_path = max(known, key=lambda k: abs(k[0] - median))
+    if abs(worst - median) <= spread:
+        return acq, source, None
+    hours = abs(worst - median).total_seconds() / 3600.0
+    return acq, source, (worst_path, f"{worst_path} was acquired {format_time(worst)} ({worst_source}), "
+                                     f"{hours:.1f} h from the series' other files ({format_time(median)}): "
+                                     "not one acquisition; check its dates")
+
+
+def _acquisition_time_fallback(items) -> str:
+    """What the README promises to warn: a series whose acquisition time came from another header than
+    AcquisitionDateTime / AcquisitionDate+Time (absent or invalid), naming the first such file; else ''."""
+    fallen = []
+    for path, ds in items:
+        when, source = acquisition_datetime(ds)
+        if when is not None and source not in ("AcquisitionDateTime", "AcquisitionDate/Time"):
+            fallen.append((path, ds, source))
+    if not fallen:
+        return ""
+    path, ds, source = fallen[0]
+    problem = acquisition_time_problem(ds) or "no acquisition date/time in the header"
+    return f"{problem}; using {source} ({len(fallen)} of {len(items)} files, e.g. {path})"
+
+
 def _assign_injection(inv: Inventory, activity_bq: Optional[float], when: Optional[datetime]) -> None:
-    """Injection from overrides, else from the earliest Lu-177 series that has it."""
+    """Injection from overrides, else from the earliest Lu-177 series that has it.
+
+    A header time stated with its date wins over one stated as a time alone, whose date is guessed (the
+    latest such time not after that series' acquisition) and so taken as a named assumption. A header that
+    disagrees with the time used by more than :data:`INJECTION_TOLERANCE_S` is warned, naming both.
+    """
     candidates = [s for s in inv.series if s.role in ("spect_recon", "spect_projections", "planar_whole_body",
                                                       "tia_map")]
     header_activity = next((s.injected_activity_bq for s in candidates if s.injected_activity_bq), None)
-    header_time = next((s.injection_time for s in candidates if s.injection_time), None)
+    timed = sorted((s for s in candidates if s.injection_time), key=lambda s: s.injection_date_inferred)
+    header_time = timed[0].injection_time if timed else None
+    if when is None and timed and timed[0].injection_date_inferred:
+        assume("injection date inferred from RadiopharmaceuticalStartTime alone (no "
+               "RadiopharmaceuticalStartDateTime): the latest such time before the first scan",
+               format_time(header_time), "RadiopharmaceuticalStartTime", timed[0].files[0])
     values = {round(s.injected_activity_bq, -3) for s in candidates if s.injected_activity_bq}
     if len(values) > 1:
         inv.warnings.append(f"series disagree on the injected activity ({sorted(values)} Bq); using the earliest")
@@ -382,8 +493,27 @@ def _assign_injection(inv: Inventory, activity_bq: Optional[float], when: Option
         header_activity *= 1e6
     inv.injected_activity_bq = activity_bq if activity_bq is not None else header_activity
     inv.injection_time = when if when is not None else header_time
+    if inv.injection_time is not None:
+        _warn_injection_disagreements(inv, timed, "the command line" if when is not None else "the headers")
     inv.injection_source = ("command line" if activity_bq is not None or when is not None else
                             "RadiopharmaceuticalInformationSequence" if header_activity else "")
+
+
+def _warn_injection_disagreements(inv: Inventory, timed: List[SeriesEntry], origin: str) -> None:
+    """One warning per injection time stated in headers that is not the one used, naming both and the first
+    file that states it (a time alone is compared as a time of day)."""
+    used = inv.injection_time
+    stated: Dict[str, List[SeriesEntry]] = {}
+    for s in timed:
+        if injection_times_differ(s.injection_time, used, date_known=not s.injection_date_inferred,
+                                  tolerance_s=INJECTION_TOLERANCE_S):
+            text = (f"RadiopharmaceuticalStartTime {s.injection_time.strftime('%H:%M:%S')}"
+                    if s.injection_date_inferred else
+                    f"RadiopharmaceuticalStartDateTime {format_time(s.injection_time)}")
+            stated.setdefault(text, []).append(s)
+    for text, entries in stated.items():
+        inv.warnings.append(f"the header's {text} ({len(entries)} series, e.g. {entries[0].files[0]}) disagrees "
+                            f"with the injection time used, {format_time(used)} (from {origin})")
 
 
 def _assign_time_points(inv: Inventory, cluster_hours: float) -> None:
@@ -457,3 +587,63 @@ def require_readable(path: str) -> None:
     ds, reason = _read_header(path)
     if ds is None:
         raise DicomFileError(reason, path)
+
+
+def require_one_patient(inv: Inventory, spect_entries: Sequence[SeriesEntry]) -> List[str]:
+    """Refuse time points of more than one patient.
+
+    The PatientID of every chosen SPECT series and of the CT, RTSTRUCT and mask series of their time points
+    must agree (another patient's series in the folder must not become a time point of this one).
+
+    Returns
+    -------
+    list of str
+        Warnings: series without a PatientID (they cannot be checked).
+
+    Raises
+    ------
+    StudyError
+        Two PatientIDs: names both, how many series carry each and a file of each.
+    """
+    used = {s.time_point for s in spect_entries}
+    checked = list(spect_entries) + [s for s in inv.series if s.role in ("ct", "rtstruct", "mask")
+                                     and s.time_point is not None and s.time_point in used]
+    by_patient: Dict[str, List[SeriesEntry]] = {}
+    unknown = []
+    for s in checked:
+        if s.patient_id.strip():
+            by_patient.setdefault(s.patient_id.strip(), []).append(s)
+        else:
+            unknown.append(s)
+    if len(by_patient) > 1:
+        ranked = sorted(by_patient.items(), key=lambda kv: -len(kv[1]))
+        listing = " and ".join(f"PatientID {pid!r} ({len(ss)} series, e.g. {ss[0].files[0]})" for pid, ss in ranked)
+        raise StudyError(f"the time points used belong to more than one patient: {listing}; keep one patient's "
+                         "series in the study folder", inv.root)
+    patient = next(iter(by_patient), "")
+    return [f"series {s.series_instance_uid} ({s.description}) has no PatientID: it cannot be checked to be "
+            f"patient {patient!r}'s ({s.files[0]})" for s in unknown if patient]
+
+
+def require_plausible_times(inv: Inventory, spect_entries: Sequence[SeriesEntry]) -> None:
+    """Refuse SPECT series whose files disagree on their acquisition time, or acquired before the injection
+    or implausibly long after it (:func:`~LuDosimetryLib.io.dicom_time.implausible_delay`).
+
+    Raises
+    ------
+    DicomFileError
+        A file acquired more than :data:`SERIES_TIME_SPREAD_H` from the rest of its series (names it).
+    StudyError
+        A series outside the plausible window after the injection (names the series and its first file;
+        the option is the injection time).
+    """
+    for s in spect_entries:
+        name = f"SPECT series {s.description or s.series_instance_uid}"
+        if s.time_conflict:
+            raise DicomFileError(f"{name}: {s.time_conflict}", s.time_conflict_file)
+        if s.acquisition_time is None or inv.injection_time is None:
+            continue
+        reason = implausible_delay(s.acquisition_time, inv.injection_time)
+        if reason:
+            raise StudyError(f"{name} was {reason}; check the dates or {{option}}", s.files[0],
+                             option="injection_time")

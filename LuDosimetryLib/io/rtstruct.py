@@ -110,7 +110,8 @@ def read_rtstruct(path: os.PathLike) -> StructureSet:
         name = str(item.get("ROIName", "") or f"ROI {number}")
         if not frame_uid and item.get("ReferencedFrameOfReferenceUID"):
             frame_uid = str(item.ReferencedFrameOfReferenceUID)
-        roi = Roi(number=number, name=name, color=None, roi_type=types.get(number, ""), contours=[])
+        roi = Roi(number=number, name=name, color=None, roi_type=types.get(number, ""), contours=[],
+                  frame_of_reference_uid=str(item.get("ReferencedFrameOfReferenceUID", "") or ""))
         rois.append(roi)
         by_number.setdefault(number, roi)
 

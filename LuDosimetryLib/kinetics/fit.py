@@ -1,40 +1,83 @@
 """Fit a time-activity curve, choose the model by AICc and integrate it (time-integrated activity).
 
-Method
-------
+Error model and weighting
+-------------------------
 Each exponential model of :mod:`.models` is fitted by weighted least squares
 (``scipy.optimize.least_squares``, trust-region reflective with box bounds, analytic Jacobian,
-several starting points from :meth:`initial_guess`). Residuals are ``(A_model − A_i) / σ_i`` when
-``sigma_bq`` is given, ``A_model − A_i`` otherwise — the same weighting for every model, so that
-their residual sums are comparable.
+several starting points from :meth:`initial_guess`), minimising ``Σ ((A_model(t_i) − A_i) / σ_i)²``.
+The standard uncertainty σ_i of each activity follows a stated error model (``error_model``):
+
+- ``"proportional"`` (default): σ_i = s · A_i, a constant *relative* uncertainty s (relative weights
+  1/A_i²), the usual model for quantitative SPECT activities, whose uncertainty (calibration, partial
+  volume, segmentation, reconstruction) scales with the activity. Weighted fits of this kind are what
+  Kletting P. et al., "Molecular radiotherapy: the NUKFIT software for calculating the time-integrated
+  activity coefficient", Med. Phys. 40(10):102504, 2013 recommend instead of unweighted fits, in which
+  the early, high points dominate and the tail (the effective half-life, most of the TIA) is fitted
+  poorly. σ_i is taken from the measured activity, floored at ``SIGMA_FLOOR_REL`` (1 %) of the largest
+  one so that a point near 0 cannot take all the weight (a warning names such points).
+- ``"counting"``: σ_i = s · √A_i (Poisson counting statistics, with counts proportional to activity,
+  i.e. equal acquisition durations and sensitivity).
+- ``"uniform"``: σ_i = s (ordinary unweighted least squares in Bq; the former default, in which the
+  early high points dominate).
+- ``sigma_bq`` given: σ_i known in Bq (s = 1, nothing estimated).
+
+Only the shape of σ_i is known in the first three models; the scale s is a parameter of the likelihood,
+estimated from the residuals: ŝ² = RSS/n by maximum likelihood (``RSS`` the weighted residual sum of
+squares with s = 1). The same weights are used for every model, so their residual sums are comparable.
 
 Parameter covariance: ``C = (Jᵀ W J)⁻¹`` at the solution, multiplied by the reduced χ²
-``RSS / (n − k)`` when ``sigma_bq`` is None (the scatter of the points then estimates the noise).
-The standard error of the time-integrated activity (TIA) follows by the delta method with the
-analytic gradient of the closed-form integral: ``SE² = gᵀ C g``.
+``RSS / (n − k)`` when s is estimated. The standard error of the time-integrated activity (TIA)
+follows by the delta method with the analytic gradient of the closed-form integral: ``SE² = gᵀ C g``.
 
-Model selection uses the small-sample corrected Akaike information criterion (Burnham K.P.,
-Anderson D.R., *Model Selection and Multimodel Inference*, 2nd ed., Springer 2002, chapter 2: AICc
-with the least-squares form of the log-likelihood), as recommended for time-activity curves by
-Glatting G. et al., "Choosing the optimal fit function: comparison of the Akaike information
-criterion and the F-test", Med. Phys. 34(11):4285-4292, 2007:
+Parameters at a bound
+---------------------
+A parameter that ends on a bound of the fit (a clearance rate at the physical decay constant, i.e. no
+biological clearance; an uptake rate at the minimum gap above the washout rate) is not estimated in the
+ordinary sense: the curvature of the residual sum does not give its uncertainty. Its standard error is
+not reported (NaN, ``null`` in results.json) and it is listed in ``param_at_bound`` (name → which
+bound); the other parameters' covariance, and the TIA standard error, are computed with it held at the
+bound (conditional on it), and a warning says so.
 
-    AICc = n ln(RSS/n) + 2k + 2k(k+1)/(n − k − 1)
+Model selection (AICc)
+----------------------
+Small-sample corrected Akaike information criterion (Hurvich C.M., Tsai C.-L., Biometrika
+76:297-307, 1989; Burnham K.P., Anderson D.R., *Model Selection and Multimodel Inference*, 2nd ed.,
+Springer 2002, §2.2 and §2.4), as used for time-activity curves by Glatting G., Kletting P., Reske S.N.,
+Hohl K., Ring C., "Choosing the optimal fit function: comparison of the Akaike information criterion and
+the F-test", Med. Phys. 34(11):4285-4292, 2007:
 
-with ``RSS`` the (weighted when σ is given) residual sum of squares, ``n`` points, ``k`` fitted
-parameters. The lowest AICc wins.
+    AICc = −2 ln L̂ + 2K + 2K(K + 1)/(n − K − 1)
 
-Point-count guard (the usual 3–4 SPECT time points): a model is fitted when ``n ≥ k + 1`` (one
-residual degree of freedom; with 5 or more points and several models, ``n ≥ k + 2`` so that AICc is
-defined for every candidate). The AICc correction term is undefined for ``n = k + 1`` (bi-exponential
-on 4 points, mono-exponential on 3), so models are first ranked by AICc where it is defined; a more
-complex model whose AICc is undefined replaces the choice only when it is determined by the data (it
-passed the rejection tests below, and every parameter's relative standard error is below 50 %, the
-acceptance rule of Kletting et al., Med. Phys. 40:102504, 2013) **and** its uncorrected AIC = n ln(RSS/n) + 2k is lower by more than
-``AIC_MARGIN`` = 2 (Burnham & Anderson 2002, §2.6: a difference above 2 is considerable support).
+with n points and K the number of parameters *the likelihood estimates*:
+
+- s estimated (``proportional``, ``counting``, ``uniform``): −2 ln L̂ = n ln(RSS/n) + const and
+  **K = k + 1** (the k curve parameters and the variance scale s², which the likelihood estimates;
+  Burnham & Anderson 2002, §2.2, count σ² in K for least squares, as Hurvich & Tsai 1989 do);
+- σ known (``sigma_bq``): −2 ln L̂ = χ² + const (χ² = RSS) and **K = k**.
+
+The constants are the same for every model of one curve (same data, same weights) and are left out.
+The uncorrected AIC = −2 ln L̂ + 2K is kept too (``aic``). The lowest AICc wins.
+
+The model-choice rule for few points (this project's own rule)
+--------------------------------------------------------------
+AICc is undefined when n ≤ K + 1: with s estimated, for the mono-exponential on 3–4 points and the
+bi-exponential on 4–5 points, i.e. for the usual 3–5 SPECT time points. No publication gives a rule for
+this case; LuDosimetry uses its own, stated here and in the README:
+
+1. a model is fitted when n ≥ k + 1 (with 5 or more points and several models, n ≥ k + 2);
+2. the accepted models whose AICc is defined are ranked by AICc; when none is defined, the simplest
+   accepted model is the first choice;
+3. a more complex accepted model whose AICc is undefined replaces the choice only when it is
+   determined by the data — every parameter not at a bound has a relative standard error below
+   ``MAX_RELATIVE_SE`` = 50 % (the acceptance criterion of Kletting et al. 2013) — **and** its
+   uncorrected AIC is lower by more than ``AIC_MARGIN`` = 2 (Burnham & Anderson 2002, §2.6: a
+   difference above 2 is considerable support for the better model).
+
 So with 4 points a clear uptake–washout curve (e.g. kidney) is fitted bi-exponentially, while noise
 alone does not promote the extra parameter; with 3 points the mono-exponential is used.
 
+Rejections
+----------
 A fit is rejected (kept in ``candidates`` with the reason) when the optimiser fails, when the
 covariance is singular or not finite (a parameter the data do not determine, e.g. an uptake faster
 than the first time point), when an amplitude is fitted to 0 or a rate runs to its upper bound, or
@@ -71,6 +114,15 @@ _MIN_EFFECT = 1e-3
 #: fitted parameter (a fit that converges needs 5–25 in all; this bounds the time spent on wild data).
 _NFEV_PER_START_PER_PARAM = 20
 _NFEV_BUDGET_PER_PARAM = 60
+#: The error models of the fit (module docstring): σ_i ∝ A_i, σ_i ∝ √A_i, σ_i constant.
+ERROR_MODELS = ("proportional", "counting", "uniform")
+#: Name of the error model when the uncertainties are given (``sigma_bq``).
+GIVEN_SIGMA = "given"
+#: Proportional and counting error models: the activity that sets σ_i is never taken below this fraction
+#: of the largest activity of the curve (a point near 0 would otherwise take all the weight).
+SIGMA_FLOOR_REL = 0.01
+#: A parameter within this fraction of a (non-zero) bound of the fit is at that bound.
+_AT_BOUND_REL = 1e-6
 
 
 @dataclass
@@ -90,8 +142,16 @@ class CandidateFit:
     aicc : float
         AICc (NaN when undefined or not fitted).
     rss : float
-        Residual sum of squares (weighted χ² when σ is given; Bq² otherwise).
+        Weighted residual sum of squares Σ ((A_model − A_i)/σ_i)², with σ_i from the error model
+        (dimensionless: χ² when σ is given; with the scale s = 1 otherwise).
+    aic : float
+        Uncorrected AIC = −2 ln L̂ + 2K (the AICc without its small-sample term).
+    k_ic : int
+        K, the number of parameters the likelihood estimates: ``n_params`` + 1 when the scale of σ is
+        estimated from the residuals, ``n_params`` when σ is given.
     n_params : int
+    param_at_bound : dict
+        Parameter name → the bound it ended on (its standard error is NaN: not meaningful).
     """
 
     model: str
@@ -104,8 +164,11 @@ class CandidateFit:
     aicc: float = float("nan")
     rss: float = float("nan")
     rss_for_ic: float = float("nan")
+    aic: float = float("nan")
+    k_ic: int = 0
     n_params: int = 0
     warnings: List[str] = field(default_factory=list)
+    param_at_bound: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,6 +201,11 @@ class TacFit:
         Physical decay constant used (1/h).
     trapezoid_start : str
         ``"linear"`` or ``"constant"`` (how the trapezoid model starts at t = 0).
+    error_model : str
+        The error model of the fit (one of :data:`ERROR_MODELS`, or ``"given"`` for ``sigma_bq``).
+    param_at_bound : dict
+        Parameter name → the bound it ended on; its entry of ``param_se`` is NaN (not meaningful) and
+        ``tia_se_bq_s`` holds it fixed.
     """
 
     model: str
@@ -155,6 +223,8 @@ class TacFit:
     sigma_bq: Optional[np.ndarray] = None
     lambda_phys_per_h: float = float("nan")
     trapezoid_start: str = "linear"
+    error_model: str = "proportional"
+    param_at_bound: Dict[str, str] = field(default_factory=dict)
 
     def evaluate(self, t_h) -> np.ndarray:
         """The fitted curve (Bq) at ``t_h`` (h after injection)."""
@@ -235,9 +305,12 @@ MAX_RELATIVE_SE = 0.5  # Kletting et al., Med. Phys. 40:102504 (2013): fit param
 
 
 def _max_relative_se(cand: "CandidateFit") -> float:
-    """Largest standard error / |value| among a candidate's parameters (inf when undetermined)."""
+    """Largest standard error / |value| among a candidate's estimated parameters (inf when one is
+    undetermined); parameters at a bound are held fixed, not estimated, and are left out."""
     worst = 0.0
     for name, value in cand.params.items():
+        if name in cand.param_at_bound:
+            continue
         se = cand.param_se.get(name, float("inf"))
         if not np.isfinite(se) or value == 0:
             return float("inf")
@@ -245,19 +318,88 @@ def _max_relative_se(cand: "CandidateFit") -> float:
     return worst
 
 
-def _aic(cand: "CandidateFit", n: int) -> float:
-    """Uncorrected AIC of a candidate (least-squares form), with the same RSS floor as its AICc."""
-    return n * math.log(max(cand.rss_for_ic, 1e-300) / n) + 2 * cand.n_params
+def information_criteria(rss: float, n: int, k: int, sigma_known: bool):
+    """AIC and AICc of a least-squares fit, and K.
+
+    Parameters
+    ----------
+    rss : float
+        Weighted residual sum of squares Σ ((A_model − A_i)/σ_i)² (χ² when σ is known).
+    n : int
+        Number of points.
+    k : int
+        Number of curve parameters.
+    sigma_known : bool
+        True when σ_i are known (``sigma_bq``); False when only their shape is and the scale is
+        estimated from the residuals.
+
+    Returns
+    -------
+    aic, aicc : float
+        ``AIC = −2 ln L̂ + 2K`` and ``AICc = AIC + 2K(K + 1)/(n − K − 1)`` (NaN when n − K − 1 ≤ 0), with
+        ``−2 ln L̂ = n ln(RSS/n)`` and ``K = k + 1`` when the scale is estimated, ``−2 ln L̂ = RSS`` and
+        ``K = k`` when σ is known (constants common to every model of the curve left out; Burnham &
+        Anderson 2002, §2.2; Hurvich & Tsai 1989; Glatting et al., Med. Phys. 34:4285, 2007).
+    K : int
+    """
+    big_k = k if sigma_known else k + 1
+    minus_2_log_l = rss if sigma_known else n * math.log(max(rss, 1e-300) / n)
+    aic = minus_2_log_l + 2 * big_k
+    aicc = aic + 2.0 * big_k * (big_k + 1) / (n - big_k - 1) if n - big_k - 1 > 0 else float("nan")
+    return aic, aicc, big_k
 
 
-def _aicc(rss: float, n: int, k: int) -> float:
-    if n - k - 1 <= 0:
-        return float("nan")
-    return n * math.log(rss / n) + 2 * k + 2.0 * k * (k + 1) / (n - k - 1)
+def error_model_sigma(activity_bq, error_model: str) -> np.ndarray:
+    """The shape of the standard uncertainties σ_i of an error model (its scale is estimated by the fit).
+
+    Parameters
+    ----------
+    activity_bq : array_like
+        Measured activities (Bq).
+    error_model : str
+        ``"proportional"`` (σ_i ∝ A_i), ``"counting"`` (σ_i ∝ √A_i) or ``"uniform"`` (σ_i constant).
+
+    Returns
+    -------
+    numpy.ndarray
+        σ_i up to a common factor (Bq for proportional and uniform, √Bq for counting); the activity is
+        floored at ``SIGMA_FLOOR_REL`` of the largest one.
+    """
+    a = np.asarray(activity_bq, dtype=float)
+    if error_model == "uniform":
+        return np.ones_like(a)
+    level = np.maximum(a, SIGMA_FLOOR_REL * float(np.max(a)))
+    if error_model == "proportional":
+        return level
+    if error_model == "counting":
+        return np.sqrt(level)
+    raise FitError(f"unknown error model {error_model!r}; choose from {', '.join(ERROR_MODELS)}")
 
 
-def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_points) -> CandidateFit:
-    """Fit one exponential model; return an accepted or rejected :class:`CandidateFit`."""
+def _at_bound(q: np.ndarray, lb: np.ndarray, ub: np.ndarray) -> np.ndarray:
+    """Which internal parameters ended on a (non-zero, finite) bound of the fit (``"lower"``, ``"upper"``
+    or "")."""
+    out = np.full(q.size, "", dtype=object)
+    for j in range(q.size):
+        if np.isfinite(lb[j]) and lb[j] > 0 and q[j] <= lb[j] * (1 + _AT_BOUND_REL):
+            out[j] = "lower"
+        elif np.isfinite(ub[j]) and ub[j] > 0 and q[j] >= ub[j] * (1 - _AT_BOUND_REL):
+            out[j] = "upper"
+    return out
+
+
+def _bound_text(model, j: int, side: str, physical_bound: bool) -> str:
+    """Plain words for internal parameter ``j`` of ``model`` on its ``side`` bound."""
+    if side == "upper":
+        return f"upper bound ({MAX_RATE_PER_H:g}/h)"
+    if j == model.rate_index[0]:
+        return f"lower bound ({'the physical decay constant' if physical_bound else 'the smallest rate allowed'})"
+    return "lower bound (its minimum separation from the next slower rate)"
+
+
+def _fit_one(model, t, a, sigma, sigma_known, lam_phys, physical_bound, extra_starts, min_points) -> CandidateFit:
+    """Fit one exponential model with weights 1/σ² (σ known, or its shape when ``sigma_known`` is False);
+    return an accepted or rejected :class:`CandidateFit`."""
     from scipy.optimize import least_squares
 
     k, n = model.n_params, t.size
@@ -269,7 +411,7 @@ def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_poi
 
     scale = float(np.max(np.abs(a)))
     amp = list(model.amplitude_index)
-    wt = np.ones(n) if sigma is None else 1.0 / sigma  # weights in 1/Bq (or 1)
+    wt = 1.0 / sigma  # 1/σ_i
     w_n = wt * scale                                     # weights for activities in units of `scale`
     a_n = a / scale
     m = model.to_natural_matrix
@@ -327,7 +469,7 @@ def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_poi
     cand.rss = rss
     rss_floor = n * (_RSS_FLOOR_REL * float(np.max(np.abs(a) * wt))) ** 2
     cand.rss_for_ic = max(rss, rss_floor)
-    cand.aicc = _aicc(cand.rss_for_ic, n, k)
+    cand.aic, cand.aicc, cand.k_ic = information_criteria(cand.rss_for_ic, n, k, sigma_known)
 
     if not np.all(np.isfinite(p)):
         cand.reason = "the fit gave non-finite parameters"
@@ -352,23 +494,37 @@ def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_poi
                        f"fitted points (not determined by the data)")
         return cand
 
-    # Covariance (Jᵀ W J)⁻¹ with column scaling; singular → parameters not separable.
-    jw = jac_p * wt[:, None]
-    col = np.linalg.norm(jw, axis=0)
-    if not np.all(np.isfinite(jw)) or np.any(col == 0):
+    # Covariance (Jᵀ W J)⁻¹ with column scaling; singular → parameters not separable. Parameters at a
+    # bound are held there: the covariance is that of the others (internal parameters q, p = M q).
+    side = _at_bound(best.x, lb, ub)
+    fixed = side != ""
+    jw = (jac_p if not fixed.any() else jac_p @ m) * wt[:, None]
+    free = np.flatnonzero(~fixed)
+    jf = jw[:, free]
+    col = np.linalg.norm(jf, axis=0)
+    if not np.all(np.isfinite(jf)) or np.any(col == 0):
         cand.reason = "the covariance is not finite (a parameter has no effect on the fitted points)"
         return cand
-    _, sv, vt = np.linalg.svd(jw / col, full_matrices=False)
+    _, sv, vt = np.linalg.svd(jf / col, full_matrices=False)
     if sv[-1] < _RCOND * sv[0]:
-        worst = names[int(np.argmax(np.abs(vt[-1])))]
+        worst = names[int(free[int(np.argmax(np.abs(vt[-1])))])]
         cand.reason = f"the covariance is singular: {worst} is not determined by the data"
         return cand
-    cov = (vt.T / sv ** 2) @ vt / np.outer(col, col)
-    if sigma is None:
+    cov_free = (vt.T / sv ** 2) @ vt / np.outer(col, col)
+    if fixed.any():
+        cov_q = np.zeros((k, k))
+        cov_q[np.ix_(free, free)] = cov_free
+        cov = m @ cov_q @ m.T
+    else:
+        cov = cov_free
+    if not sigma_known:  # the scale of σ is estimated from the residuals: reduced χ²
         dof = n - k
         cov = cov * (rss / dof) if dof > 0 else np.full_like(cov, np.nan)
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    se[fixed] = np.nan  # not meaningful at a bound (the curvature of the residual sum says nothing there)
     cand.param_se = {nm: float(v) for nm, v in zip(names, se)}
+    cand.param_at_bound = {names[j]: _bound_text(model, j, side[j], physical_bound)
+                           for j in np.flatnonzero(fixed)}
 
     tia = model.integral(p) * SECONDS_PER_HOUR
     grad = model.integral_gradient(p) * SECONDS_PER_HOUR
@@ -376,7 +532,7 @@ def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_poi
     if not (np.isfinite(tia) and tia > 0):
         cand.reason = f"the time-integrated activity is not positive and finite ({tia:g} Bq·s)"
         return cand
-    if not np.isfinite(var) and sigma is not None:
+    if not np.isfinite(var) and sigma_known:
         cand.reason = "the covariance is not finite"
         return cand
     cand.tia_bq_s = float(tia)
@@ -385,6 +541,9 @@ def _fit_one(model, t, a, sigma, lam_phys, physical_bound, extra_starts, min_poi
     if physical_bound and p[i] <= lam_phys * (1 + 1e-6):
         cand.warnings.append(f"{model.name}: {names[i]} is at the physical decay constant (no "
                              f"biological clearance is seen; effective half-life = physical)")
+    for name, bound in cand.param_at_bound.items():
+        cand.warnings.append(f"{model.name}: {name} is at its {bound}: its standard error is not meaningful "
+                             f"(reported as null) and the TIA standard error holds it fixed")
     cand.accepted = True
     return cand
 
@@ -403,7 +562,7 @@ def _trapezoid(t, a, sigma, lam_phys, start) -> CandidateFit:
                         n_params=0)
 
 
-def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
+def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None, error_model: str = "proportional",
                             models: Sequence[str] = ("mono_exponential", "bi_exponential", "tri_exponential"),
                             nuclide: Union[Radionuclide, str, None] = None,
                             physical_bound: bool = True,
@@ -418,8 +577,12 @@ def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
     activity_bq : array_like
         Activity in the VOI at each time (Bq, not decay-corrected).
     sigma_bq : array_like or float, optional
-        Standard uncertainty of each activity (Bq). When given, the fit is weighted by 1/σ² and
-        the covariance is absolute; when None, unweighted and scaled by the reduced χ².
+        Standard uncertainty of each activity (Bq). When given, the fit is weighted by 1/σ², the
+        covariance is absolute, K = k in the AICc, and ``error_model`` is not used.
+    error_model : {"proportional", "counting", "uniform"}
+        Without ``sigma_bq``: how σ_i scales with the activity (σ ∝ A, σ ∝ √A, σ constant; see the
+        module docstring). The fit is weighted by 1/σ², the scale of σ is estimated from the residuals
+        (covariance scaled by the reduced χ², K = k + 1 in the AICc).
     models : sequence of str
         Models to try (keys of ``MODELS``). ``("trapezoid",)`` skips fitting altogether.
     nuclide : Radionuclide or str, optional
@@ -440,10 +603,12 @@ def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
     ------
     FitError
         Fewer than 2 points, non-finite values, negative or non-increasing times, activity ≤ 0
-        everywhere, bad uncertainties, unknown model names.
+        everywhere, bad uncertainties, unknown model or error model names.
     """
     where = _prefix(label)
     t, a, sigma = _validate(t_h, activity_bq, sigma_bq, label)
+    if error_model not in ERROR_MODELS:
+        raise FitError(f"{where}unknown error model {error_model!r}; choose from {', '.join(ERROR_MODELS)}")
     if nuclide is None:
         nuclide = radionuclide("Lu-177")
     elif isinstance(nuclide, str):
@@ -458,6 +623,13 @@ def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
                        f"choose from {sorted(MODELS)}")
     warnings: List[str] = []
     n = t.size
+    sigma_known = sigma is not None
+    weights_sigma = sigma if sigma_known else error_model_sigma(a, error_model)
+    if not sigma_known and error_model != "uniform" and np.any(a < SIGMA_FLOOR_REL * np.max(a)):
+        low = ", ".join(f"{v:g} h" for v in t[a < SIGMA_FLOOR_REL * np.max(a)])
+        warnings.append(f"{where}activity below {100 * SIGMA_FLOOR_REL:g} % of the maximum at {low}: its "
+                        f"uncertainty is taken as that of {100 * SIGMA_FLOOR_REL:g} % of the maximum "
+                        f"({error_model} error model)")
 
     exp_models = sorted((m for m in models if m in EXPONENTIAL_MODELS), key=lambda m: MODELS[m].n_params)
     if "trapezoid" in models and exp_models:
@@ -473,16 +645,18 @@ def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
         if name == "tri_exponential":
             extra = _tri_starts_from(candidates)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # checked: isfinite below
-            candidates.append(_fit_one(model, t, a, sigma, lam_phys, physical_bound, extra, min_points))
+            candidates.append(_fit_one(model, t, a, weights_sigma, sigma_known, lam_phys, physical_bound,
+                                       extra, min_points))
 
     accepted = [c for c in candidates if c.accepted]
     if accepted:
         defined = [c for c in accepted if np.isfinite(c.aicc)]
         best = min(defined, key=lambda c: c.aicc) if defined else None
+        # AICc undefined (n ≤ K + 1): this project's own rule (module docstring).
         for c in sorted((c for c in accepted if not np.isfinite(c.aicc)), key=lambda c: c.n_params):
             if best is None:
                 best = c
-            elif (compare and n <= 4 and c.n_params > best.n_params and _aic(c, n) < _aic(best, n) - AIC_MARGIN
+            elif (compare and c.n_params > best.n_params and c.aic < best.aic - AIC_MARGIN
                   and _max_relative_se(c) < MAX_RELATIVE_SE):
                 best = c
         warnings.extend(where + w for w in best.warnings)
@@ -511,7 +685,9 @@ def fit_time_activity_curve(t_h, activity_bq, *, sigma_bq=None,
                   aicc=best.aicc if best.model != "trapezoid" else float("nan"),
                   n_points=n, candidates=candidates, warnings=warnings,
                   t_h=t.copy(), activity_bq=a.copy(), sigma_bq=None if sigma is None else sigma.copy(),
-                  lambda_phys_per_h=lam_phys, trapezoid_start=trapezoid_start)
+                  lambda_phys_per_h=lam_phys, trapezoid_start=trapezoid_start,
+                  error_model=GIVEN_SIGMA if sigma_known else error_model,
+                  param_at_bound=dict(best.param_at_bound))
 
 
 def _tri_starts_from(candidates: List[CandidateFit]) -> List[np.ndarray]:
@@ -523,3 +699,51 @@ def _tri_starts_from(candidates: List[CandidateFit]) -> List[np.ndarray]:
             return [np.array([0.9 * a0, lw, 0.1 * a0, mid, lu]),
                     np.array([0.6 * a0, lw, 0.4 * a0, min(3 * lw, 0.5 * (lw + lu)), lu])]
     return []
+
+
+def tia_linearisation(fit: TacFit):
+    """The fitted curve and its TIA linearised in the parameters the data determine, for propagating the
+    uncertainties of the activities through the fit (:mod:`LuDosimetryLib.uncertainty`).
+
+    The free parameters are the model's internal ones (``p = M q``, :mod:`.models`), less those held: a
+    parameter at a bound (``param_at_bound``, as for the TIA standard error) and, on a curve with fewer
+    points than parameters (single-time-point methods of :mod:`.reduced`), every rate (the method sets it,
+    not the data).
+
+    Parameters
+    ----------
+    fit : TacFit
+
+    Returns
+    -------
+    jacobian : numpy.ndarray (n, f)
+        ∂A_model(t_i)/∂q_j at the fit's time points (Bq per unit of q_j).
+    gradient : numpy.ndarray (f,)
+        ∂TIA/∂q_j (Bq·s per unit of q_j).
+    weight_sigma : numpy.ndarray (n,)
+        The σ_i (up to a common factor) the fit weighted the points by: ``sigma_bq`` when given, else its error
+        model's (proportional for curves not fitted by least squares, e.g. the reduced methods).
+
+    For the trapezoid (not fitted; its TIA is linear in the points) the parameters are the points themselves:
+    the identity, the integral weights (Bq·s per Bq) and ones.
+    """
+    t = np.asarray(fit.t_h, dtype=float)
+    a = np.asarray(fit.activity_bq, dtype=float)
+    model = MODELS[fit.model]
+    if fit.model == "trapezoid":
+        knots = TrapezoidKnots(t, a, fit.params["lambda_tail_per_h"], fit.trapezoid_start)
+        return np.eye(t.size), model.integral_weights(knots) * SECONDS_PER_HOUR, np.ones(t.size)
+    if fit.sigma_bq is not None:
+        weight_sigma = np.asarray(fit.sigma_bq, dtype=float)
+    else:
+        weight_sigma = error_model_sigma(a, fit.error_model if fit.error_model in ERROR_MODELS else "proportional")
+    names = model.param_names
+    p = np.array([fit.params[name] for name in names], dtype=float)
+    m = model.to_natural_matrix
+    held = {names.index(name) for name in fit.param_at_bound if name in names}
+    if t.size < model.n_params:
+        held |= set(model.rate_index)
+    free = [j for j in range(model.n_params) if j not in held]
+    jacobian = (model.jacobian(t, p) @ m)[:, free]
+    gradient = (model.integral_gradient(p) @ m)[free] * SECONDS_PER_HOUR
+    return jacobian, gradient, weight_sigma

@@ -1,9 +1,13 @@
 """Voxel-level time-integrated activity (TIA) map: every voxel's time-activity curve fitted at once.
 
-The same models and selection rules as the VOI fits of :mod:`.fit` (unweighted least squares,
-mono-exponential ``A0 e^(−λt)`` and uptake–washout bi-exponential ``A0 (e^(−λw t) − e^(−λu t))``,
-every rate ≥ λ_phys, AICc ranking with the 3–4 point guard), vectorised in numpy so that a 128³ volume
-with 4 time points takes seconds instead of hours of per-voxel ``scipy.optimize`` calls.
+The same models and selection rules as the VOI fits of :mod:`.fit` (mono-exponential ``A0 e^(−λt)``
+and uptake–washout bi-exponential ``A0 (e^(−λw t) − e^(−λu t))``, every rate ≥ λ_phys, AICc ranking with
+σ² counted in K, and this project's rule where AICc is undefined), vectorised in numpy so that a 128³
+volume with 4 time points takes seconds instead of hours of per-voxel ``scipy.optimize`` calls. One
+difference: voxels are fitted by *unweighted* least squares (the ``"uniform"`` error model of :mod:`.fit`),
+not with the VOI fits' default proportional weights: a voxel's value is dominated by image noise that does
+not scale with its activity, and relative weights taken from a noisy voxel value would give its low
+fluctuations most of the weight.
 
 Method (per block of voxels, all voxels of the block at once)
 ------------------------------------------------------------
@@ -20,10 +24,11 @@ Method (per block of voxels, all voxels of the block at once)
   (A0, λw, λu) (3×3 normal equations by Cramer's rule) in float32 until the cost stops falling, with the
   converged voxels dropped from the working set, then 2 steps in float64 (bounds
   λ_phys ≤ λw < λu ≤ 100/h).
-- **Selection:** as :func:`~.fit.fit_time_activity_curve`: with ≥ 5 points the lowest AICc; with 3–4
-  points the bi-exponential (AICc undefined at n = k + 1) replaces the mono-exponential only when its
-  uncorrected AIC is lower by more than ``AIC_MARGIN`` = 2 and every parameter's relative standard error
-  is below ``MAX_RELATIVE_SE`` = 50 % (Kletting et al., Med. Phys. 40:102504, 2013).
+- **Selection:** as :func:`~.fit.fit_time_activity_curve` (K = k + 1: the variance is estimated from the
+  residuals): with ≥ 6 points the lowest AICc; with 4–5 points (bi-exponential AICc undefined, n ≤ K + 1)
+  the bi-exponential replaces the mono-exponential only when its uncorrected AIC is lower by more than
+  ``AIC_MARGIN`` = 2 and every parameter's relative standard error is below ``MAX_RELATIVE_SE`` = 50 %
+  (Kletting et al., Med. Phys. 40:102504, 2013).
 - **Fall-back for noisy voxels:** when no exponential model is acceptable (amplitude ≤ 0, rate at its
   upper bound, non-finite values, a TIA relative standard error above ``max_tia_relative_se``, or a
   bi-exponential whose parameters are not determined — relative SE ≥ 50 %) the voxel is integrated by
@@ -78,6 +83,8 @@ _MONO_GRID = 32          # log-spaced rates of the mono-exponential grid
 _MONO_STEPS = (3, 2)     # LM steps in float32, then in float64
 _BI_GRID = (20, 12)      # (λw, λu/λw) grid of the bi-exponential
 _BI_MAX_STEPS32 = 60     # at most this many float32 LM steps (converged voxels leave earlier)
+#: K of the AICc (.fit.information_criteria): the curve parameters + the variance, estimated from the residuals.
+_K_MONO, _K_BI = 3, 4
 _BI_STEPS64 = 2
 _CONVERGED32 = 1e-5      # relative cost change below which a float32 LM step counts as converged
 _MU_GIVE_UP = 1e3        # LM damping at which a voxel's float32 iterations stop
@@ -403,11 +410,11 @@ def _bi_wins(n, rss, ok, rel, tia_rel, rising, aic_floor, mono_ok, aic_mono, aic
     ok = ok & ~(tia_rel > max_tia_relative_se)
     rss_ic = np.maximum(rss, aic_floor[rising])
     with np.errstate(divide="ignore"):
-        aic_bi = n * np.log(rss_ic / n) + 6
-    if n - 4 > 0:  # AICc defined for both models: the lower wins
-        aicc_bi = aic_bi + 24.0 / (n - 4)
+        aic_bi = n * np.log(rss_ic / n) + 2 * _K_BI
+    if n - _K_BI - 1 > 0:  # AICc defined for both models: the lower wins
+        aicc_bi = aic_bi + 2.0 * _K_BI * (_K_BI + 1) / (n - _K_BI - 1)
         return ok & (~mono_ok[rising] | (aicc_bi < aicc_mono[rising]))
-    # n = k + 1: the guard of .fit (AIC margin and parameter precision)
+    # n ≤ K + 1: the rule of .fit (AIC margin and parameter precision)
     # (unlike a VOI, a voxel's bi-exponential must be determined by the data even when the
     # mono-exponential was rejected: otherwise the voxel falls back to the trapezoid)
     return ok & (rel < MAX_RELATIVE_SE) & (~mono_ok[rising] | (aic_bi < aic_mono[rising] - AIC_MARGIN))
@@ -442,9 +449,9 @@ def _fit_block(t, a64, lam_phys, use, max_tia_relative_se, grids, trap_w):
         mono_ok = ok
         rss_ic = np.maximum(rss, aic_floor)
         with np.errstate(divide="ignore"):
-            aic_mono = n * np.log(rss_ic / n) + 4
-        if n - 3 > 0:
-            aicc_mono = aic_mono + 12.0 / (n - 3)
+            aic_mono = n * np.log(rss_ic / n) + 2 * _K_MONO
+        if n - _K_MONO - 1 > 0:
+            aicc_mono = aic_mono + 2.0 * _K_MONO * (_K_MONO + 1) / (n - _K_MONO - 1)
         chosen_tia = np.where(ok, a0 / lam, chosen_tia)
         chosen_code = np.where(ok, MODEL_CODES["mono_exponential"], chosen_code).astype(np.uint8)
     elif "mono_exponential" in use and n == 2:

@@ -94,7 +94,8 @@ def reconstruct_projections(series: ProjectionSeries, mu_per_mm: Optional[sitk.I
         collimator = choose_collimator(series.header, options.collimator, series.path)
     geom = series.geometry
     try:
-        scatter = energy_window_scatter(series.counts, series.windows, roles, options.scatter)
+        scatter = energy_window_scatter(series.counts, series.windows, roles, options.scatter,
+                                        dew_k=options.dew_k)
     except ValueError as exc:
         raise DicomFileError(str(exc), series.path) from exc
     peak = frames_to_projector(series.counts[roles.peak], geom)

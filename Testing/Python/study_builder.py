@@ -100,6 +100,23 @@ def _shifted(spheres, shift_mm):
                         s.t_eff_h, s.uptake_h) for s in spheres)
 
 
+def body_coverage(reference: sitk.Image, shift_mm=(0.0, 0.0, 0.0), n: int = 5) -> np.ndarray:
+    """Fraction (z,y,x) of each voxel inside the elliptic body (semi-axes 90 × 70 mm in x, y; infinite in z)
+    moved by ``shift_mm`` (n² in-plane sub-samples)."""
+    size = reference.GetSize()
+    sp = np.array(reference.GetSpacing())
+    org = np.array(reference.GetOrigin())
+    offs = (np.arange(n) + 0.5) / n - 0.5
+    zz, yy, xx = np.meshgrid(np.arange(size[2]), np.arange(size[1]), np.arange(size[0]), indexing="ij")
+    frac = np.zeros(zz.shape, np.float32)
+    for dy in offs:
+        for dx in offs:
+            x = org[0] + (xx + dx) * sp[0] - shift_mm[0]
+            y = org[1] + (yy + dy) * sp[1] - shift_mm[1]
+            frac += (x / 90.0) ** 2 + (y / 70.0) ** 2 <= 1.0
+    return frac / n ** 2
+
+
 def _ct_hu(ct_ref: sitk.Image, spheres, shift_mm) -> np.ndarray:
     """A CT with structure to register: air, an elliptic body (20 HU), the spheres (60 HU) and a 'spine'
     (700 HU), all moved by ``shift_mm``."""
@@ -110,7 +127,7 @@ def _ct_hu(ct_ref: sitk.Image, spheres, shift_mm) -> np.ndarray:
     x = org[0] + xx * sp[0] - shift_mm[0]
     y = org[1] + yy * sp[1] - shift_mm[1]
     hu = np.full(zz.shape, -1000.0, np.float32)
-    hu[(x / 90.0) ** 2 + (y / 70.0) ** 2 <= 1.0] = 20.0
+    hu[body_coverage(ct_ref, shift_mm, n=1) >= 0.5] = 20.0
     for s in spheres:
         hu[coverage(ct_ref, s, n=1) >= 0.5] = 60.0
     hu[((x - 0.0) / 12.0) ** 2 + ((y - 45.0) / 12.0) ** 2 <= 1.0] = 700.0
@@ -120,12 +137,16 @@ def _ct_hu(ct_ref: sitk.Image, spheres, shift_mm) -> np.ndarray:
 def build_study(root: Path, *, spheres=DEFAULT_SPHERES, hours=HOURS, spect_format: str = "pt_slices",
                 decay_correction: str = "ADMIN", with_ct: bool = True, with_rtstruct: bool = True,
                 injected_activity_bq: float = 7.21e9, background_bq_per_ml: float = 0.0,
-                shifts_mm=None, rtstruct_time_points=None) -> BuiltStudy:
+                shifts_mm=None, rtstruct_time_points=None, body_bq_per_ml: float = 0.0, body_t_eff_h: float = 60.0,
+                psf_fwhm_mm: float = 0.0) -> BuiltStudy:
     """Write the analytic study under ``root``; returns what was written.
 
     ``shifts_mm``: one (x, y, z) patient shift per time point (mm; the anatomy, SPECT, CT and contours
     move together, the scanner frame stays). ``rtstruct_time_points``: 0-based time points that get an
-    RTSTRUCT (default all).
+    RTSTRUCT (default all). ``body_bq_per_ml`` > 0: the elliptic body (:func:`body_coverage`) holds this
+    concentration at injection, falling with ``body_t_eff_h``, beneath the spheres' (added), and the CT
+    shows the body in air. ``psf_fwhm_mm`` > 0: the SPECT is blurred by a Gaussian of this FWHM (zero
+    outside the field of view).
     """
     root = Path(root)
     patient = PatientInfo(patient_id="TEST001", patient_name="Test^Analytic", sex="M", birth_date="19540101")
@@ -144,6 +165,13 @@ def build_study(root: Path, *, spheres=DEFAULT_SPHERES, hours=HOURS, spect_forma
         for s in moved:
             conc = float(s.activity_bq(h)) / s.volume_ml
             arr = arr + spect_cov[s.name] * conc
+        if body_bq_per_ml > 0:
+            arr = arr + body_coverage(spect_ref, shift) * np.float32(
+                body_bq_per_ml * math.exp(-math.log(2) / body_t_eff_h * h))
+        if psf_fwhm_mm > 0:
+            from scipy.ndimage import gaussian_filter
+            sigma = psf_fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / np.array(spect_ref.GetSpacing()[::-1])
+            arr = gaussian_filter(arr, sigma, mode="constant").astype(np.float32)
         img = sitk.GetImageFromArray(arr)
         img.CopyInformation(spect_ref)
         code = f"C2S{k + 1}D{int(h // 24)}"
@@ -158,7 +186,7 @@ def build_study(root: Path, *, spheres=DEFAULT_SPHERES, hours=HOURS, spect_forma
                                       sseries, equipment=SIEMENS_NM, **common)
         built.spect_uids.append(ref.series_instance_uid)
         if with_ct:
-            if shifts_mm is None:
+            if shifts_mm is None and not body_bq_per_ml > 0:
                 hu = np.full(ct_cov[spheres[0].name].shape, 40.0, np.float32)  # soft tissue
             else:
                 hu = _ct_hu(ct_ref, moved, shift)

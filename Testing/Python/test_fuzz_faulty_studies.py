@@ -207,7 +207,8 @@ def foreign_files(study: Path, rng: random.Random) -> str:
     elif kind == "dicomdir-like":
         ds = pydicom.Dataset()
         ds.PatientID = "X"
-        pydicom.dcmwrite(str(folder / "DICOMDIR"), ds, enforce_file_format=False)
+        pydicom.dcmwrite(str(folder / "DICOMDIR"), ds, enforce_file_format=False, implicit_vr=True,
+                         little_endian=True)
     else:
         (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     return f"{kind} in {folder.relative_to(study)}"
@@ -286,7 +287,8 @@ def file_system(study: Path, rng: random.Random) -> str:
 
 FAULT_CLASSES = {f.__name__: f for f in (missing_tag, absurd_value, injection_fault, wrong_date, corrupt_pixels,
                                          damaged_file, foreign_files, mixed_patient, broken_rtstruct, file_system)}
-CASES_PER_CLASS = 6
+#: Seeded cases per class; LUDOSIMETRY_FUZZ_CASES=40 runs a deeper search (about 40 s a case on 2 cores).
+CASES_PER_CLASS = int(os.environ.get("LUDOSIMETRY_FUZZ_CASES", "6"))
 CASES = [(name, seed) for name in FAULT_CLASSES for seed in range(CASES_PER_CLASS)]
 
 

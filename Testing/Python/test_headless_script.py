@@ -79,7 +79,8 @@ def test_script_writes_the_outputs_and_a_scene_bundle(synthetic_study, tmp_path)
         assert list(rows) == list(saved["vois"])
         for voi, row in rows.items():
             # the table's .tsv in the bundle keeps 6 significant digits (vtkMRMLTableStorageNode)
-            assert row["Mean dose (Gy)"] == pytest.approx(saved["vois"][voi]["mean_dose_gy"], rel=1e-5)
+            assert row["Mean dose, mass-weighted (Gy)"] == pytest.approx(saved["vois"][voi]["mean_dose_gy"],
+                                                                         rel=1e-5)
         assert len(mrml.nodes_by_time_point(scene, "vtkMRMLSegmentationNode")) == 4
     finally:
         mrml.release_scene(scene)

@@ -300,7 +300,8 @@ def test_pipeline_with_a_kernel_file_equals_the_built_kernel(patient, tmp_path):
 def test_pipeline_kernel_density_and_ldm_outputs(patient, tmp_path):
     study, built, _, spacing = patient
     # The file is what is convolved: a kernel file holding twice our kernel doubles the doses. Declared for
-    # a medium of 1.04 g/mL, the density correction divides by ρ/1.04 instead of ρ/1.0: another × 1.04.
+    # a medium of 1.04 g/mL, the density correction divides its electron part by ρ/1.04 instead of ρ/1.0:
+    # another × 1.04 on the electrons, which give all but ~1 % of these VOIs' doses (photons are not scaled).
     doubled = write_interfile(tmp_path / "k", 2.0 * dose_voxel_kernel(spacing), spacing)
     res = run_study(study, RunOptions(kernel_path=str(doubled), kernel_density_g_ml=1.04))
     assert res.to_json()["dose_kernel"]["density_g_ml"] == 1.04

@@ -153,17 +153,21 @@ def test_four_point_kidney_selection_is_sensible():
 def test_aicc_is_burnham_anderson_formula():
     rng = np.random.default_rng(1)
     y = bi(T_DENSE, *KIDNEY) * (1 + 0.05 * rng.standard_normal(T_DENSE.size))
-    fit = fit_time_activity_curve(T_DENSE, y)
     n = T_DENSE.size
-    for c in fit.candidates:
-        if c.accepted:
-            k = c.n_params
-            expected = n * math.log(c.rss / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1)
-            assert c.aicc == pytest.approx(expected, rel=1e-12)
-            model = MODELS[c.model]
-            p = np.array([c.params[name] for name in model.param_names])
-            assert c.rss == pytest.approx(np.sum((model.evaluate(T_DENSE, p) - y) ** 2), rel=1e-9)
-    assert fit.aicc == min(c.aicc for c in fit.candidates if c.accepted)
+    # default proportional error model: relative weights 1/y², σ² estimated, so K = k + 1
+    for error_model, sigma in (("proportional", y), ("uniform", np.ones_like(y))):
+        fit = fit_time_activity_curve(T_DENSE, y, error_model=error_model)
+        assert fit.error_model == error_model
+        for c in fit.candidates:
+            if c.accepted:
+                big_k = c.n_params + 1
+                expected = n * math.log(c.rss / n) + 2 * big_k + 2 * big_k * (big_k + 1) / (n - big_k - 1)
+                assert c.k_ic == big_k
+                assert c.aicc == pytest.approx(expected, rel=1e-12)
+                model = MODELS[c.model]
+                p = np.array([c.params[name] for name in model.param_names])
+                assert c.rss == pytest.approx(np.sum(((model.evaluate(T_DENSE, p) - y) / sigma) ** 2), rel=1e-9)
+        assert fit.aicc == min(c.aicc for c in fit.candidates if c.accepted and np.isfinite(c.aicc))
 
 
 # --- trapezoid -----------------------------------------------------------------------------------

@@ -360,7 +360,7 @@ def _widget_classes_for(parameter) -> set:
         return {"QComboBox"}
     return {"int": {"QSpinBox"}, "float": {"QDoubleSpinBox"}, "bool": {"QCheckBox"},
             "path": {"ctkPathLineEdit"}, "datetime": {"QDateTimeEdit"}, "voi_models": {"QTableWidget"},
-            "time_points": {"QLineEdit"}, "text": {"QLineEdit"}}[kind]
+            "time_points": {"QLineEdit"}, "text": {"QLineEdit"}, "percentages": {"QLineEdit"}}[kind]
 
 
 def test_each_option_widget_can_show_its_parameter():

@@ -120,8 +120,8 @@ def test_scatter_tew_dew_and_errors():
     roles = identify_windows(ws)
     tew = energy_window_scatter(counts, ws, roles, "tew", sigma_px=0)
     assert tew[0, 2, 2] == pytest.approx((30 / 20.8 + 10 / 20.8) * 41.6 / 2)
-    dew = energy_window_scatter(counts, ws, roles, "dew", sigma_px=0)
-    assert dew[0, 2, 2] == pytest.approx(30 / 20.8 * 41.6 / 2)
+    dew = energy_window_scatter(counts, ws, roles, "dew", sigma_px=0, dew_k=0.5)
+    assert dew[0, 2, 2] == pytest.approx(0.5 * 30)  # Jaszczak et al. 1984: k x lower-window counts
     assert energy_window_scatter(counts, ws, roles, "none") is None
     with pytest.raises(ValueError, match="upper scatter window"):
         energy_window_scatter(counts[:2], ws[:2], identify_windows(ws[:2]), "tew")

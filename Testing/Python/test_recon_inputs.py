@@ -255,3 +255,11 @@ def test_without_pytomography_one_line(tmp_path, command):
     if command[0] == "phantom":
         assert "--no-projections" in lines[0]
     assert not out.exists()
+
+
+def test_dew_without_its_multiplier_is_refused_before_any_file_is_read(tmp_path, capsys):
+    from LuDosimetryLib import cli
+    rc = cli.main(["reconstruct", str(tmp_path / "no-such-study"), "--out", str(tmp_path / "out"),
+                   "--scatter", "dew"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--dew-k" in err[0]

@@ -603,7 +603,7 @@ def test_reconstruction_makes_a_study_view_with_the_new_series(synthetic_study, 
 
     monkeypatch.setattr(recon, "reconstruct_study", reconstruct_study)
     session = DosimetrySession()
-    chosen = ReconOptions(algorithm="bsrem", iterations=3, subsets=6, scatter="dew", psf=False)
+    chosen = ReconOptions(algorithm="bsrem", iterations=3, subsets=6, scatter="dew", dew_k=0.5, psf=False)
     reports = []
     view = session.reconstruct(synthetic_study, tmp_path / "recon", chosen,
                                progress=lambda fraction, message: reports.append(fraction))
