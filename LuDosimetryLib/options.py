@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import OptionError
+from .errors import LuDosimetryError, OptionError
 
 # ------------------------------------------------------------------------------------------ choices
 
@@ -453,6 +453,10 @@ RUN_OPTIONS: Tuple[Option, ...] = (
     Option("organ_types", "repeated_text", None, "organ type of a VOI for the population half-lives, VOI=TYPE "
            "(exact VOI name; repeatable); otherwise only exact default names (Kidney_L, Liver, Spleen...; "
            "docs/reduced_time_points.md), recorded as an assumption", flag="--organ-type", metavar="VOI=TYPE"),
+    Option("radiobiology", "repeated_text", None, "alpha/beta (Gy) and repair half-time (h) of a tissue for the "
+           "BED, TYPE=ALPHA_BETA_GY:T_REP_H (repeatable; TYPE as in --organ-type, 'tumour' for lesions); "
+           "defaults: kidney 2.6:2.8, tumour 10:1.5 (LuDosimetryLib/radiobiology.py)", flag="--radiobiology",
+           metavar="TYPE=AB:TREP"),
     Option("fit_weighting", "choice", "proportional", "error model of the time-activity fits: proportional "
            "(relative uncertainty, weights 1/A²), counting (Poisson, weights 1/A) or uniform (unweighted)",
            choices=FIT_WEIGHTINGS, flag="--fit-weighting"),
@@ -604,6 +608,11 @@ def validate(options) -> None:
 
 
 def _check_run_combinations(options) -> None:
+    from .radiobiology import parse_tissue_table
+    try:
+        parse_tissue_table(options.radiobiology)
+    except (ValueError, LuDosimetryError) as exc:
+        raise OptionError(str(exc), option="radiobiology") from None
     if options.pvc == "gtm" and options.psf_fwhm_mm is None:
         raise OptionError("partial-volume correction 'gtm' needs the SPECT resolution: give {option}",
                           option="psf_fwhm_mm")

@@ -13,6 +13,7 @@ nuclide, warnings, inventory, reference time point, reduced-imaging subset) and 
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -73,6 +74,12 @@ class VoiResult:
     tia_random_uncertainty_pct: Optional[float] = None
     mean_dose_uncertainty_pct: Optional[float] = None
     uncertainty_budget: Dict[str, float] = field(default_factory=dict)
+    # Radiobiology (LuDosimetryLib.radiobiology): BED/EQD2 of the mean dose delivered with the fitted curve's
+    # shape; None, with the reason in ``radiobiology["note"]``, for a tissue without alpha/beta.
+    tissue: Optional[str] = None
+    bed_gy: Optional[float] = None
+    eqd2_gy: Optional[float] = None
+    radiobiology: Dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -420,6 +427,7 @@ def _run_stages(study_dir, options: RunOptions, progress) -> StudyResults:
     tia_voxel = tia_map * ref_tp.voxel_ml                            # Bq·s per voxel
     dose, dose_kernel = _dose(ctx, ref_tp, tia_voxel, file_kernel)   # 0.75 – 0.9
     vois, dvhs = _statistics(ctx, ref_tp, kinetics, dose, tia_voxel)  # 0.9  – 1
+    _radiobiology(ctx, vois, kinetics)
     return _study_results(ctx, tps, kinetics, vois, dvhs, dose, tia_map, dose_kernel)
 
 
@@ -966,9 +974,61 @@ def _statistics(ctx: _RunContext, ref_tp: TimePointData, kinetics: Dict[str, _Vo
             tia_full_bq_s=None if full is None else float(full.tia_bq_s),
             reduced_relative_difference=None if full is None else float(fit.tia_bq_s / full.tia_bq_s - 1.0),
             mean_dose_volume_weighted_gy=float(stats["mean_dose_volume_weighted_gy"]),
-            tia_uncertainty_pct=budget.tia_uncertainty_pct, tia_random_uncertainty_pct=budget.tia_random_uncertainty_pct,
+            tia_uncertainty_pct=budget.tia_uncertainty_pct,
+            tia_random_uncertainty_pct=budget.tia_random_uncertainty_pct,
             mean_dose_uncertainty_pct=budget.mean_dose_uncertainty_pct, uncertainty_budget=budget.uncertainty_budget)
     return out, dvhs
+
+
+def _roi_interpreted_types(ctx: _RunContext) -> Dict[str, str]:
+    """RT ROI Interpreted Type of each ROI of the reference time point's structure sets."""
+    from .io.rtstruct import read_rtstruct
+    types: Dict[str, str] = {}
+    for entry in _structure_sets_for(ctx.inventory, ctx.ref):
+        for path in entry.files:
+            for roi in read_rtstruct(path).rois:
+                types.setdefault(roi.name, roi.roi_type)
+    return types
+
+
+def _radiobiology(ctx: _RunContext, vois: Dict[str, VoiResult], kinetics: Dict[str, _VoiKinetics]) -> None:
+    """BED and EQD2 of every VOI (set on ``vois``).
+
+    The tissue of a VOI is its organ type (``--organ-type``, else the exact default names of
+    :data:`~LuDosimetryLib.kinetics.reduced.DEFAULT_ORGAN_TYPES`), else "tumour" for an ROI interpreted as
+    GTV/CTV/PTV in its RTSTRUCT; its alpha/beta and repair half-time come from ``--radiobiology`` over
+    :data:`~LuDosimetryLib.radiobiology.DEFAULT_TISSUES`. A VOI whose tissue has no entry gets no BED and a
+    note saying what to give.
+    """
+    from .kinetics.reduced import organ_type, parse_organ_types
+    from .radiobiology import RadiobiologyError, bed_for_fit, parse_tissue_table, tissue_of
+
+    table = parse_tissue_table(ctx.options.radiobiology)
+    given = parse_organ_types(ctx.options.organ_types)
+    roi_types = _roi_interpreted_types(ctx) if ctx.options.masks_per_time_point is None else {}
+    for name, voi in vois.items():
+        typ = organ_type(name, given)
+        tissue = tissue_of(typ, roi_types.get(name, ""))
+        voi.tissue = tissue
+        source = ("--organ-type" if name in given else "VOI name (default organ types)" if typ
+                  else f"RTROIInterpretedType {roi_types.get(name)}" if tissue else "")
+        if tissue is None or tissue not in table:
+            what = f"tissue {tissue!r}" if tissue else "no tissue type"
+            voi.radiobiology = {"note": f"{what} has no alpha/beta: give --organ-type {name}=TYPE and/or "
+                                        f"--radiobiology TYPE=ALPHA_BETA_GY:T_REP_H for a BED"}
+            continue
+        if not math.isfinite(voi.mean_dose_gy):
+            voi.radiobiology = {"note": "no mean dose"}
+            continue
+        try:
+            bed = bed_for_fit(voi.mean_dose_gy, kinetics[name].fit, tissue, table)
+        except RadiobiologyError as exc:
+            voi.radiobiology = {"note": str(exc)}
+            continue
+        voi.bed_gy, voi.eqd2_gy = bed.bed_gy, bed.eqd2_gy
+        voi.radiobiology = dict(bed.to_json(), tissue_source=source)
+        voi.radiobiology.pop("bed_gy")
+        voi.radiobiology.pop("eqd2_gy")
 
 
 def _study_results(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[str, _VoiKinetics],

@@ -76,6 +76,47 @@ DEFAULT_TISSUES: Dict[str, TissueRadiobiology] = {
 }
 
 
+#: Organ-type names read as the tumour entry of the table.
+TUMOUR_TYPES = ("tumour", "tumor", "lesion")
+#: RT ROI Interpreted Types (PS3.3 C.8.8.8) that mark a tumour.
+TUMOUR_ROI_TYPES = ("GTV", "CTV", "PTV")
+
+
+def tissue_of(organ_type: Optional[str], roi_interpreted_type: str = "") -> Optional[str]:
+    """The radiobiology table's tissue for a VOI: its organ type (tumour, tumor and lesion read as
+    "tumour"), else "tumour" for an ROI interpreted as GTV/CTV/PTV, else None."""
+    if organ_type:
+        typ = organ_type.strip().lower()
+        return "tumour" if typ in TUMOUR_TYPES else typ
+    if str(roi_interpreted_type or "").strip().upper() in TUMOUR_ROI_TYPES:
+        return "tumour"
+    return None
+
+
+def parse_tissue_table(items: Optional[Sequence[str]]) -> Dict[str, TissueRadiobiology]:
+    """:data:`DEFAULT_TISSUES` with the user's entries ``TYPE=ALPHA_BETA_GY:T_REP_H`` (``--radiobiology``) over it.
+
+    Raises
+    ------
+    ValueError
+        An item not of that form or with values that are not positive numbers.
+    """
+    table = dict(DEFAULT_TISSUES)
+    for item in items or ():
+        typ, sep, value = str(item).partition("=")
+        ab, colon, trep = value.partition(":")
+        try:
+            tissue = TissueRadiobiology(float(ab), float(trep), "user")
+        except ValueError:
+            tissue = None
+        if not sep or not colon or not typ.strip() or tissue is None:
+            raise ValueError(f"{item!r} is not TYPE=ALPHA_BETA_GY:T_REP_H")
+        _check_tissue(tissue)
+        key = typ.strip().lower()
+        table["tumour" if key in TUMOUR_TYPES else key] = tissue
+    return table
+
+
 class RadiobiologyError(LuDosimetryError):
     """A BED cannot be computed (a parameter out of range, a dose rate that is not finite)."""
 

@@ -2,8 +2,8 @@
 
 The method follows the EANM practical guidance: Gear J.I., Cox M.G., Gustafsson J., et al., "EANM practical
 guidance on uncertainty analysis for molecular radiotherapy absorbed dose calculations", Eur J Nucl Med Mol
-Imaging 45:2456–2474, 2018 (open access, PMC6208822), which applies the law of propagation of uncertainty of the GUM (JCGM 100:2008, §5) along the
-dosimetry chain
+Imaging 45:2456–2474, 2018 (open access, PMC6208822), which applies the law of propagation of uncertainty of
+the GUM (JCGM 100:2008, §5) along the dosimetry chain
 
     count rate → calibration factor → recovery coefficient (partial volume) → activity per time point
     → fit of the time-activity curve (with the full parameter covariance) → TIA → dose factor (mass) → mean dose.

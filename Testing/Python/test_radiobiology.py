@@ -96,3 +96,25 @@ def test_unknown_tissue_is_refused_naming_the_known_ones():
     fit = fit_time_activity_curve(t, 1e7 * np.exp(-0.01 * t), models=("mono_exponential",))
     with pytest.raises(RadiobiologyError, match="kidney"):
         bed_for_fit(2.0, fit, "spleen")
+
+
+def test_a_run_reports_bed_for_kidneys_and_lesions_and_says_why_not_elsewhere(synthetic_study):
+    from LuDosimetryLib.errors import OptionError
+    from LuDosimetryLib.options import RunOptions, validate
+    from LuDosimetryLib.pipeline import run_study
+
+    res = run_study(synthetic_study, RunOptions(dose_method="ldm", radiobiology=("liver=2.5:1.5",)))
+    data = res.to_json()["vois"]
+    kidney = data["Kidney_L"]
+    assert kidney["tissue"] == "kidney" and kidney["bed_gy"] > kidney["mean_dose_gy"] > 0
+    assert kidney["eqd2_gy"] == pytest.approx(kidney["bed_gy"] / (1 + 2 / 2.6))
+    assert kidney["radiobiology"]["alpha_beta_gy"] == 2.6
+    assert kidney["radiobiology"]["tissue_source"] == "VOI name (default organ types)"
+    lesion = data["Lesion_1"]  # the phantom's RTSTRUCT marks lesions GTV
+    assert lesion["tissue"] == "tumour" and lesion["bed_gy"] > lesion["mean_dose_gy"]
+    assert lesion["radiobiology"]["tissue_source"] == "RTROIInterpretedType GTV"
+    assert data["Liver"]["radiobiology"]["alpha_beta_gy"] == 2.5  # the user's table entry
+    spleen = data["Spleen"]
+    assert spleen["bed_gy"] is None and "--radiobiology" in spleen["radiobiology"]["note"]
+    with pytest.raises(OptionError, match="radiobiology"):
+        validate(RunOptions(radiobiology=("kidney=2.6",)))
