@@ -453,6 +453,9 @@ RUN_OPTIONS: Tuple[Option, ...] = (
     Option("organ_types", "repeated_text", None, "organ type of a VOI for the population half-lives, VOI=TYPE "
            "(exact VOI name; repeatable); otherwise only exact default names (Kidney_L, Liver, Spleen...; "
            "docs/reduced_time_points.md), recorded as an assumption", flag="--organ-type", metavar="VOI=TYPE"),
+    Option("kinetics_from", "path", None, "results.json of this patient's earlier cycle (imaged at several time "
+           "points): a single-time-point run takes each VOI's effective half-life from it (a named assumption)",
+           flag="--kinetics-from", metavar="RESULTS_JSON"),
     Option("radiobiology", "repeated_text", None, "alpha/beta (Gy) and repair half-time (h) of a tissue for the "
            "BED, TYPE=ALPHA_BETA_GY:T_REP_H (repeatable; TYPE as in --organ-type, 'tumour' for lesions); "
            "defaults: kidney 2.6:2.8, tumour 10:1.5 (LuDosimetryLib/radiobiology.py)", flag="--radiobiology",
@@ -622,6 +625,9 @@ def _check_run_combinations(options) -> None:
     if options.kernel_path is not None and options.dose_method != "dvk":
         raise OptionError(f"a dose kernel file applies to the dvk dose only, not to dose method "
                           f"{options.dose_method!r}", option="kernel_path")
+    if options.kinetics_from is not None and (options.time_points is None or len(options.time_points) != 1):
+        raise OptionError("an earlier cycle's kinetics are for a run on one time point: give {option} with one "
+                          "time point", option="time_points")
     if options.time_points is not None and options.reference_time_point + 1 not in options.time_points:
         raise OptionError(f"the reference time point {options.reference_time_point + 1} must be one of "
                           f"{list(options.time_points)}", option="time_points")

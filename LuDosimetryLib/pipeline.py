@@ -361,6 +361,7 @@ class _RunContext:
     inventory: Optional[Inventory] = None
     ref: int = 0
     subset: Optional[List[int]] = None
+    earlier_half_lives_h: Optional[Dict[str, float]] = None  # --kinetics-from, read once
 
 
 @dataclass
@@ -1151,6 +1152,9 @@ def _fit_tac(ctx: _RunContext, tps: List[TimePointData], acts: List[float], name
         if subset is None:
             return full, None
         idx = list(subset)
+        if options.kinetics_from is not None:
+            return _fit_with_earlier_cycle(ctx, np.array(hours)[idx], np.array(acts)[idx], name, label,
+                                           tps[ctx.ref].entry.patient_id), full
         organ, population, from_default = population_inputs(name, options.reduced_method, options.organ_types,
                                                              options.population_half_lives)
         if from_default:
@@ -1162,6 +1166,47 @@ def _fit_tac(ctx: _RunContext, tps: List[TimePointData], acts: List[float], name
         return red, full
     except FitError as exc:
         raise FitError(f"VOI {label!r}: {exc.problem}", ctx.study_dir) from exc
+
+
+def _earlier_cycle_half_lives(ctx: _RunContext, patient_id: str) -> Dict[str, float]:
+    """``{VOI: effective half-life h}`` of the earlier cycle's results.json (``options.kinetics_from``),
+    checked to be this patient's (StudyError naming the file otherwise)."""
+    import json
+
+    path = ctx.options.kinetics_from
+    if ctx.earlier_half_lives_h is not None:
+        return ctx.earlier_half_lives_h
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        vois, patient = dict(data["vois"]), str(data.get("patient_id", ""))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise StudyError(f"cannot read an earlier cycle's results.json ({type(exc).__name__}: {exc})", path) from None
+    if patient_id and patient and patient != patient_id:
+        raise StudyError(f"the earlier cycle is patient {patient!r}, this study patient {patient_id!r}", path)
+    half_lives = {name: float(v["effective_half_life_h"]) for name, v in vois.items()
+                  if isinstance(v, dict) and v.get("effective_half_life_h")}
+    ctx.earlier_half_lives_h = half_lives
+    return half_lives
+
+
+def _fit_with_earlier_cycle(ctx: _RunContext, t_h: np.ndarray, a_bq: np.ndarray, name: str, label: str,
+                            patient_id: str):
+    """Single-time-point TIA with the VOI's own effective half-life from the patient's earlier cycle
+    (Madsen et al., Med Phys 45(5):2318, 2018, with the patient's T_eff instead of a population's; the
+    cycle-to-cycle stability of T_eff in Lu-177 DOTATATE: Garske-Román et al., EJNMMI 2018;45:970)."""
+    from .assumptions import assume
+    from .kinetics.reduced import fit_reduced
+
+    half_lives = _earlier_cycle_half_lives(ctx, patient_id)
+    if name not in half_lives:
+        raise FitError(f"VOI {label!r}: no effective half-life for it in the earlier cycle's results "
+                       f"({ctx.options.kinetics_from})")
+    t_eff_h = half_lives[name]
+    assume(f"effective half-life of VOI {name!r} equal to the patient's earlier cycle", f"{t_eff_h:.4g} h",
+           "earlier cycle's results.json", ctx.options.kinetics_from)
+    key = f"earlier cycle: {name}"
+    return fit_reduced(t_h, a_bq, "population_half_life", organ=key, population={key: (t_eff_h, None)},
+                       nuclide=ctx.nuclide, label=label)
 
 
 def _voi_tia_map(ctx: _RunContext, tps: List[TimePointData], on_ref: List[sitk.Image],

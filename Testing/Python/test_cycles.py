@@ -100,3 +100,29 @@ def test_cycles_command_writes_the_table_and_refuses_bad_files(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_single_time_point_cycle_uses_the_patients_own_earlier_kinetics(synthetic_study, tmp_path, capsys):
+    first = tmp_path / "cycle1"
+    assert cli.main(["run", str(synthetic_study), "--out", str(first), "--dose-method", "ldm", "--quiet"]) == 0
+    full = json.loads((first / "results.json").read_text())
+    later = tmp_path / "cycle2"
+    argv = ["run", str(synthetic_study), "--out", str(later), "--dose-method", "ldm", "--quiet", "--time-points", "3",
+            "--reference-time-point", "3", "--kinetics-from", str(first / "results.json")]
+    assert cli.main(argv) == 0
+    res = json.loads((later / "results.json").read_text())
+    for name in ("Liver", "Kidney_L", "Spleen"):
+        # the same patient imaged once: its own half-life gives back the 4-point TIA within a few per cent
+        assert res["vois"][name]["tia_bq_s"] == pytest.approx(full["vois"][name]["tia_bq_s"], rel=0.08), name
+    assumed = [a for a in res["assumptions"] if "earlier cycle" in a["what"]]
+    assert {a["path"] for a in assumed} == {str(first / "results.json")} and len(assumed) >= 3
+    capsys.readouterr()
+    assert cli.main(argv[:3] + [str(tmp_path / "strict")] + argv[4:] + ["--strict"]) == 2
+    other = dict(full, patient_id="SOMEONE-ELSE")
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    assert cli.main(argv[:3] + [str(tmp_path / "x")] + argv[4:-1] + [str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "SOMEONE-ELSE" in err[-1] and str(tmp_path / "other.json") in err[-1]
+    assert cli.main(["run", str(synthetic_study), "--out", str(tmp_path / "y"), "--kinetics-from",
+                     str(first / "results.json")]) == 2  # needs one time point
