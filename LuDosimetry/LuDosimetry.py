@@ -69,8 +69,10 @@ reference time point, none/rigid/deformable, VOIs of each time point or the refe
 check view (a registered time point over the reference). VOIs: each time point's segmentation, Segment
 Editor, Recompute with edited VOIs. Fits and TIA: TIA map from the VOI fits or per voxel, reduced time
 points (e.g. 2,3) with their method, the model of each VOI (auto = AICc), TAC plot. Dose:
-dose-voxel kernel (dvk) or local deposition (ldm), density correction. Results: per-VOI table, DVH plot,
-export of the RT Dose, the edited VOIs (RTSTRUCT), CSV and results.json.
+dose-voxel kernel (dvk) or local deposition (ldm), density correction. Results: per-VOI table (with the
+uncertainty, BED and EQD2), DVH plot, export of the RT Dose, the edited VOIs (RTSTRUCT), CSV and the report
+(report.html, report.pdf, results.json), Open report. Cycles: the results.json of each of a patient's cycles,
+cumulative dose and BED per VOI and the further cycles under the kidney and red-marrow limits.
 """
         self.parent.acknowledgementText = """
 Decay data: ICRP Publication 107 (icrp107-database package).
@@ -170,6 +172,10 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              ("exportRtDoseButton", self.onExportRtDoseButton),
                              ("exportCsvButton", self.onExportCsvButton),
                              ("exportReportButton", self.onExportReportButton),
+                             ("openReportButton", self.onOpenReportButton),
+                             ("cyclesAddButton", self.onCyclesAddButton),
+                             ("cyclesRemoveButton", self.onCyclesRemoveButton),
+                             ("cyclesComputeButton", self.onCyclesComputeButton),
                              ("showRegistrationCheckButton", self.onShowRegistrationCheckButton)):
             getattr(self.ui, button).connect("clicked(bool)", slot)
 
@@ -267,14 +273,17 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node:
             self.ui.voiModeComboBox.enabled = idle and node.registrationMethod != "none"
             self.ui.reducedMethodComboBox.enabled = idle and bool(node.reducedTimePoints.strip())
+            self.ui.kineticsFromPathLineEdit.enabled = idle and bool(node.reducedTimePoints.strip())
+            self.ui.reconDewKSpinBox.enabled = node.reconScatter == "dew"  # k of the dual-energy window only
             # A kernel file applies to the kernel convolution only; its density only with a file.
             self.ui.kernelFilePathLineEdit.enabled = idle and node.doseMethod == "dvk"
             self.ui.kernelDensitySpinBox.enabled = idle and node.doseMethod == "dvk" and bool(node.kernelFile.strip())
         outputs = self._outputDirectory()
-        from LuDosimetryLib.report import RESULTS_FILE, RTDOSE_FILE
+        from LuDosimetryLib.report import REPORT_HTML_FILE, RESULTS_FILE, RTDOSE_FILE
         for button, name in ((self.ui.exportRtDoseButton, RTDOSE_FILE), (self.ui.exportCsvButton, RESULTS_FILE),
-                             (self.ui.exportReportButton, RESULTS_FILE)):
+                             (self.ui.exportReportButton, RESULTS_FILE), (self.ui.openReportButton, REPORT_HTML_FILE)):
             button.enabled = idle and outputs is not None and (outputs / name).is_file()
+        self.ui.cyclesComputeButton.enabled = idle and self.ui.cyclesListWidget.count > 0
         self.ui.voiTimePointSpinBox.maximum = max(len(segmentations) - 1, 0)
         self.ui.registrationCheckTimePointSpinBox.maximum = max(self.ui.referenceTimePointSpinBox.maximum - 1, 1)
         self.ui.runButton.toolTip = ("Compute TACs, TIA, absorbed dose and DVHs and write them to the output folder."
@@ -576,7 +585,8 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         finally:
             self._setRunning(False)
-        self._showAssumptions(result)
+        if hasattr(result, "assumptions"):  # a run's (an export keeps the run's list shown)
+            self._showAssumptions(result)
         runWarnings = list(getattr(result, "warnings", None) or [])
         for warning in runWarnings:
             logging.warning(f"LuDosimetry: {warning}")
@@ -650,8 +660,18 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._exportRunFile("Export RT Dose", RTDOSE_FILE, "DICOM RT Dose (*.dcm)")
 
     def onExportReportButton(self) -> None:
-        from LuDosimetryLib.report import RESULTS_FILE
-        self._exportRunFile("Export report", RESULTS_FILE, "JSON (*.json)")
+        from LuDosimetryLib.mrml.session import REPORT_EXPORT_FILES
+        self._exportIntoFolder("Export report into folder", REPORT_EXPORT_FILES, self.session.export_report)
+
+    def onOpenReportButton(self) -> None:
+        """Open the run's report.html in the web browser."""
+        from LuDosimetryLib.errors import LuDosimetryError
+        try:
+            path = self.session.report_path(self._outputDirectory())
+        except LuDosimetryError as error:
+            self._showError(error)
+            return
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
 
     def _exportRunFile(self, title: str, name: str, fileFilter: str) -> None:
         path = self._askSavePath(title, (self._outputDirectory() or pathlib.Path.home()).parent / name, fileFilter)
@@ -661,12 +681,15 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportCsvButton(self) -> None:
         from LuDosimetryLib.report import DVH_FILE, VOI_RESULTS_FILE
+        self._exportIntoFolder("Export CSV into folder", (DVH_FILE, VOI_RESULTS_FILE), self.session.export_csv)
 
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export CSV into folder",
+    def _exportIntoFolder(self, title: str, names: Sequence[str], export) -> None:
+        """Ask for a folder, then ``export(output folder, folder, overwrite)`` the files ``names`` into it."""
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), title,
                                                      str(self._outputDirectory() or "."))
         if folder:
-            self._confirmAndExport([pathlib.Path(folder) / DVH_FILE, pathlib.Path(folder) / VOI_RESULTS_FILE],
-                                   lambda overwrite: self.session.export_csv(self._outputDirectory(), folder, overwrite))
+            self._confirmAndExport([pathlib.Path(folder) / name for name in names],
+                                   lambda overwrite: export(self._outputDirectory(), folder, overwrite))
 
     @staticmethod
     def _askSavePath(title: str, default: pathlib.Path, fileFilter: str) -> str:
@@ -722,6 +745,40 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=background, foreground=nodes["dose"],
                                              foregroundOpacity=0.5, fit=True)
         self._showCharts()
+
+    # --------------------------------------------------------------------------------------- Cycles
+
+    def onCyclesAddButton(self) -> None:
+        files = qt.QFileDialog.getOpenFileNames(slicer.util.mainWindow(), "results.json of each cycle",
+                                                str(self._outputDirectory() or "."), "LuDosimetry results (*.json)")
+        listed = {self.ui.cyclesListWidget.item(k).text() for k in range(self.ui.cyclesListWidget.count)}
+        self.ui.cyclesListWidget.addItems([f for f in files if f not in listed])
+        self._checkCanRun()
+
+    def onCyclesRemoveButton(self) -> None:
+        for item in self.ui.cyclesListWidget.selectedItems():
+            self.ui.cyclesListWidget.takeItem(self.ui.cyclesListWidget.row(item))
+        self._checkCanRun()
+
+    def onCyclesComputeButton(self) -> None:
+        """Cumulative dose and BED of the listed cycles, the further cycles and their arithmetic."""
+        from LuDosimetryLib.cycles import arithmetic_lines, summary_table_rows
+        from LuDosimetryLib.errors import LuDosimetryError
+        from LuDosimetryLib.result_tables import MISSING_TEXT
+
+        paths = [self.ui.cyclesListWidget.item(k).text() for k in range(self.ui.cyclesListWidget.count)]
+        try:
+            summary = self.session.cycle_summary(paths, self.ui.cyclesNextActivitySpinBox.value or None,
+                                                 self.ui.cyclesKidneyRiskCheckBox.checked,
+                                                 strict=bool(self._parameterNode and self._parameterNode.strict))
+        except LuDosimetryError as error:
+            self._showError(error)
+            return
+        rows = summary_table_rows(summary)
+        self._fillTable(self.ui.cyclesTableWidget, rows[0],
+                        [[cell or MISSING_TEXT for cell in row] for row in rows[1:]])
+        self.ui.cyclesArithmeticLabel.text = "\n".join(
+            arithmetic_lines(summary) + [f"Assumed: {a.message()}" for a in summary.assumptions])
 
     def _showCharts(self) -> None:
         tac, dvh = self.session.chart_nodes()

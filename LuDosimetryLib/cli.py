@@ -220,46 +220,31 @@ def cmd_phantom(args) -> int:
     return 0
 
 
-def _read_results_json(path: str) -> dict:
-    """A run's results.json (one error line naming the file when it cannot be read)."""
-    from .errors import StudyError
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise StudyError(f"cannot read a results.json ({type(exc).__name__}: {exc})", path) from None
-    if not isinstance(data, dict):
-        raise StudyError("not a LuDosimetry results.json (no object at the top)", path)
-    return data
-
-
 def cmd_cycles(args) -> int:
     import csv
 
-    from .assumptions import recording
-    from .cycles import summarize_cycles, summary_table_rows
+    from .cycles import arithmetic_lines, summarize_cycle_results, summary_table_rows
     from .io.export import atomic_output_dir, check_output_dir, write_json
+    from .io.results_json import read_results_json
     check_output_dir(args.out, args.overwrite)
-    results = [(str(p), _read_results_json(p)) for p in args.results]
+    results = [(str(p), read_results_json(p)) for p in args.results]
     next_gbq = None if args.next_activity_mbq is None else args.next_activity_mbq / 1e3
-    with recording(strict=args.strict) as assumed:
-        summary = summarize_cycles(results, next_activity_gbq=next_gbq,
-                                   kidney_risk_factors=args.kidney_risk_factors)
-    data = summary.to_json()
-    data["assumptions"] = [a.to_json() for a in assumed.items]
+    summary = summarize_cycle_results(results, next_activity_gbq=next_gbq,
+                                      kidney_risk_factors=args.kidney_risk_factors, strict=args.strict)
     rows = summary_table_rows(summary)
-    arithmetic = [line for v in summary.vois if v.projection for line in v.projection["arithmetic"]]
+    lines = arithmetic_lines(summary)
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
-        write_json(tmp / "cycles.json", data)
+        write_json(tmp / "cycles.json", summary.to_json())
         with open(tmp / "cycles.csv", "w", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerows(rows)
-        (tmp / "cycles.txt").write_text("\n".join(arithmetic + summary.notes) + "\n", encoding="utf-8")
-    for a in assumed.items:
+        (tmp / "cycles.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for a in summary.assumptions:
         sys.stderr.write(f"assumption: {a.message()}\n")
     if not args.quiet:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)))
-        for line in arithmetic + summary.notes:
+        for line in lines:
             print(line)
     return 0
 

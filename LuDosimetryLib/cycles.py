@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .assumptions import assume
+from .assumptions import Assumption, assume, recording
 from .errors import LuDosimetryError
 
 #: ``C<cycle>S<scan>D<day>`` in series descriptions (the collection's naming).
@@ -227,6 +227,9 @@ class CycleSummary:
     next_activity_gbq: float
     kidney_risk_factors: bool
     notes: List[str] = field(default_factory=list)
+    #: What was assumed (:func:`summarize_cycle_results`; empty from :func:`summarize_cycles`, whose
+    #: assumptions go to the caller's log).
+    assumptions: List[Assumption] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -237,6 +240,7 @@ class CycleSummary:
             "kidney_risk_factors": self.kidney_risk_factors,
             "vois": {v.name: {k: val for k, val in v.to_json().items() if k != "name"} for v in self.vois},
             "notes": self.notes,
+            "assumptions": [a.to_json() for a in self.assumptions],
         }
 
 
@@ -268,6 +272,23 @@ def summarize_cycles(results: Sequence[Tuple[str, Mapping]], next_activity_gbq: 
     return CycleSummary(patient_id=cycles[0].patient_id, cycles=cycles, vois=vois,
                         next_activity_gbq=next_activity_gbq, kidney_risk_factors=bool(kidney_risk_factors),
                         notes=notes)
+
+
+def summarize_cycle_results(results: Sequence[Tuple[str, Mapping]], next_activity_gbq: Optional[float] = None,
+                            kidney_risk_factors: bool = False, strict: bool = False) -> CycleSummary:
+    """:func:`summarize_cycles` with its own log of assumptions: the summary's ``assumptions`` lists them (the
+    cycle numbers taken from the dates, the activity of a further cycle), or, with ``strict``, the first one
+    refuses (:class:`~LuDosimetryLib.assumptions.StrictRefusal`)."""
+    with recording(strict=strict) as assumed:
+        summary = summarize_cycles(results, next_activity_gbq=next_activity_gbq,
+                                   kidney_risk_factors=kidney_risk_factors)
+    summary.assumptions = assumed.items
+    return summary
+
+
+def arithmetic_lines(summary: CycleSummary) -> List[str]:
+    """The projection's arithmetic of each VOI with a limit, then the notes: lines a person can check."""
+    return [line for v in summary.vois if v.projection for line in v.projection["arithmetic"]] + list(summary.notes)
 
 
 def summary_table_rows(summary: CycleSummary) -> List[List[str]]:

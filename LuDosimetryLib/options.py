@@ -28,13 +28,14 @@ dependencies are installed.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import LuDosimetryError, OptionError
+from .errors import OptionError
 
 # ------------------------------------------------------------------------------------------ choices
 
@@ -213,6 +214,49 @@ def _format_percentages(value) -> str:
     return ", ".join(f"{name}={pct:g}" for name, pct in (value or {}).items())
 
 
+def _split_panel_items(text: str) -> Tuple[str, ...]:
+    """The items of the panel's text of a repeatable option: separated by commas, spaces around them and empty
+    items dropped; an item that holds a comma is written in double quotes (CSV: "Lesion, 1=tumour")."""
+    row = next(csv.reader([" ".join(str(text).splitlines())], skipinitialspace=True), [])
+    return tuple(item.strip() for item in row if item.strip())
+
+
+def _format_panel_items(items) -> str:
+    """The panel's text of a repeatable option's items (inverse of :func:`_split_panel_items`)."""
+    def quoted(item: str) -> str:
+        if any(c in item for c in ',"') or item != item.strip():
+            return '"' + item.replace('"', '""') + '"'
+        return item
+    return ", ".join(quoted(str(item)) for item in items or ())
+
+
+def parse_tissue_items(items) -> List[Tuple[str, float, float]]:
+    """``[(TYPE, alpha/beta in Gy, repair half-time in h)]`` of ``--radiobiology`` items
+    ``TYPE=ALPHA_BETA_GY:T_REP_H`` (the entries :func:`LuDosimetryLib.radiobiology.parse_tissue_table` puts over
+    its defaults), TYPE stripped.
+
+    Raises
+    ------
+    ValueError
+        An item not of that form, or values that are not positive finite numbers (naming the item).
+    """
+    parsed = []
+    for item in items or ():
+        typ, sep, value = str(item).partition("=")
+        ab, colon, trep = value.partition(":")
+        try:
+            numbers = (float(ab), float(trep))
+        except ValueError:
+            numbers = None
+        if not sep or not colon or not typ.strip() or numbers is None:
+            raise ValueError(f"{item!r} is not TYPE=ALPHA_BETA_GY:T_REP_H")
+        if not all(math.isfinite(n) and n > 0 for n in numbers):
+            raise ValueError(f"{item!r}: alpha/beta and the repair half-time must be positive numbers "
+                             f"(Gy and h)")
+        parsed.append((typ.strip(), numbers[0], numbers[1]))
+    return parsed
+
+
 # ------------------------------------------------------------------------------------ declarations
 
 #: Kinds of option: how user values are parsed, checked and shown.
@@ -327,6 +371,8 @@ class Option:
             return _parse_models_per_voi(value)
         if kind == "percentages":
             return _parse_percentages(value)
+        if kind == "repeated_text" and isinstance(value, str):  # the panel's text; the command line's is a list
+            return _split_panel_items(value) or self.default
         if kind in ("repeated_text", "repeated_path", "repeated_choice"):
             items = [value] if isinstance(value, str) else list(value)
             return tuple(str(v) for v in items)
@@ -348,6 +394,8 @@ class Option:
             return _format_models_per_voi(value)
         if kind == "percentages":
             return _format_percentages(value)
+        if kind == "repeated_text":
+            return _format_panel_items(value)
         return value
 
     def _expected(self) -> str:
@@ -413,7 +461,8 @@ RUN_OPTIONS: Tuple[Option, ...] = (
            parameter="injectionTime", panel_unset=""),
     Option("residual_activity_bq", "float", None, "activity left in the syringe and lines after the "
            "injection, subtracted from the injected activity (the net activity gives TIAC and Gy/GBq)",
-           unit="MBq", scale=1.0e6, minimum=0.0, flag="--residual-activity-mbq", metavar="MBQ"),
+           unit="MBq", scale=1.0e6, minimum=0.0, flag="--residual-activity-mbq", metavar="MBQ",
+           parameter="residualActivityMBq", panel_unset=0.0, panel_range=(0.0, 1.0e5)),
     Option("spect_series_uid", "repeated_text", None, "reconstructed SPECT series to use where a time point "
            "has several (repeatable)", flag="--spect-series", metavar="UID"),
     Option("spect_calibration_bq_per_ml_per_unit", "float", None, "factor from stored SPECT values to Bq/mL, "
@@ -449,20 +498,21 @@ RUN_OPTIONS: Tuple[Option, ...] = (
     Option("population_half_lives", "repeated_text", None, "population effective half-life of an organ type for "
            "the population_prior and madsen methods, TYPE=HOURS:LOG_SD (LOG_SD: SD of ln T_eff, needed by "
            "population_prior; repeatable); LuDosimetry has no default values",
-           flag="--population-half-life", metavar="TYPE=HOURS[:LOG_SD]"),
+           flag="--population-half-life", metavar="TYPE=HOURS[:LOG_SD]", parameter="populationHalfLives"),
     Option("organ_types", "repeated_text", None, "organ type of a VOI for the population half-lives, VOI=TYPE "
            "(exact VOI name; repeatable); otherwise only exact default names (Kidney_L, Liver, Spleen...; "
-           "docs/reduced_time_points.md), recorded as an assumption", flag="--organ-type", metavar="VOI=TYPE"),
+           "docs/reduced_time_points.md), recorded as an assumption", flag="--organ-type", metavar="VOI=TYPE",
+           parameter="organTypes"),
     Option("kinetics_from", "path", None, "results.json of this patient's earlier cycle (imaged at several time "
            "points): a single-time-point run takes each VOI's effective half-life from it (a named assumption)",
-           flag="--kinetics-from", metavar="RESULTS_JSON"),
+           flag="--kinetics-from", metavar="RESULTS_JSON", parameter="kineticsFrom", panel_unset=""),
     Option("radiobiology", "repeated_text", None, "alpha/beta (Gy) and repair half-time (h) of a tissue for the "
            "BED, TYPE=ALPHA_BETA_GY:T_REP_H (repeatable; TYPE as in --organ-type, 'tumour' for lesions); "
            "defaults: kidney 2.6:2.8, tumour 10:1.5 (LuDosimetryLib/radiobiology.py)", flag="--radiobiology",
-           metavar="TYPE=AB:TREP"),
+           metavar="TYPE=AB:TREP", parameter="radiobiologyTissues"),
     Option("fit_weighting", "choice", "proportional", "error model of the time-activity fits: proportional "
            "(relative uncertainty, weights 1/A²), counting (Poisson, weights 1/A) or uniform (unweighted)",
-           choices=FIT_WEIGHTINGS, flag="--fit-weighting"),
+           choices=FIT_WEIGHTINGS, flag="--fit-weighting", parameter="fitWeighting"),
     Option("uncertainty", "percentages", None, "an uncertainty component's relative standard uncertainty instead "
            "of its default or estimate, COMPONENT=PCT with COMPONENT one of " + ", ".join(UNCERTAINTY_COMPONENTS)
            + " (repeatable; docs/uncertainty.md)", unit="%", flag="--uncertainty", metavar="COMPONENT=PCT",
@@ -498,7 +548,8 @@ RECON_OPTIONS: Tuple[Option, ...] = (
            parameter="reconPsf", group="reconstruct"),
     Option("dew_k", "float", None, "dual-energy-window scatter multiplier k (scatter = k x lower-window counts, "
            "Jaszczak 1984); required by --scatter dew: it depends on the windows and the radionuclide",
-           minimum=0.0, exclusive_minimum=True, flag="--dew-k", metavar="K", group="reconstruct"),
+           minimum=0.0, exclusive_minimum=True, flag="--dew-k", metavar="K", parameter="reconDewK", panel_unset=0.0,
+           panel_range=(0.0, 10.0), group="reconstruct"),
     Option("scatter", "choice", "tew", "scatter estimate from the energy windows", choices=SCATTER_METHODS,
            flag="--scatter", parameter="reconScatter", group="reconstruct"),
     Option("forms", "repeated_choice", None, "projection form(s) to reconstruct (repeatable; default: every "
@@ -509,11 +560,11 @@ RECON_OPTIONS: Tuple[Option, ...] = (
     Option("gamma", "internal", 2.0, "relative-difference prior edge parameter (BSREM)", group="reconstruct"),
     Option("dead_time_factor", "float", 1.0, "count-loss (dead-time) correction factor the activity is multiplied "
            "by (1 = none); written into the reconstruction's header", minimum=1.0, flag="--dead-time-factor",
-           metavar="FACTOR", group="reconstruct"),
+           metavar="FACTOR", parameter="reconDeadTimeFactor", panel_range=(1.0, 10.0), group="reconstruct"),
     Option("collimator", "choice", "auto", "collimator of the system model (PyTomography collimator table code); "
            "auto: from the projections' header (Manufacturer, CollimatorGridName), else the maker's "
            "medium-energy collimator, named as an assumption", choices=("auto",) + COLLIMATORS,
-           flag="--collimator", group="reconstruct"),
+           flag="--collimator", parameter="reconCollimator", group="reconstruct"),
     Option("device", "internal", None, "torch device ('cpu', 'cuda'); default: a GPU when torch sees one",
            group="reconstruct"),
 )
@@ -611,10 +662,9 @@ def validate(options) -> None:
 
 
 def _check_run_combinations(options) -> None:
-    from .radiobiology import parse_tissue_table
     try:
-        parse_tissue_table(options.radiobiology)
-    except (ValueError, LuDosimetryError) as exc:
+        parse_tissue_items(options.radiobiology)
+    except ValueError as exc:
         raise OptionError(str(exc), option="radiobiology") from None
     if options.pvc == "gtm" and options.psf_fwhm_mm is None:
         raise OptionError("partial-volume correction 'gtm' needs the SPECT resolution: give {option}",
@@ -790,4 +840,4 @@ __all__ = ["Option", "PanelParameter", "RunOptions", "ReconOptions", "RUN_OPTION
            "OUTPUT_OPTIONS", "ALL_OPTIONS", "MODEL_CHOICES", "validate", "add_arguments", "options_from_arguments",
            "values_from_arguments", "panel_parameters", "panel_option", "options_from_panel", "values_from_panel",
            "option", "cli_flag", "parse_voi_model_table", "format_voi_model_table", "voi_model_table_with_names",
-           "option_names", "replace_options", "options_as_json"]
+           "option_names", "replace_options", "options_as_json", "parse_tissue_items"]

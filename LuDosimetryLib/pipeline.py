@@ -1171,16 +1171,13 @@ def _fit_tac(ctx: _RunContext, tps: List[TimePointData], acts: List[float], name
 def _earlier_cycle_half_lives(ctx: _RunContext, patient_id: str) -> Dict[str, float]:
     """``{VOI: effective half-life h}`` of the earlier cycle's results.json (``options.kinetics_from``),
     checked to be this patient's (StudyError naming the file otherwise)."""
-    import json
+    from .io.results_json import read_results_json
 
     path = ctx.options.kinetics_from
     if ctx.earlier_half_lives_h is not None:
         return ctx.earlier_half_lives_h
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        vois, patient = dict(data["vois"]), str(data.get("patient_id", ""))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise StudyError(f"cannot read an earlier cycle's results.json ({type(exc).__name__}: {exc})", path) from None
+    data = read_results_json(path, "an earlier cycle's results.json")
+    vois, patient = data["vois"], str(data.get("patient_id", ""))
     if patient_id and patient and patient != patient_id:
         raise StudyError(f"the earlier cycle is patient {patient!r}, this study patient {patient_id!r}", path)
     half_lives = {name: float(v["effective_half_life_h"]) for name, v in vois.items()

@@ -33,6 +33,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import LuDosimetryError
+from .options import parse_tissue_items
 
 #: Reference dose per fraction of EQD2 (Gy).
 EQD2_REFERENCE_FRACTION_GY = 2.0
@@ -102,18 +103,9 @@ def parse_tissue_table(items: Optional[Sequence[str]]) -> Dict[str, TissueRadiob
         An item not of that form or with values that are not positive numbers.
     """
     table = dict(DEFAULT_TISSUES)
-    for item in items or ():
-        typ, sep, value = str(item).partition("=")
-        ab, colon, trep = value.partition(":")
-        try:
-            tissue = TissueRadiobiology(float(ab), float(trep), "user")
-        except ValueError:
-            tissue = None
-        if not sep or not colon or not typ.strip() or tissue is None:
-            raise ValueError(f"{item!r} is not TYPE=ALPHA_BETA_GY:T_REP_H")
-        _check_tissue(tissue)
-        key = typ.strip().lower()
-        table["tumour" if key in TUMOUR_TYPES else key] = tissue
+    for typ, alpha_beta_gy, repair_half_time_h in parse_tissue_items(items):  # the option's own check of the text
+        key = typ.lower()
+        table["tumour" if key in TUMOUR_TYPES else key] = TissueRadiobiology(alpha_beta_gy, repair_half_time_h, "user")
     return table
 
 

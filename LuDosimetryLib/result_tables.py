@@ -28,6 +28,9 @@ RESULT_COLUMNS: Tuple[Tuple[str, str], ...] = (
     ("d98_gy", "D98 (Gy)"),
     ("max_dose_gy", "Max dose (Gy)"),
     ("gy_per_gbq", "Dose per activity (Gy/GBq)"),
+    # radiobiology (LuDosimetryLib.radiobiology): none for a tissue without alpha/beta (results.json gives why)
+    ("bed_gy", "BED (Gy)"),
+    ("eqd2_gy", "EQD2 (Gy)"),
     # relative standard uncertainties, k = 1 (LuDosimetryLib.uncertainty; the budget is in results.json)
     ("tia_uncertainty_pct", "u(TIA) (%)"),
     ("tia_random_uncertainty_pct", "u(TIA), counting and fit (%)"),
@@ -43,6 +46,9 @@ OPTIONAL_RESULT_COLUMNS: Tuple[Tuple[str, str], ...] = (
 
 #: Title of the VOI-name column.
 VOI_COLUMN = "VOI"
+
+#: Text of a table cell without a value (None or NaN) in the panel; the CSV leaves such a cell empty.
+MISSING_TEXT = "—"
 
 #: Columns of the study inventory table: (key of a row from :func:`inventory_rows`, column title).
 INVENTORY_COLUMNS: Tuple[Tuple[str, str], ...] = (
@@ -136,12 +142,15 @@ def has_projections(inventory_json: Optional[Dict[str, Any]]) -> bool:
 
 
 def format_value(attribute: str, value: Any) -> str:
-    """Text of one table cell: 4 significant digits, activities in scientific notation, "" for None."""
+    """Text of one table cell: 4 significant digits, activities in scientific notation, :data:`MISSING_TEXT`
+    for no value (None or NaN)."""
     if value is None:
-        return ""
+        return MISSING_TEXT
     if isinstance(value, str):
         return value
     value = float(value)
+    if math.isnan(value):
+        return MISSING_TEXT
     if not math.isfinite(value):
         return str(value)
     if attribute in ("tia_bq_s", "tia_full_bq_s"):

@@ -13,8 +13,8 @@ from .nodes import (
     REFERENCE_TIME_POINT_ATTRIBUTE, REFERENCE_VOLUME_ROLE, create_scene, release_scene, study_item,
     place_in_hierarchy, time_point_of, nodes_by_time_point, set_time_point, vtk_id_list, ijk_to_ras_matrix,
     add_volume, image_from_volume_node, add_segmentation, add_structure_set, segment_names, segment_colors,
-    masks_from_segmentation, result_columns, add_results_table, table_rows, add_dvh_chart, add_tac_chart,
-    add_results, add_time_points, add_registered_spects, registered_spect_nodes, referenced_series_for,
+    masks_from_segmentation, result_columns, add_results_table, table_rows, set_text_table, add_dvh_chart,
+    add_tac_chart, add_results, add_time_points, add_registered_spects, registered_spect_nodes, referenced_series_for,
     export_masks_rtstruct, export_segmentation_rtstruct, write_working_study, save_mrb, load_mrb)
 from .session import DosimetrySession
 
@@ -45,6 +45,7 @@ __all__ = [
     "result_columns",
     "add_results_table",
     "table_rows",
+    "set_text_table",
     "add_dvh_chart",
     "add_tac_chart",
     "add_results",

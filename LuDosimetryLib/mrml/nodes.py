@@ -586,6 +586,28 @@ def table_rows(table_node) -> Dict[str, Dict[str, Any]]:
     return rows
 
 
+def set_text_table(scene, rows: Sequence[Sequence[str]], name: str, *, node=None, parent_item: Optional[int] = None):
+    """A ``vtkMRMLTableNode`` of text cells: ``rows[0]`` the column titles, the other rows the cells.
+
+    ``node`` (a table node of ``scene``) is emptied and filled again; otherwise a new node is added."""
+    import vtk
+    if node is None or node.GetScene() is not scene:
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+        node.AddDefaultStorageNode()
+        place_in_hierarchy(node, parent_item)
+    table = node.GetTable()
+    while table.GetNumberOfColumns():
+        table.RemoveColumn(0)
+    for c, title in enumerate(rows[0] if rows else ()):
+        column = vtk.vtkStringArray()
+        column.SetName(str(title))
+        for row in rows[1:]:
+            column.InsertNextValue(str(row[c]))
+        table.AddColumn(column)
+    node.Modified()
+    return node
+
+
 def _curve_table(scene, name: str, columns: Mapping[str, np.ndarray], parent_item):
     import vtk
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))

@@ -16,13 +16,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ..errors import OutputError, StudyError
 from ..options import RunOptions, replace_options
 from ..result_tables import result_columns_for
-from ..report import DVH_FILE, RESULTS_FILE, RTDOSE_FILE, VOI_RESULTS_FILE
+from ..report import DVH_FILE, REPORT_HTML_FILE, REPORT_PDF_FILE, RESULTS_FILE, RTDOSE_FILE, VOI_RESULTS_FILE
 from . import nodes
 
 ProgressCallback = Callable[[float, str], None]
 
 #: Fraction of the progress range given to run_study; writing the outputs and the scene get the rest.
 RUN_STUDY_SHARE = 0.9
+
+#: What the panel's "Export report" writes: the per-patient report and the results it is made from.
+REPORT_EXPORT_FILES = (REPORT_HTML_FILE, REPORT_PDF_FILE, RESULTS_FILE)
 
 
 # ----------------------------------------------------------------------------------- folder conventions
@@ -73,7 +76,8 @@ class DosimetrySession:
     After :meth:`run`: :attr:`last_nodes` holds the nodes it added (empty when none), :attr:`last_results`
     the results, :attr:`last_output_dir` the folder written, :attr:`time_point_items` the per-time-point
     nodes (SPECT, CT, segmentation) when the study was loaded, and :attr:`registration_nodes` the
-    registration check view (``{time point: SPECT carried to the reference grid}``).
+    registration check view (``{time point: SPECT carried to the reference grid}``). After
+    :meth:`cycle_summary`: :attr:`cycles_table_node` its table in the scene.
 
     Parameters
     ----------
@@ -88,12 +92,14 @@ class DosimetrySession:
         self.last_output_dir: Optional[Path] = None
         self.time_point_items: List[Dict[str, Any]] = []
         self.registration_nodes: Dict[int, Any] = {}
+        self.cycles_table_node = None
 
     def forget_scene_nodes(self) -> None:
         """Drop the references to nodes of a scene that was closed."""
         self.last_nodes = {}
         self.time_point_items = []
         self.registration_nodes = {}
+        self.cycles_table_node = None
 
     # ---------------------------------------------------------------------------------- study
 
@@ -466,6 +472,36 @@ class DosimetrySession:
             raise OutputError(f"has no {name}; run the dosimetry first", Path(out_dir))
         return path
 
+    def report_path(self, out_dir=None) -> Path:
+        """The ``report.html`` of a run's output folder (the last run's by default): what "Open report" opens.
+
+        Raises
+        ------
+        OutputError
+            No output folder, or it has no report.
+        """
+        return self.run_file(self.last_output_dir if out_dir is None else out_dir, REPORT_HTML_FILE)
+
+    def export_report(self, out_dir, folder, overwrite: bool = False) -> List[Path]:
+        """Copy the run's report and results (:data:`REPORT_EXPORT_FILES`) into ``folder``; nothing is written
+        when one of them exists there and ``overwrite`` is False. An output folder of an earlier version,
+        without the report, gets it built from its files (:func:`~LuDosimetryLib.patient_report.report_files`;
+        the output folder itself is not changed)."""
+        from ..io.export import write_file_atomically
+
+        folder = Path(folder)
+        targets = [folder / name for name in REPORT_EXPORT_FILES]
+        existing = [t for t in targets if t.exists()]
+        if existing and not overwrite:
+            raise OutputError("exists; not overwritten", existing[0])
+        contents = {RESULTS_FILE: self.run_file(out_dir, RESULTS_FILE).read_bytes()}
+        if all((Path(out_dir) / name).is_file() for name in (REPORT_HTML_FILE, REPORT_PDF_FILE)):
+            contents.update({name: (Path(out_dir) / name).read_bytes() for name in (REPORT_HTML_FILE, REPORT_PDF_FILE)})
+        else:
+            from ..patient_report import report_files
+            contents.update(report_files(out_dir))
+        return [write_file_atomically(target, contents[target.name], overwrite) for target in targets]
+
     def export_file(self, out_dir, name: str, path, overwrite: bool = False) -> Path:
         """Copy the run's file ``name`` (e.g. :data:`RTDOSE_FILE`, :data:`RESULTS_FILE`) to ``path`` (atomic;
         an existing file only with ``overwrite``)."""
@@ -495,5 +531,50 @@ class DosimetrySession:
         return [write_file_atomically(targets[0], dvh, overwrite), write_file_atomically(targets[1], table, overwrite)]
 
 
+    # ------------------------------------------------------------------------------------------ cycles
+
+    def cycle_summary(self, paths: Sequence[Any], next_activity_mbq: Optional[float] = None,
+                      kidney_risk_factors: bool = False, strict: bool = False):
+        """One patient's cycles from their runs' ``results.json``: cumulative dose and BED per VOI and the further
+        cycles under the limits (:func:`LuDosimetryLib.cycles.summarize_cycle_results`), as ``ludosimetry cycles``
+        computes them; with a scene, its table (:func:`~LuDosimetryLib.cycles.summary_table_rows`) in
+        :attr:`cycles_table_node` (the same node each time).
+
+        Parameters
+        ----------
+        paths : sequence of path-like
+            The ``results.json`` of each cycle's run, in any order.
+        next_activity_mbq : float, optional
+            Activity of each further cycle (MBq); default: the mean of the cycles given (an assumption).
+        kidney_risk_factors : bool
+            The kidney BED limit for patients with risk factors (28 Gy instead of 40 Gy).
+        strict : bool
+            Refuse instead of assuming (:class:`~LuDosimetryLib.assumptions.StrictRefusal`).
+
+        Returns
+        -------
+        CycleSummary
+            Its ``assumptions`` list what was assumed.
+
+        Raises
+        ------
+        StudyError
+            A file that cannot be read or is not a run's results (naming it).
+        CycleError
+            The files are not one patient's cycles in order, or none is given.
+        """
+        from ..cycles import summarize_cycle_results, summary_table_rows
+        from ..io.results_json import read_results_json
+
+        results = [(str(p), read_results_json(p)) for p in paths]
+        summary = summarize_cycle_results(results, None if next_activity_mbq is None else next_activity_mbq / 1e3,
+                                          kidney_risk_factors, strict=strict)
+        if self.scene is not None:
+            self.cycles_table_node = nodes.set_text_table(self.scene, summary_table_rows(summary),
+                                                          "LuDosimetry cycles", node=self.cycles_table_node)
+        return summary
+
+
 __all__ = ["DosimetrySession", "default_output_dir", "edited_output_dir", "reconstruction_dir", "safe_folder_name",
-           "RESULTS_FILE", "DVH_FILE", "VOI_RESULTS_FILE", "RTDOSE_FILE", "RUN_STUDY_SHARE"]
+           "RESULTS_FILE", "DVH_FILE", "VOI_RESULTS_FILE", "RTDOSE_FILE", "REPORT_HTML_FILE", "REPORT_PDF_FILE",
+           "REPORT_EXPORT_FILES", "RUN_STUDY_SHARE"]

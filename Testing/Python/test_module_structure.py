@@ -271,8 +271,17 @@ def test_ui_loads_in_qt(tmp_path, monkeypatch):
     assert (reference.minimum(), reference.maximum(), reference.value()) == (1, 10, 1)  # 1 = first time point
     reduced = form.findChild(QLineEdit, "reducedTimePointsLineEdit")
     assert reduced.placeholderText() == "all (e.g. 2,3)"
-    for name in ("resultsTableWidget", "inventoryTableWidget", "fitsTableWidget", "voiModelsTableWidget"):
+    for name in ("resultsTableWidget", "inventoryTableWidget", "fitsTableWidget", "voiModelsTableWidget",
+                 "cyclesTableWidget"):
         assert form.findChild(QTableWidget, name).editTriggers() == QTableWidget.NoEditTriggers, name
+    residual = form.findChild(QDoubleSpinBox, "residualActivitySpinBox")
+    assert residual.specialValueText() == "none" and residual.value() == residual.minimum() == 0.0
+    dew_k = form.findChild(QDoubleSpinBox, "reconDewKSpinBox")  # 0 = not given: DEW then refuses, naming it
+    assert dew_k.specialValueText().startswith("not given") and dew_k.value() == dew_k.minimum() == 0.0
+    assert form.findChild(QDoubleSpinBox, "reconDeadTimeFactorSpinBox").value() == 1.0
+    next_activity = form.findChild(QDoubleSpinBox, "cyclesNextActivitySpinBox")
+    assert next_activity.specialValueText() == "mean of the cycles" and next_activity.value() == 0.0
+    assert next_activity.suffix() == " MBq"
     kernel_density = form.findChild(QDoubleSpinBox, "kernelDensitySpinBox")
     assert kernel_density.value() == 1.0 and kernel_density.suffix() == " g/mL"
     assert not form.findChild(QPushButton, "showRegistrationCheckButton").isEnabled()
@@ -360,7 +369,8 @@ def _widget_classes_for(parameter) -> set:
         return {"QComboBox"}
     return {"int": {"QSpinBox"}, "float": {"QDoubleSpinBox"}, "bool": {"QCheckBox"},
             "path": {"ctkPathLineEdit"}, "datetime": {"QDateTimeEdit"}, "voi_models": {"QTableWidget"},
-            "time_points": {"QLineEdit"}, "text": {"QLineEdit"}, "percentages": {"QLineEdit"}}[kind]
+            "time_points": {"QLineEdit"}, "text": {"QLineEdit"}, "percentages": {"QLineEdit"},
+            "repeated_text": {"QLineEdit"}}[kind]  # repeated text: items separated by commas
 
 
 def test_each_option_widget_can_show_its_parameter():

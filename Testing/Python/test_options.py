@@ -174,9 +174,28 @@ SAME_OPTIONS = [
     ("kernel file", ["--kernel", "/data/DK.hdr", "--kernel-density-g-ml", "1.04"],
      {"kernelFile": "/data/DK.hdr", "kernelDensityGMl": 1.04},
      {"kernel_path": "/data/DK.hdr", "kernel_density_g_ml": 1.04}),
+    ("syringe residual in MBq", ["--residual-activity-mbq", "120.5"], {"residualActivityMBq": 120.5},
+     {"residual_activity_bq": 120.5e6}),
+    ("fit error model", ["--fit-weighting", "counting"], {"fitWeighting": "counting"}, {"fit_weighting": "counting"}),
+    # Repeatable text options: one flag per item on the command line, items separated by commas in the panel
+    # (an item with a comma in double quotes).
+    ("organ types", ["--organ-type", "Lesion, 1=tumour", "--organ-type", "Kidney_L=kidney"],
+     {"organTypes": '"Lesion, 1=tumour", Kidney_L=kidney'}, {"organ_types": ("Lesion, 1=tumour", "Kidney_L=kidney")}),
+    ("population half-lives", ["--population-half-life", "kidney=50:0.2", "--population-half-life", "liver=70",
+                               "--reduced-method", "madsen", "--time-points", "1"],
+     {"populationHalfLives": "kidney=50:0.2,liver=70", "reducedMethod": "madsen", "reducedTimePoints": "1"},
+     {"population_half_lives": ("kidney=50:0.2", "liver=70"), "reduced_method": "madsen", "time_points": (1,)}),
+    ("radiobiology table", ["--radiobiology", "kidney=2.5:2.8", "--radiobiology", "liver=2.5:1.5"],
+     {"radiobiologyTissues": " kidney=2.5:2.8 ,liver=2.5:1.5, "},
+     {"radiobiology": ("kidney=2.5:2.8", "liver=2.5:1.5")}),
+    ("an earlier cycle's kinetics", ["--kinetics-from", "/data/c1/results.json", "--time-points", "3",
+                                     "--reference-time-point", "3"],
+     {"kineticsFrom": "/data/c1/results.json", "reducedTimePoints": "3", "referenceTimePoint": 3},
+     {"kinetics_from": "/data/c1/results.json", "time_points": (3,), "reference_time_point": 2}),
     ("panel values that mean 'not given'", [],
      {"injectedActivityMBq": 0.0, "psfFwhmMm": 0.0, "injectionTime": "", "reducedTimePoints": "", "kernelFile": "",
-      "voiModels": ""}, {}),
+      "voiModels": "", "residualActivityMBq": 0.0, "organTypes": " , ", "populationHalfLives": "",
+      "radiobiologyTissues": "", "kineticsFrom": ""}, {}),
 ]
 
 
@@ -211,14 +230,49 @@ def test_library_values_that_neither_front_end_offers():
 
 @pytest.mark.parametrize("argv, panel, expected", [
     ([], {}, {}),
-    (["--algorithm", "bsrem", "--iterations", "3", "--subsets", "6", "--no-psf", "--scatter", "dew"],
-     {"reconAlgorithm": "bsrem", "reconIterations": 3, "reconSubsets": 6, "reconPsf": False, "reconScatter": "dew"},
-     {"algorithm": "bsrem", "iterations": 3, "subsets": 6, "psf": False, "scatter": "dew"}),
-], ids=["defaults", "bsrem"])
+    (["--algorithm", "bsrem", "--iterations", "3", "--subsets", "6", "--no-psf", "--scatter", "dew", "--dew-k", "0.5"],
+     {"reconAlgorithm": "bsrem", "reconIterations": 3, "reconSubsets": 6, "reconPsf": False, "reconScatter": "dew",
+      "reconDewK": 0.5},
+     {"algorithm": "bsrem", "iterations": 3, "subsets": 6, "psf": False, "scatter": "dew", "dew_k": 0.5}),
+    (["--collimator", "SY-ME", "--dead-time-factor", "1.05"], {"reconCollimator": "SY-ME", "reconDeadTimeFactor": 1.05},
+     {"collimator": "SY-ME", "dead_time_factor": 1.05}),
+    ([], {"reconDewK": 0.0, "reconCollimator": "auto", "reconDeadTimeFactor": 1.0}, {}),  # "not given" / defaults
+], ids=["defaults", "bsrem", "collimator and dead time", "panel values that mean 'not given'"])
 def test_command_line_and_panel_give_the_same_recon_options(argv, panel, expected):
     from_cli = _cli_options(argv, "reconstruct")
     assert from_cli == ReconOptions(**expected)
     assert _panel_options("reconstruct", **panel) == from_cli
+
+
+#: Options only the command line offers: the choice among a study's series, its calibration and extra
+#: folders, the projection forms (the panel takes the study as scanned and reconstructs every form).
+COMMAND_LINE_ONLY = {"spect_series_uid", "spect_calibration_bq_per_ml_per_unit", "spect_source", "extra_study_dirs",
+                     "calibration_cps_per_mbq", "forms"}
+
+
+def test_the_panel_offers_every_option_but_those_of_the_command_line_only():
+    missing = [o.name for o in options.ALL_OPTIONS if o.kind != "internal" and not o.parameter
+               and o.name not in COMMAND_LINE_ONLY]
+    assert not missing, f"options without a panel widget: {missing}"
+    assert all(not options.option(name).parameter for name in COMMAND_LINE_ONLY)
+
+
+def test_repeated_text_from_the_panel_is_split_on_commas_not_on_the_command_line():
+    declared = options.option("organ_types")
+    # The panel hands in one text: items separated by commas (spaces around them dropped, empty items too);
+    # an item that holds a comma is written in double quotes.
+    assert declared.parse("Liver=liver, Kidney_L=kidney") == ("Liver=liver", "Kidney_L=kidney")
+    assert declared.parse(' "Lesion, 1=tumour" ,, Spleen=spleen, ') == ("Lesion, 1=tumour", "Spleen=spleen")
+    assert declared.parse(" , ") is None and declared.parse("") is None  # no item: not given
+    # The command line hands in a list (one item per flag): each item kept whole, commas and all.
+    assert declared.parse(["Lesion, 1=tumour", " Liver=liver"]) == ("Lesion, 1=tumour", " Liver=liver")
+    assert _cli_options(["--organ-type", "Lesion, 1=tumour"]).organ_types == ("Lesion, 1=tumour",)
+    # The panel shows a library value as text that reads back the same.
+    for value in (("Liver=liver",), ("Lesion, 1=tumour", 'say "x"=y', "Kidney_L=kidney")):
+        shown = declared.format(value)
+        assert isinstance(shown, str) and declared.parse(shown) == value, shown
+    assert declared.format(("Liver=liver", "Kidney_L=kidney")) == "Liver=liver, Kidney_L=kidney"
+    assert declared.format(None) == ""
 
 
 def test_command_line_only_recon_options():
@@ -230,12 +284,19 @@ def test_panel_shows_library_values_in_user_units():
     """Option.format is the inverse of parse: what the panel shows of a RunOptions reads back the same."""
     chosen = RunOptions(injected_activity_bq=7.4e9, injection_time=datetime(2024, 3, 5, 9, 30), time_points=(2, 3),
                         reference_time_point=2, psf_fwhm_mm=6.5, pvc="gtm", kernel_path="/k.hdr",
-                        models_per_voi={"Liver": ("trapezoid",), "Spleen": ("mono_exponential",)})
+                        models_per_voi={"Liver": ("trapezoid",), "Spleen": ("mono_exponential",)},
+                        residual_activity_bq=1.2e8, fit_weighting="uniform",
+                        organ_types=("Lesion, 1=tumour", "Liver=liver"), radiobiology=("liver=2.5:1.5",))
     shown = {p.name: p.option.format(getattr(chosen, p.option.name)) for p in options.panel_parameters(("run",))}
     assert shown["injectedActivityMBq"] == 7400.0 and shown["referenceTimePoint"] == 3
     assert shown["reducedTimePoints"] == "2,3" and shown["injectionTime"] == "2024-03-05T09:30:00"
     assert json.loads(shown["voiModels"]) == {"Liver": "trapezoid", "Spleen": "mono"}
+    assert shown["residualActivityMBq"] == 120.0 and shown["organTypes"] == '"Lesion, 1=tumour", Liver=liver'
     assert options.options_from_panel(shown) == chosen
+    recon = ReconOptions(scatter="dew", dew_k=0.55, collimator="GI-MEGP", dead_time_factor=1.1)
+    shown = {p.name: p.option.format(getattr(recon, p.option.name)) for p in options.panel_parameters(("reconstruct",))}
+    assert shown["reconDewK"] == 0.55 and options.options_from_panel(shown, "reconstruct") == recon
+    assert options.panel_option("reconDewK").format(None) == 0.0  # the spin box's "not given"
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -264,12 +325,26 @@ REFUSED = [
     ("VOI model without NAME=", ["--voi-model", "Liver"], "models_per_voi", {"voiModels": '["Liver"]'}),
     ("SPECT calibration zero", ["--spect-calibration", "0"], "spect_calibration_bq_per_ml_per_unit", None),
     ("SPECT calibration infinite", ["--spect-calibration", "inf"], "spect_calibration_bq_per_ml_per_unit", None),
+    ("negative syringe residual", ["--residual-activity-mbq", "-1"], "residual_activity_bq",
+     {"residualActivityMBq": -1.0}),
+    ("unknown fit error model", [], "fit_weighting", {"fitWeighting": "poisson"}),  # argparse knows the choices
+    ("radiobiology not TYPE=AB:TREP", ["--radiobiology", "kidney=2.6"], "radiobiology",
+     {"radiobiologyTissues": "liver=2.5:1.5, kidney=2.6"}),
+    ("radiobiology alpha/beta zero", ["--radiobiology", "kidney=0:2.8"], "radiobiology",
+     {"radiobiologyTissues": "kidney=0:2.8"}),
+    ("an earlier cycle's kinetics on all time points", ["--kinetics-from", "c1.json"], "time_points",
+     {"kineticsFrom": "c1.json"}),
 ]
 
 
 @pytest.mark.parametrize("argv, name, panel", [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
 def test_bad_run_options_are_refused_naming_the_option(argv, name, panel, tmp_path, capsys):
     flag = options.option(name, "run").flag
+    if not argv:  # the panel's value only
+        with pytest.raises(OptionError) as refused_in_panel:
+            _panel_options(**panel)
+        assert refused_in_panel.value.option == name
+        return
     with pytest.raises(OptionError) as refused:
         _cli_options(argv)
     assert refused.value.option == name
@@ -316,6 +391,9 @@ def test_inspect_checks_the_injection_before_scanning(tmp_path, capsys):
 
 
 REFUSED_RECON = [
+    ("dual-energy window without k", ["--scatter", "dew"], "dew_k", {"reconScatter": "dew"}),
+    ("dual-energy window with k zero", ["--scatter", "dew", "--dew-k", "0"], "dew_k", None),  # 0 = not given
+    ("dead-time factor below one", ["--dead-time-factor", "0.9"], "dead_time_factor", {"reconDeadTimeFactor": 0.9}),
     ("no iterations", ["--iterations", "0"], "iterations", {"reconIterations": 0}),
     ("iterations not whole", ["--iterations", "2.5"], "iterations", None),
     ("no subsets", ["--subsets", "0"], "subsets", {"reconSubsets": 0}),

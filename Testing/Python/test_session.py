@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,12 +30,13 @@ if not hasattr(slicer, "vtkMRMLScene"):  # pragma: no cover - a different 'slice
 import SimpleITK as sitk  # noqa: E402
 
 from LuDosimetryLib import mrml, result_tables  # noqa: E402
+from LuDosimetryLib.cycles import CycleError  # noqa: E402
 from LuDosimetryLib.errors import CancelledError, OptionError, OutputError, StudyError  # noqa: E402
 from LuDosimetryLib.io.export import write_file_atomically  # noqa: E402
 from LuDosimetryLib.io.study_view import make_study_view  # noqa: E402
 from LuDosimetryLib.mrml.session import (  # noqa: E402
-    DVH_FILE, RESULTS_FILE, RTDOSE_FILE, RUN_STUDY_SHARE, VOI_RESULTS_FILE, DosimetrySession, default_output_dir,
-    edited_output_dir, reconstruction_dir, safe_folder_name)
+    DVH_FILE, REPORT_EXPORT_FILES, REPORT_HTML_FILE, REPORT_PDF_FILE, RESULTS_FILE, RTDOSE_FILE, RUN_STUDY_SHARE,
+    VOI_RESULTS_FILE, DosimetrySession, default_output_dir, edited_output_dir, reconstruction_dir, safe_folder_name)
 from LuDosimetryLib.options import ReconOptions, RunOptions  # noqa: E402
 
 #: The run of these tests: local deposition, a few seconds on the fast synthetic patient.
@@ -343,6 +346,113 @@ def test_csv_export_of_an_output_folder_without_voi_results(loaded, tmp_path):
     assert made[0] == fresh[0] and [r[0] for r in made] == [r[0] for r in fresh]
 
 
+def test_report_export_and_the_report_to_open(loaded, tmp_path):
+    """The panel's "Export report" writes report.html, report.pdf and results.json into a folder (never over a
+    file unasked); "Open report" opens the run's report.html, whose path the session gives."""
+    session, out = loaded.session, loaded.out
+    assert session.report_path() == Path(session.last_output_dir) / REPORT_HTML_FILE  # the last run's
+    assert session.report_path(out) == out / REPORT_HTML_FILE
+    folder = tmp_path / "report"
+    folder.mkdir()
+    written = session.export_report(out, folder)
+    assert list(REPORT_EXPORT_FILES) == [REPORT_HTML_FILE, REPORT_PDF_FILE, RESULTS_FILE]
+    assert written == [folder / name for name in REPORT_EXPORT_FILES]
+    for path in written:
+        assert path.read_bytes() == (out / path.name).read_bytes(), path.name
+    # One of them exists: nothing is written unless asked.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / REPORT_PDF_FILE).write_bytes(b"mine")
+    with pytest.raises(OutputError, match=REPORT_PDF_FILE):
+        session.export_report(out, other)
+    assert sorted(p.name for p in other.iterdir()) == [REPORT_PDF_FILE] and (other / REPORT_PDF_FILE).read_bytes() == b"mine"
+    session.export_report(out, other, overwrite=True)
+    assert (other / REPORT_PDF_FILE).read_bytes() == (out / REPORT_PDF_FILE).read_bytes()
+
+    # An output folder of an earlier version, without the report: built from its files, the folder unchanged.
+    old = tmp_path / "old"
+    shutil.copytree(str(out), str(old))
+    for name in (REPORT_HTML_FILE, REPORT_PDF_FILE):
+        (old / name).unlink()
+    before = _file_state(old)
+    built = tmp_path / "built"
+    built.mkdir()
+    html, pdf, results = session.export_report(old, built)
+    assert html.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
+    assert pdf.read_bytes().startswith(b"%PDF") and results.read_bytes() == (old / RESULTS_FILE).read_bytes()
+    assert _file_state(old) == before
+    with pytest.raises(OutputError, match="run the dosimetry first"):
+        session.report_path(old)  # nothing to open there
+    with pytest.raises(OutputError, match="run the dosimetry first"):
+        DosimetrySession().report_path()
+    with pytest.raises(OutputError, match="run the dosimetry first"):
+        session.export_report(tmp_path / "no-run", tmp_path)
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def _later_cycle(results_json: Path, folder: Path, weeks: int = 8) -> Path:
+    """A copy of a run's results.json as the patient's next cycle: injected ``weeks`` later, the C<n> code of its
+    series one higher."""
+    data = json.loads(results_json.read_text(encoding="utf-8"))
+    data["injection_time"] = (datetime.fromisoformat(data["injection_time"]) + timedelta(weeks=weeks)).isoformat()
+    for tp in data["time_points"]:
+        tp["description"] = re.sub(r"C(\d+)S", lambda m: f"C{int(m.group(1)) + 1}S", tp["description"])
+    folder.mkdir()
+    (folder / RESULTS_FILE).write_text(json.dumps(data), encoding="utf-8")
+    return folder / RESULTS_FILE
+
+
+def test_cycle_summary_of_results_files_fills_a_table_node(loaded, tmp_path):
+    """The panel's Cycles section: the session reads the cycles' results.json, sums dose and BED per VOI (BED
+    added per cycle), projects further cycles and shows the library's summary table as a table node."""
+    from LuDosimetryLib.cycles import arithmetic_lines, summary_table_rows
+
+    session, scene = loaded.session, loaded.scene
+    first = loaded.out / RESULTS_FILE
+    second = _later_cycle(first, tmp_path / "c2")
+    summary = session.cycle_summary([second, first], next_activity_mbq=7400.0, kidney_risk_factors=True)
+    assert [c.path for c in summary.cycles] == [str(first), str(second)]  # in cycle order
+    assert summary.cycles[1].number == summary.cycles[0].number + 1 and summary.assumptions == []
+    saved = json.loads(first.read_text(encoding="utf-8"))["vois"]
+    kidney = {v.name: v for v in summary.vois}["Kidney_L"]
+    assert kidney.cumulative_dose_gy == pytest.approx(2 * saved["Kidney_L"]["mean_dose_gy"])
+    assert kidney.cumulative_bed_gy == pytest.approx(2 * saved["Kidney_L"]["bed_gy"])
+    assert kidney.projection["limit_gy"] == 28.0 and summary.next_activity_gbq == pytest.approx(7.4)
+    assert any(line.startswith("Kidney_L:") for line in arithmetic_lines(summary))
+
+    rows = summary_table_rows(summary)
+    table = session.cycles_table_node
+    assert table is not None and table.GetScene() is scene
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == rows[0]
+    assert [[table.GetCellText(r, c) for c in range(len(rows[0]))] for r in range(table.GetNumberOfRows())] == rows[1:]
+    # Computed again: the same node, new rows; no activity given: the mean of the cycles, a named assumption.
+    count = scene.GetNumberOfNodesByClass("vtkMRMLTableNode")
+    again = session.cycle_summary([first, second])
+    assert session.cycles_table_node is table and scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == count
+    assert [a.what for a in again.assumptions] == ["activity of a further cycle"]
+    assert {v.name: v for v in again.vois}["Kidney_L"].projection["limit_gy"] == 40.0
+    from LuDosimetryLib.assumptions import StrictRefusal
+    with pytest.raises(StrictRefusal):
+        session.cycle_summary([first, second], strict=True)
+
+    # Bad input: one line naming the file; another patient; nothing to sum.
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(StudyError) as refused:
+        session.cycle_summary([first, bad])
+    assert refused.value.path == str(bad)
+    other = json.loads(second.read_text(encoding="utf-8"))
+    other["patient_id"] = "SOMEONE-ELSE"
+    (tmp_path / "other.json").write_text(json.dumps(other), encoding="utf-8")
+    with pytest.raises(CycleError, match="different patients"):
+        session.cycle_summary([first, tmp_path / "other.json"])
+    with pytest.raises(CycleError, match="no results"):
+        session.cycle_summary([])
+    # Without a scene: the summary only.
+    plain = DosimetrySession()
+    assert len(plain.cycle_summary([first, second], 7400.0).cycles) == 2 and plain.cycles_table_node is None
+
+
 def test_write_file_atomically_refuses_to_overwrite(tmp_path):
     target = tmp_path / "a.txt"
     assert write_file_atomically(target, b"one") == target and target.read_bytes() == b"one"
@@ -440,8 +550,35 @@ def test_fit_rows_and_cell_text():
     assert result_tables.format_value("tia_bq_s", 1.5e12) == "1.500e+12"
     assert result_tables.format_value("tia_full_bq_s", 2.0e12) == "2.000e+12"
     assert result_tables.format_value("fit_model", "bi_exponential") == "bi_exponential"
-    assert result_tables.format_value("effective_half_life_h", None) == ""
-    assert result_tables.format_value("d2_gy", float("nan")) == "nan"
+    # No value: a dash in the panel's tables, never "None" or "nan" (the CSV keeps an empty cell).
+    assert result_tables.format_value("effective_half_life_h", None) == result_tables.MISSING_TEXT == "—"
+    assert result_tables.format_value("d2_gy", float("nan")) == "—"
+    assert result_tables.format_value("max_dose_gy", float("inf")) == "inf"
+
+
+def test_bed_eqd2_and_uncertainty_columns_with_a_dash_where_a_voi_has_none():
+    """results.json VOIs carry BED/EQD2 (None, with radiobiology["note"], for a tissue without alpha/beta) and
+    the relative uncertainties: the results table shows them; a missing one reads "—" in the panel."""
+    titles = dict(result_tables.RESULT_COLUMNS)
+    assert titles["bed_gy"] == "BED (Gy)" and titles["eqd2_gy"] == "EQD2 (Gy)"
+    assert {"tia_uncertainty_pct", "mean_dose_uncertainty_pct"} <= set(titles)
+    saved = {"Kidney_L": {"mean_dose_gy": 4.0, "bed_gy": 4.61234, "eqd2_gy": 2.7, "tia_uncertainty_pct": 12.5,
+                          "mean_dose_uncertainty_pct": 13.0},
+             "Spleen": {"mean_dose_gy": 3.0, "bed_gy": None, "eqd2_gy": None, "tia_uncertainty_pct": None,
+                        "radiobiology": {"note": "tissue 'spleen' has no alpha/beta"}}}
+    columns = result_tables.result_columns_for(saved)
+    attributes = [attribute for attribute, _ in columns]
+    rows = dict(result_tables.result_rows(saved, columns))
+    shown = {name: [result_tables.format_value(a, v) for a, v in zip(attributes, values)]
+             for name, values in rows.items()}
+    assert shown["Kidney_L"][attributes.index("bed_gy")] == "4.612"
+    assert shown["Kidney_L"][attributes.index("tia_uncertainty_pct")] == "12.5"
+    for attribute in ("bed_gy", "eqd2_gy", "tia_uncertainty_pct", "mean_dose_uncertainty_pct", "d2_gy"):
+        assert shown["Spleen"][attributes.index(attribute)] == "—", attribute
+    assert not any(text in ("None", "nan", "") for cells in shown.values() for text in cells)
+    csv_rows = list(csv.reader(result_tables.voi_results_csv_text(saved).splitlines()))
+    assert csv_rows[0][1 + attributes.index("bed_gy")] == "BED (Gy)"
+    assert csv_rows[2][1 + attributes.index("bed_gy")] == ""  # machine-readable: empty, not a dash
 
 
 def test_result_columns_are_voi_result_fields():
