@@ -1,8 +1,8 @@
 """``ludosimetry``: the command line.
 
-Subcommands: ``inspect`` (inventory of a study), ``run`` (the whole chain), ``dvh`` (statistics of any
-RT Dose with an RTSTRUCT), ``report`` (rebuild a run's report.html/report.pdf from its output folder),
-``phantom`` (write the synthetic patient), ``demo`` (phantom + run).
+Subcommands: ``inspect`` (inventory of a study), ``run`` (the whole chain), ``batch`` (a cohort of runs on
+Dask), ``dvh`` (statistics of any RT Dose with an RTSTRUCT), ``report`` (rebuild a run's
+report.html/report.pdf from its output folder), ``phantom`` (write the synthetic patient), ``demo`` (phantom + run).
 A user error prints one line ``ludosimetry: error: <file>: <problem>`` and exits with status 2.
 """
 from __future__ import annotations
@@ -100,13 +100,18 @@ def _print_table(results) -> None:
           f"{results.injection_time.isoformat(sep=' ')}, dose method {results.dose_method.upper()}")
     print("  " + ", ".join(f"TP{t.index + 1} {t.hours_post_injection:.2f} h" for t in results.time_points))
     hdr = f"{'VOI':<18}{'vol mL':>9}{'mass g':>9}{'TIA MBq·h':>12}{'TIAC h':>8}{'model':>17}{'Teff h':>8}" \
-          f"{'mean Gy':>9}{'D2':>7}{'D50':>7}{'D98':>7}{'Gy/GBq':>8}"
+          f"{'mean Gy':>9}{'u %':>6}{'D2':>7}{'D50':>7}{'D98':>7}{'Gy/GBq':>8}{'BED Gy':>8}"
     print(hdr)
+
+    def cell(value, width: int, fmt: str) -> str:
+        return f"{'-':>{width}}" if value is None or value != value else f"{value:{width}{fmt}}"
+
     for name, v in results.vois.items():
-        teff = f"{v.effective_half_life_h:8.1f}" if v.effective_half_life_h else f"{'-':>8}"
         print(f"{name[:17]:<18}{v.volume_ml:9.1f}{v.mass_g:9.1f}{v.tia_bq_s / 3.6e9:12.1f}{v.tiac_h:8.3f}"
-              f"{v.fit_model:>17}{teff}{v.mean_dose_gy:9.3f}{v.d2_gy:7.2f}{v.d50_gy:7.2f}{v.d98_gy:7.2f}"
-              f"{v.gy_per_gbq:8.3f}")
+              f"{v.fit_model:>17}{cell(v.effective_half_life_h, 8, '.1f')}{v.mean_dose_gy:9.3f}"
+              f"{cell(v.mean_dose_uncertainty_pct, 6, '.1f')}{v.d2_gy:7.2f}{v.d50_gy:7.2f}{v.d98_gy:7.2f}"
+              f"{v.gy_per_gbq:8.3f}{cell(v.bed_gy, 8, '.2f')}")
+    print("(u: relative standard uncertainty of the mean dose, k = 1; BED: '-' where the tissue has no alpha/beta)")
     reduced = [(n, v) for n, v in results.vois.items() if v.tia_full_bq_s]
     if reduced:
         print(f"\nReduced time points {results.time_points_used}: TIA vs the fit of all time points")
@@ -249,6 +254,38 @@ def cmd_cycles(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .cohort import dashboard_link, open_client, read_cohort, require_dask, run_cohort
+
+    require_dask()
+    opts = options.options_from_arguments(args, "run")
+    entries = read_cohort(args.cohort)
+    client, cluster = open_client(args.workers, args.scheduler, args.memory_limit)
+    try:
+        if not args.quiet:
+            print(f"{len(entries)} studies on {len(client.scheduler_info().get('workers', {}))} Dask workers; "
+                  f"dashboard: {dashboard_link(client, cluster)}", flush=True)
+
+        def show(o) -> None:
+            if o.status == "failed":
+                sys.stderr.write(f"ludosimetry: error: {o.failure_line()}\n")
+            elif not args.quiet:
+                print(f"{o.status:>7} {o.patient_id}/{o.cycle} ({o.seconds:.1f} s) {o.study}", flush=True)
+            for a in o.assumptions:
+                sys.stderr.write(f"assumption: {o.study}: {a}\n")
+
+        summary = run_cohort(entries, args.out, opts, client, report=show,
+                             progress_bar=not args.quiet and sys.stderr.isatty())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    if not args.quiet:
+        print(f"{summary['ran']} ran, {summary['skipped']} skipped (unchanged), {summary['failed']} failed in "
+              f"{summary['seconds']:.1f} s; cohort table and summary in {args.out}")
+    return 2 if summary["failed"] else 0
+
+
 def cmd_report(args) -> int:
     from .patient_report import write_report
     written = write_report(args.out)
@@ -361,6 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_cycles)
+
+    p = sub.add_parser("batch", help="run a cohort (folder of study folders or CSV manifest) on Dask workers",
+                       description="One 'ludosimetry run' per patient-cycle into OUT/<patient>/<cycle>/, on a Dask "
+                       "LocalCluster or an existing scheduler; unchanged, complete outputs are skipped; writes "
+                       "cohort.csv, cohort.parquet, cohort_summary.json and failures.txt. Exit status 0 when every "
+                       "study ran or was skipped, 2 when any failed (each failure one line in failures.txt).")
+    p.add_argument("cohort", metavar="COHORT", help="folder of study folders, or a CSV manifest with columns "
+                   "study[,injected_activity_mbq,injection_time,cycle]")
+    p.add_argument("--out", required=True, help="cohort output folder")
+    p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: CPU count)")
+    p.add_argument("--memory-limit", default="auto", help="memory limit per local worker, e.g. 4GB (default auto)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler instead")
+    options.add_arguments(p, "run")
+    p.add_argument("--quiet", action="store_true", help="no progress or per-study lines")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("report", help="rebuild report.html and report.pdf from a run's output folder alone")
     p.add_argument("out", metavar="OUT", help="output folder of 'ludosimetry run'")
