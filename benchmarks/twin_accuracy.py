@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,7 +52,6 @@ def main(argv=None) -> int:
     true_map = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "truth_tia.nrrd"))).astype(np.float64)
     print(f"{'VOI':10s} {'true TIA MBq.h':>15s} {'run TIA err %':>14s} {'true dose Gy':>13s} "
           f"{'run dose Gy':>12s} {'dose err %':>11s} {'work-5 map/true map in VOI':>27s}")
-    vml = float(np.prod(res.reference_spect.GetSpacing())) / 1000.0
     for name, t in truth["vois"].items():
         r = res.vois.get(name)
         if r is None:
@@ -61,27 +59,11 @@ def main(argv=None) -> int:
             continue
         err = 100.0 * (r.tia_bq_s / t["tia_bq_s"] - 1.0)
         derr = 100.0 * (r.mean_dose_gy / t["mean_dose_gy"] - 1.0)
-        from LuDosimetryLib.pipeline import _masks_for_time_point  # noqa: F401 (documented helper)
-        w = None
-        try:
-            m = _voi_mask(res, name)
-            w = float((twin_map * m).sum() / max((true_map * m).sum(), 1e-30))
-        except Exception:
-            pass
+        m = res.time_point_masks[0][name]  # the scan-1 contours on its SPECT grid, as the run used them
+        w = float((twin_map * m).sum() / max((true_map * m).sum(), 1e-30)) if m.shape == twin_map.shape else None
         print(f"{name:10s} {t['tia_bq_s'] / 3.6e9:15.1f} {err:14.1f} {t['mean_dose_gy']:13.2f} "
               f"{r.mean_dose_gy:12.2f} {derr:11.1f} {('%.3f' % w) if w else '-':>27s}")
     return 0
-
-
-def _voi_mask(res, name):
-    """Scan-1 mask of VOI ``name`` on the reference SPECT grid (re-rasterised from the inventory)."""
-    from LuDosimetryLib.io.images import read_spect
-    from LuDosimetryLib.pipeline import _masks_for_time_point
-    inv = res.inventory
-    entry = inv.get(res.time_points[0].spect_series_uid)
-    sp = read_spect(entry.files, injection_time=inv.injection_time)
-    masks, _ = _masks_for_time_point(inv, 0, sp, 3)
-    return masks[name]
 
 
 if __name__ == "__main__":
