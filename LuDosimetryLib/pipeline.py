@@ -127,6 +127,11 @@ class StudyResults:
     inputs: Optional[dict] = None  # the series read, a SHA-256 per file (provenance.input_series_json)
     time_point_images: List[sitk.Image] = field(default_factory=list)  # each time point's SPECT (Bq/mL), own grid
     time_point_masks: List[Dict[str, np.ndarray]] = field(default_factory=list)  # VOI masks used, per time point
+    # Whole-body quantities (#14): each a dict with at least "tia_bq_s" and "method" (and "mean_dose_gy",
+    # uncertainty where computed); written at the top level of results.json under the same names.
+    whole_body: Optional[dict] = None
+    remainder_of_body: Optional[dict] = None
+    red_marrow: Optional[dict] = None
 
     def to_json(self) -> dict:
         from .options import options_as_json
@@ -136,6 +141,9 @@ class StudyResults:
         if self.residual_activity_bq is not None:
             extra.update(residual_activity_bq=self.residual_activity_bq,
                          injected_activity_before_residual_bq=self.injected_activity_bq + self.residual_activity_bq)
+        for key in ("whole_body", "remainder_of_body", "red_marrow"):
+            if getattr(self, key) is not None:
+                extra[key] = getattr(self, key)
         return {
             "patient_id": self.patient_id,
             "injected_activity_bq": self.injected_activity_bq,
@@ -351,6 +359,8 @@ class _RunContext:
         Reference time point (0-based), whose grid carries the TIA and dose maps.
     subset : list of int or None
         Time points (0-based) of a reduced-imaging run (:func:`_choose_time_points`); None for all.
+    whole_body, remainder_of_body, red_marrow : dict or None
+        Whole-body quantities (#14), set by their stages; copied into :class:`StudyResults`.
     """
 
     study_dir: object
@@ -362,6 +372,9 @@ class _RunContext:
     ref: int = 0
     subset: Optional[List[int]] = None
     earlier_half_lives_h: Optional[Dict[str, float]] = None  # --kinetics-from, read once
+    whole_body: Optional[dict] = None
+    remainder_of_body: Optional[dict] = None
+    red_marrow: Optional[dict] = None
 
 
 @dataclass
@@ -1067,7 +1080,8 @@ def _study_results(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[st
         inputs=input_series_json(_series_read(ctx, tps), inv.root,
                                  other_files={} if ctx.options.kernel_path is None
                                  else {"dose_kernel": ctx.options.kernel_path}),
-        time_point_images=[tp.image for tp in tps], time_point_masks=[tp.masks for tp in tps])
+        time_point_images=[tp.image for tp in tps], time_point_masks=[tp.masks for tp in tps],
+        whole_body=ctx.whole_body, remainder_of_body=ctx.remainder_of_body, red_marrow=ctx.red_marrow)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
