@@ -29,6 +29,7 @@ RTSTRUCTs, the original RTSTRUCTs left out) on which :func:`LuDosimetryLib.pipel
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -64,6 +65,7 @@ REFERENCE_VOLUME_ROLE = "LuDosimetryReferenceVolume"
 # Logics of the scenes made by create_scene, kept alive as long as the scene (VTK objects held in Python
 # are freed when the last Python reference goes).
 _SCENE_LOGICS: Dict[int, list] = {}
+_OWNED_CACHE_DIRS: Dict[int, str] = {}  # id(scene) -> the temporary cache folder create_scene made
 
 
 def _slicer():
@@ -95,7 +97,13 @@ def create_scene(cache_dir: Optional[os.PathLike] = None):
     import vtk
     scene = slicer.vtkMRMLScene()
     cache = slicer.vtkCacheManager()
-    cache.SetRemoteCacheDirectory(str(cache_dir or tempfile.mkdtemp(prefix="ludosimetry-mrml-cache-")))
+    if cache_dir is None:  # ours: removed by release_scene, or when the interpreter exits
+        cache_dir = tempfile.mkdtemp(prefix="ludosimetry-mrml-cache-")
+        stale = _OWNED_CACHE_DIRS.get(id(scene))  # a scene gone without release_scene had this id
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+        _OWNED_CACHE_DIRS[id(scene)] = cache_dir
+    cache.SetRemoteCacheDirectory(str(cache_dir))
     io_manager = slicer.vtkDataIOManager()
     io_manager.SetCacheManager(cache)
     scene.SetCacheManager(cache)
@@ -132,6 +140,18 @@ def release_scene(scene) -> None:
     """Clear a scene made by :func:`create_scene` and drop its logics."""
     scene.Clear(True)
     _SCENE_LOGICS.pop(id(scene), None)
+    owned = _OWNED_CACHE_DIRS.pop(id(scene), None)
+    if owned is not None:
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+def _remove_owned_cache_dirs() -> None:
+    for folder in _OWNED_CACHE_DIRS.values():
+        shutil.rmtree(folder, ignore_errors=True)
+    _OWNED_CACHE_DIRS.clear()
+
+
+atexit.register(_remove_owned_cache_dirs)
 
 
 def _subject_hierarchy(scene):
