@@ -274,6 +274,7 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.voiModeComboBox.enabled = idle and node.registrationMethod != "none"
             self.ui.reducedMethodComboBox.enabled = idle and bool(node.reducedTimePoints.strip())
             self.ui.kineticsFromPathLineEdit.enabled = idle and bool(node.reducedTimePoints.strip())
+            self.ui.populationFilePathLineEdit.enabled = idle and node.reducedMethod == "nlmm"
             self.ui.reconDewKSpinBox.enabled = node.reconScatter == "dew"  # k of the dual-energy window only
             # A kernel file applies to the kernel convolution only; its density only with a file.
             self.ui.kernelFilePathLineEdit.enabled = idle and node.doseMethod == "dvk"

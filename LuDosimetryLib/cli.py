@@ -1,7 +1,7 @@
 """``ludosimetry``: the command line.
 
 Subcommands: ``inspect`` (inventory of a study), ``run`` (the whole chain), ``batch`` (a cohort of runs on
-Dask), ``dvh`` (statistics of any RT Dose with an RTSTRUCT), ``report`` (rebuild a run's
+Dask), ``population`` (population kinetics of a cohort, for ``run --reduced-method nlmm``), ``dvh`` (statistics of any RT Dose with an RTSTRUCT), ``report`` (rebuild a run's
 report.html/report.pdf from its output folder), ``phantom`` (write the synthetic patient), ``demo`` (phantom + run).
 A user error prints one line ``ludosimetry: error: <file>: <problem>`` and exits with status 2.
 """
@@ -111,7 +111,20 @@ def _print_table(results) -> None:
               f"{v.fit_model:>17}{cell(v.effective_half_life_h, 8, '.1f')}{v.mean_dose_gy:9.3f}"
               f"{cell(v.mean_dose_uncertainty_pct, 6, '.1f')}{v.d2_gy:7.2f}{v.d50_gy:7.2f}{v.d98_gy:7.2f}"
               f"{v.gy_per_gbq:8.3f}{cell(v.bed_gy, 8, '.2f')}")
+    for label, region in (("whole body", results.whole_body), ("remainder of body", results.remainder_of_body)):
+        if region and region.get("tia_bq_s") is not None:  # #14: LuDosimetryLib.whole_body
+            print(f"{label:<18}{'-':>9}{cell(region.get('mass_g'), 9, '.1f')}{region['tia_bq_s'] / 3.6e9:12.1f}"
+                  f"{cell(region.get('tiac_h'), 8, '.3f')}{str(region.get('fit_model', '-')):>17}"
+                  f"{cell(region.get('effective_half_life_h'), 8, '.1f')}{cell(region.get('mean_dose_gy'), 9, '.3f')}"
+                  f"{cell(region.get('tia_uncertainty_pct'), 6, '.1f')}  ({region['method']})")
     print("(u: relative standard uncertainty of the mean dose, k = 1; BED: '-' where the tissue has no alpha/beta)")
+    hybrid = [(n, v) for n, v in results.vois.items() if v.hybrid_tia_bq_s]
+    if hybrid:
+        print(f"\nHybrid planar/SPECT (amplitude from TP{results.whole_body['hybrid']['spect_time_point']}): "
+              "TIA vs the SPECT TIA")
+        for name, v in hybrid:
+            print(f"  {name[:17]:<18}{v.hybrid_tia_bq_s / 3.6e9:12.1f} vs {v.tia_bq_s / 3.6e9:12.1f} MBq·h "
+                  f"({v.hybrid_vs_spect_pct:+.1f} %)")
     reduced = [(n, v) for n, v in results.vois.items() if v.tia_full_bq_s]
     if reduced:
         print(f"\nReduced time points {results.time_points_used}: TIA vs the fit of all time points")
@@ -286,6 +299,22 @@ def cmd_batch(args) -> int:
     return 2 if summary["failed"] else 0
 
 
+def cmd_population(args) -> int:
+    from .population import command
+    data, skipped = command(args.cohort, args.out, args.organ_type, (args.model,), overwrite=args.overwrite)
+    for line in skipped:
+        sys.stderr.write(f"ludosimetry: warning: organ type left out: {line}\n")
+    if not args.quiet:
+        print(f"{'organ type':<14}{'model':<18}{'curves':>7}{'typical T_eff h':>16}{'BSV (SD of ln)':>24}"
+              f"{'residual':>10}")
+        for typ, e in data["organ_types"].items():
+            bsv = "/".join(f"{w:.2f}" for w in e["omega"])
+            print(f"{typ[:13]:<14}{e['model']:<18}{e['n_subjects']:>7}{e['typical_effective_half_life_h']:>16.1f}"
+                  f"{bsv:>24}{e['sigma']:>10.3f}")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .patient_report import write_report
     written = write_report(args.out)
@@ -413,6 +442,21 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_arguments(p, "run")
     p.add_argument("--quiet", action="store_true", help="no progress or per-study lines")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("population", help="population kinetics of a cohort (nonlinear mixed-effects model per "
+                       "organ type) for single-time-point runs (--reduced-method nlmm)",
+                       description="Fits, per organ type (and lesions), a nonlinear mixed-effects model of the "
+                       "time-activity curves of cohort.csv of 'ludosimetry batch' (LuDosimetryLib/population.py) and "
+                       "writes population.json.")
+    p.add_argument("cohort", metavar="COHORT_CSV", help="cohort.csv of 'ludosimetry batch'")
+    p.add_argument("--out", required=True, help="population.json to write")
+    declared = options.option("organ_types", "run")
+    p.add_argument(declared.flag, dest="organ_type", action="append", metavar=declared.metavar, help=declared.help)
+    p.add_argument("--model", choices=("auto", "bi_exponential", "mono_exponential"), default="auto",
+                   help="structural model of every organ type (auto: the lower AIC of the two; default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing population.json")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_population)
 
     p = sub.add_parser("report", help="rebuild report.html and report.pdf from a run's output folder alone")
     p.add_argument("out", metavar="OUT", help="output folder of 'ludosimetry run'")

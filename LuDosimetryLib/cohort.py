@@ -17,7 +17,8 @@ Failures are isolated: a study's error is one line in the summary (:data:`SUMMAR
 :data:`FAILURES_FILE`) and the other studies go on. A task lost with its worker is rerun by Dask; the
 atomic output folder means it leaves no half-written output. The per-VOI table of the cohort
 (:func:`cohort_rows`: one row per patient × cycle × VOI) is written as :data:`CSV_FILE` and
-:data:`PARQUET_FILE`.
+:data:`PARQUET_FILE`, with each VOI's time-activity curve (:data:`TAC_COLUMNS`) for the population kinetics of
+:mod:`LuDosimetryLib.population`.
 
 Dask, pandas and pyarrow (the ``cohort`` extra) are imported only here, when a batch runs.
 """
@@ -189,13 +190,26 @@ def _error_line(exc: BaseException) -> str:
 
 def fingerprint(study, options) -> str:
     """SHA-256 of what a study's run depends on: every file of the study folder (relative path and SHA-256 of
-    its contents), the run's options (:func:`LuDosimetryLib.options.options_as_json`) and the software versions
+    its contents), the run's options (:func:`LuDosimetryLib.options.options_as_json`), the SHA-256 of the files the
+    options name (``--kernel``, ``--population``, ``--kinetics-from``...) and the software versions
     (:func:`LuDosimetryLib.provenance.software_versions`)."""
-    from .options import options_as_json
+    from .options import RUN_OPTIONS, options_as_json
     from .provenance import sha256_of_file, software_versions
     root = Path(study)
     files = [[p.relative_to(root).as_posix(), sha256_of_file(p)] for p in sorted(root.rglob("*")) if p.is_file()]
+    # the contents of the files the options name (a kernel, a population.json, an earlier cycle...), not their names
+    named = []
+    for declared in RUN_OPTIONS:
+        if declared.kind not in ("path", "repeated_path") or not getattr(options, declared.name, None):
+            continue
+        value = getattr(options, declared.name)
+        for given in ([value] if isinstance(value, (str, os.PathLike)) else list(value)):
+            given = Path(given)
+            paths = sorted(q for q in given.rglob("*") if q.is_file()) if given.is_dir() else [given]
+            named += [[declared.name, str(q), sha256_of_file(q) if q.is_file() else "missing"] for q in paths]
     data = {"files": files, "options": options_as_json(options), "software": software_versions()}
+    if named:
+        data["option_files"] = named
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -302,6 +316,22 @@ _VOI_COLUMNS = (
 )
 
 
+#: Columns of cohort.csv with a VOI's time-activity curve (what ``ludosimetry population`` fits): the radionuclide,
+#: and every time point's hours p.i. and activity in the VOI (Bq, not decay-corrected), space-separated, in order.
+TAC_COLUMNS = ("nuclide", "tac_hours_pi", "tac_activity_bq")
+
+
+def tac_columns(results: dict, voi: dict) -> dict:
+    """The :data:`TAC_COLUMNS` of one VOI from a results.json (``time_points`` hours and the VOI's
+    ``activity_bq``); empty text where the results hold no curve."""
+    hours = [t.get("hours_post_injection") for t in results.get("time_points", [])]
+    acts = voi.get("activity_bq") or []
+    ok = len(hours) == len(acts) and all(isinstance(x, (int, float)) for x in hours + list(acts))
+    return {"nuclide": (results.get("options") or {}).get("nuclide") or "",
+            "tac_hours_pi": " ".join(f"{float(h):.10g}" for h in hours) if ok else "",
+            "tac_activity_bq": " ".join(f"{float(a):.10g}" for a in acts) if ok else ""}
+
+
 def cohort_rows(outcomes: Sequence[TaskOutcome]) -> List[dict]:
     """One row per patient × cycle × VOI of the studies that ran or were skipped, from their results.json."""
     rows = []
@@ -315,6 +345,7 @@ def cohort_rows(outcomes: Sequence[TaskOutcome]) -> List[dict]:
             for column, key, factor in _VOI_COLUMNS:
                 value = v.get(key)
                 row[column] = value if (factor is None or value is None) else float(value) * factor
+            row.update(tac_columns(results, v))
             row["study"], row["results"] = o.study, str(Path(o.folder) / "results.json")
             rows.append(row)
     return rows
@@ -325,7 +356,7 @@ def _write_tables(out: Path, rows: List[dict], summary: dict, failures: List[str
 
     from .io.export import atomic_file, write_file_atomically
     columns = ["patient_id", "cycle", "voi", "injected_activity_mbq"] + [c for c, _, _ in _VOI_COLUMNS] + \
-        ["study", "results"]
+        list(TAC_COLUMNS) + ["study", "results"]
     table = pd.DataFrame(rows, columns=columns)
     with atomic_file(out / CSV_FILE) as tmp:
         table.to_csv(tmp, index=False)

@@ -45,7 +45,7 @@ SPECT_SOURCES: Tuple[str, ...] = ("auto", "vendor", "reconstructed")
 REGISTRATION_METHODS: Tuple[str, ...] = ("none", "rigid", "deformable")
 VOI_MODES: Tuple[str, ...] = ("per-time-point", "reference-only")
 TIA_MAP_METHODS: Tuple[str, ...] = ("voi", "voxel")
-REDUCED_METHODS: Tuple[str, ...] = ("auto", "population_prior", "hanscheid", "madsen", "two_point")
+REDUCED_METHODS: Tuple[str, ...] = ("auto", "population_prior", "hanscheid", "madsen", "two_point", "nlmm")
 #: Error models of the time-activity fits (LuDosimetryLib.kinetics.fit.ERROR_MODELS): σ ∝ A, σ ∝ √A, σ constant.
 FIT_WEIGHTINGS: Tuple[str, ...] = ("proportional", "counting", "uniform")
 #: Components of the uncertainty budget (LuDosimetryLib.uncertainty.COMPONENTS), each overridable in %.
@@ -494,7 +494,12 @@ RUN_OPTIONS: Tuple[Option, ...] = (
            metavar="LIST", parameter="reducedTimePoints", panel_unset=""),
     Option("reduced_method", "choice", "auto", "TIA method for reduced time points (auto: hanscheid for one "
            "point, two_point for two, the AICc fit for more; population_prior and madsen need "
-           "--population-half-life)", choices=REDUCED_METHODS, flag="--reduced-method", parameter="reducedMethod"),
+           "--population-half-life, nlmm needs --population)", choices=REDUCED_METHODS, flag="--reduced-method",
+           parameter="reducedMethod"),
+    Option("population", "path", None, "population.json of 'ludosimetry population' (a cohort's nonlinear "
+           "mixed-effects kinetics) for --reduced-method nlmm: each VOI's TIA is the posterior estimate given "
+           "its organ type's population and the time points used", flag="--population", metavar="POPULATION_JSON",
+           parameter="populationFile", panel_unset=""),
     Option("population_half_lives", "repeated_text", None, "population effective half-life of an organ type for "
            "the population_prior and madsen methods, TYPE=HOURS:LOG_SD (LOG_SD: SD of ln T_eff, needed by "
            "population_prior; repeatable); LuDosimetry has no default values",
@@ -520,6 +525,28 @@ RUN_OPTIONS: Tuple[Option, ...] = (
     Option("models_per_voi", "voi_models", None, "the model of a VOI instead of the AICc choice, NAME=MODEL "
            "with MODEL one of " + ", ".join(c for c, _ in MODEL_CHOICES) + " (repeatable)",
            flag="--voi-model", metavar="NAME=MODEL", parameter="voiModels", panel_unset=""),
+    Option("planar", "bool", True, "use the planar whole-body images for the whole body, remainder of body and "
+           "hybrid (conjugate view; --no-planar: whole body from the SPECT field of view)", flag="--no-planar"),
+    Option("planar_calibration_cps_per_mbq", "float", None, "planar system sensitivity per head, photopeak, source "
+           "in air; default: 10 cps/MBq, a named assumption", unit="cps/MBq", minimum=0.0, exclusive_minimum=True,
+           flag="--planar-calibration-cps-per-mbq", metavar="CPS_PER_MBQ"),
+    Option("hybrid_time_point", "int", None, "hybrid planar/SPECT: each VOI's curve shape from the planar images, "
+           "its amplitude from the SPECT of time point K (1 = first), reported beside the SPECT TIA",
+           minimum=1, offset=-1, flag="--hybrid", metavar="K"),
+    Option("marrow_method", "choice", "none", "red-marrow TIA: image (L2-L4 vertebrae VOI from the CT, or an "
+           "RTSTRUCT ROI named L2-L4/RedMarrow/Marrow), blood (--blood-samples), auto (blood when samples are given, "
+           "else image; both reported when both exist) or none (default: the automatic L2-L4 region is a named "
+           "assumption, so a run computes the marrow only when asked)", choices=("auto", "image", "blood", "none"),
+           flag="--marrow-method"),
+    Option("blood_samples", "path", None, "CSV of blood samples for the blood-based red-marrow method: a time "
+           "column (hours after injection or ISO date/time) and a concentration column with its unit in the "
+           "header (Bq/mL, kBq/mL or MBq/mL)", flag="--blood-samples", metavar="CSV"),
+    Option("rmblr", "float", None, "red-marrow-to-blood activity-concentration ratio of the blood-based method; "
+           "default 1 (Hindorf et al. 2010, Forrer et al. 2009), a named assumption", minimum=0.0,
+           exclusive_minimum=True, flag="--rmblr", metavar="RATIO"),
+    Option("patient_sex", "choice", "auto", "patient sex for the ICRP 89 reference red-marrow and body masses "
+           "(auto: DICOM PatientSex; neither M nor F there: male, a named assumption)", choices=("auto", "M", "F"),
+           flag="--patient-sex"),
     Option("strict", "bool", False, "refuse instead of assuming: every value the run would have to assume "
            "(an inferred date, a default density, a tag read as its default...) ends the run with an error",
            flag="--strict", parameter="strict"),
@@ -678,6 +705,12 @@ def _check_run_combinations(options) -> None:
     if options.kinetics_from is not None and (options.time_points is None or len(options.time_points) != 1):
         raise OptionError("an earlier cycle's kinetics are for a run on one time point: give {option} with one "
                           "time point", option="time_points")
+    if options.reduced_method == "nlmm" and options.population is None:
+        raise OptionError("reduced-time-point method 'nlmm' needs the population kinetics of a cohort: give "
+                          "{option} (a population.json of 'ludosimetry population')", option="population")
+    if options.marrow_method == "blood" and options.blood_samples is None:
+        raise OptionError("the blood-based red-marrow method needs the blood samples: give {option}",
+                          option="blood_samples")
     if options.time_points is not None and options.reference_time_point + 1 not in options.time_points:
         raise OptionError(f"the reference time point {options.reference_time_point + 1} must be one of "
                           f"{list(options.time_points)}", option="time_points")

@@ -659,6 +659,58 @@ def _voi_blocks(res: dict) -> list:
     return blocks
 
 
+#: Whole-body quantities of results.json (#14), in the order of the report's table.
+WHOLE_BODY_KEYS = (("whole_body", "Whole body"), ("remainder_of_body", "Remainder of body"), ("red_marrow", "Red marrow"))
+
+
+def _whole_body_blocks(res: dict) -> list:
+    """Whole body, remainder of body (and red marrow) and the hybrid planar/SPECT TIAs, where the run has them."""
+    present = [(key, label) for key, label in WHOLE_BODY_KEYS if isinstance(res.get(key), dict)]
+    if not present:
+        return []
+    rows = [[label, str(res[key].get("method", MISSING)), fmt(res[key].get("tia_bq_s"), ".1f", 1 / 3.6e9),
+             fmt(res[key].get("mass_g"), ".0f"), fmt(res[key].get("mean_dose_gy"), ".3f"),
+             fmt(res[key].get("tia_uncertainty_pct", res[key].get("mean_dose_uncertainty_pct")), ".1f")]
+            for key, label in present]
+    blocks = [Heading("Whole body and remainder of body"),
+              Table(["Region", "Method", "TIA (MBq·h)", "Mass (g)", "Mean dose (Gy)", "u (%)"], rows),
+              Paragraph("Remainder of body = whole body less the VOIs. Mean doses here are those stated in "
+                        "results.json for each region (whole body and remainder: electrons deposited locally, "
+                        f"photons and cross-dose not included). {MISSING}: not computed.", "small")]
+    notes = [n for key, _ in present for n in (res[key].get("limitations") or [])]
+    if notes:
+        blocks.append(Bullets(notes, "warning"))
+    hybrid = [(n, v) for n, v in res["vois"].items() if _number(v.get("hybrid_tia_bq_s"))]
+    if hybrid:
+        k = ((res.get("whole_body") or {}).get("hybrid") or {}).get("spect_time_point", MISSING)
+        blocks += [Heading(f"Hybrid planar/SPECT (amplitude from SPECT time point {k})", 3),
+                   Table(["VOI", "TIA SPECT (MBq·h)", "TIA hybrid (MBq·h)", "difference (%)"],
+                         [[n, fmt(v.get("tia_bq_s"), ".1f", 1 / 3.6e9), fmt(v.get("hybrid_tia_bq_s"), ".1f", 1 / 3.6e9),
+                           fmt(v.get("hybrid_vs_spect_pct"), "+.1f")] for n, v in hybrid])]
+    return blocks
+
+
+def _red_marrow_blocks(res: dict) -> list:
+    """Red marrow (#14): the dose's self and cross parts, each method's TIA, and what was assumed for it."""
+    rm = res.get("red_marrow")
+    if not isinstance(rm, dict) or rm.get("tia_bq_s") is None:
+        return []
+    rows = [[str(m.get("method")), fmt(m.get("tia_bq_s"), ".2f", 1 / 3.6e9), str(m.get("fit_model", MISSING))]
+            for m in (rm.get("blood_based"), rm.get("image_based")) if isinstance(m, dict)]
+    parts = (f"Mean dose {fmt(rm.get('mean_dose_gy'), '.3f')} Gy = self {fmt(rm.get('self_dose_gy'), '.3f')} Gy + "
+             f"remainder of body {fmt(rm.get('cross_dose_remainder_gy'), '.3f')} Gy + VOIs "
+             f"{fmt(rm.get('cross_dose_organs_gy'), '.3f')} Gy; red-marrow mass {fmt(rm.get('mass_g'), '.0f')} g "
+             f"(ICRP 89, sex {rm.get('sex')} from {rm.get('sex_source')}). S-values: {rm.get('s_value_source', '')}.")
+    blocks = [Heading("Red marrow", 3), Paragraph(parts, "small")]
+    if rows:
+        blocks.append(Table(["Method", "Red-marrow TIA (MBq·h)", "Fit"], rows))
+    if rm.get("image_vs_blood_pct") is not None:
+        blocks.append(Paragraph(f"Image-based vs blood-based TIA: {fmt(rm['image_vs_blood_pct'], '+.1f')} %.", "small"))
+    if rm.get("notes"):
+        blocks.append(Bullets(list(rm["notes"]), "warning"))
+    return blocks
+
+
 def _figure_blocks(run: RunFolder) -> list:
     n_tp = len(run.results["time_points"])
     names = run.voi_names
@@ -753,6 +805,8 @@ def report_blocks(run: RunFolder) -> list:
                               "'ludosimetry report FOLDER'.", "small")]
     blocks += _identity_blocks(res, run.path)
     blocks += _voi_blocks(res)
+    blocks += _whole_body_blocks(res)
+    blocks += _red_marrow_blocks(res)
     blocks += _time_point_blocks(res)
     blocks += _warning_blocks(res)
     blocks += _figure_blocks(run)

@@ -80,6 +80,9 @@ class VoiResult:
     bed_gy: Optional[float] = None
     eqd2_gy: Optional[float] = None
     radiobiology: Dict[str, object] = field(default_factory=dict)
+    # Hybrid planar/SPECT (#14, --hybrid K; LuDosimetryLib.whole_body): TIA and its difference from tia_bq_s (%).
+    hybrid_tia_bq_s: Optional[float] = None
+    hybrid_vs_spect_pct: Optional[float] = None
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -429,6 +432,7 @@ def _run_stages(study_dir, options: RunOptions, progress) -> StudyResults:
 
     # The stages, and the slice of the progress each reports into.
     ctx.inventory = _read_inventory(ctx)                             # 0    – 0.1
+    _check_blood_samples(ctx)
     tps = _read_spects(ctx, _choose_time_points(ctx))                # 0.1  – 0.25
     _read_ct_density(ctx, tps)                                       # 0.25 – 0.35
     _read_vois(ctx, tps)                                             # 0.35 – 0.45
@@ -441,6 +445,8 @@ def _run_stages(study_dir, options: RunOptions, progress) -> StudyResults:
     tia_voxel = tia_map * ref_tp.voxel_ml                            # Bq·s per voxel
     dose, dose_kernel = _dose(ctx, ref_tp, tia_voxel, file_kernel)   # 0.75 – 0.9
     vois, dvhs = _statistics(ctx, ref_tp, kinetics, dose, tia_voxel)  # 0.9  – 1
+    _whole_body(ctx, tps, kinetics, vois, tia_voxel)
+    _red_marrow(ctx, tps, kinetics, vois)
     _radiobiology(ctx, vois, kinetics)
     return _study_results(ctx, tps, kinetics, vois, dvhs, dose, tia_map, dose_kernel)
 
@@ -994,6 +1000,32 @@ def _statistics(ctx: _RunContext, ref_tp: TimePointData, kinetics: Dict[str, _Vo
     return out, dvhs
 
 
+def _whole_body(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[str, _VoiKinetics],
+                vois: Dict[str, VoiResult], tia_voxel: np.ndarray) -> None:
+    """Whole body, remainder of body and hybrid planar/SPECT (:mod:`.whole_body`): sets ``ctx.whole_body``,
+    ``ctx.remainder_of_body`` and, with ``--hybrid``, each VOI's hybrid TIA."""
+    from .whole_body import whole_body_stage
+    ctx.progress.report(0.95, "whole body")
+    whole_body_stage(ctx, tps, kinetics, vois, tia_voxel)
+
+
+def _check_blood_samples(ctx: _RunContext) -> None:
+    """Read ``--blood-samples`` at the start, so that a bad file ends the run before its long stages."""
+    if ctx.options.blood_samples is not None and ctx.options.marrow_method in ("auto", "blood"):
+        from .io.blood_samples import read_blood_samples
+        read_blood_samples(ctx.options.blood_samples, ctx.inventory.injection_time)
+
+
+def _red_marrow(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[str, _VoiKinetics],
+                vois: Dict[str, VoiResult]) -> None:
+    """Red marrow, image-based (L2-L4) and/or blood-based, self- and cross-dose (:mod:`.marrow_stage`): sets
+    ``ctx.red_marrow``."""
+    from .marrow_stage import red_marrow_stage
+    ctx.progress.report(0.97, "red marrow")
+    red_marrow_stage(ctx, tps, kinetics, vois, fit_activities=lambda acts, name: _fit_tac(ctx, tps, acts, name)[0],
+                     voi_activity=lambda tp, weights: _voi_activity_bq(tp.array, weights, tp.voxel_ml))
+
+
 def _roi_interpreted_types(ctx: _RunContext) -> Dict[str, str]:
     """RT ROI Interpreted Type of each ROI of the reference time point's structure sets."""
     from .io.rtstruct import read_rtstruct
@@ -1078,8 +1110,11 @@ def _study_results(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[st
         reference_index=ctx.ref,
         time_points_used=None if ctx.subset is None else [i + 1 for i in ctx.subset], dose_kernel=dose_kernel,
         inputs=input_series_json(_series_read(ctx, tps), inv.root,
-                                 other_files={} if ctx.options.kernel_path is None
-                                 else {"dose_kernel": ctx.options.kernel_path}),
+                                 other_files={role: path for role, path in (("dose_kernel", ctx.options.kernel_path),
+                                                                            ("population", ctx.options.population
+                                                                             if ctx.options.reduced_method == "nlmm"
+                                                                             else None))
+                                              if path is not None}),
         time_point_images=[tp.image for tp in tps], time_point_masks=[tp.masks for tp in tps],
         whole_body=ctx.whole_body, remainder_of_body=ctx.remainder_of_body, red_marrow=ctx.red_marrow)
 
@@ -1169,6 +1204,8 @@ def _fit_tac(ctx: _RunContext, tps: List[TimePointData], acts: List[float], name
         if options.kinetics_from is not None:
             return _fit_with_earlier_cycle(ctx, np.array(hours)[idx], np.array(acts)[idx], name, label,
                                            tps[ctx.ref].entry.patient_id), full
+        if options.reduced_method == "nlmm":  # a cohort's population kinetics (LuDosimetryLib.population)
+            return _fit_nlmm(ctx, np.array(hours)[idx], np.array(acts)[idx], name, label), full
         organ, population, from_default = population_inputs(name, options.reduced_method, options.organ_types,
                                                              options.population_half_lives)
         if from_default:
@@ -1180,6 +1217,20 @@ def _fit_tac(ctx: _RunContext, tps: List[TimePointData], acts: List[float], name
         return red, full
     except FitError as exc:
         raise FitError(f"VOI {label!r}: {exc.problem}", ctx.study_dir) from exc
+
+
+def _fit_nlmm(ctx: _RunContext, t_h: np.ndarray, a_bq: np.ndarray, name: str, label: str):
+    """The VOI's posterior curve given its organ type's population (``options.population``; the tissue of a lesion
+    from its RT ROI Interpreted Type, as for the radiobiology), :func:`LuDosimetryLib.population.nlmm_fit`."""
+    from .kinetics.reduced import organ_type, parse_organ_types
+    from .population import nlmm_fit
+    from .radiobiology import tissue_of
+
+    roi_types = _roi_interpreted_types(ctx) if ctx.options.masks_per_time_point is None else {}
+    tissue = tissue_of(organ_type(name, parse_organ_types(ctx.options.organ_types)), roi_types.get(name, ""))
+    injected_bq = administered_activity_bq(ctx.inventory.injected_activity_bq, ctx.options.residual_activity_bq)
+    return nlmm_fit(ctx.options.population, name, t_h, a_bq, injected_bq, nuclide=ctx.nuclide.name, tissue=tissue,
+                    organ_type_items=ctx.options.organ_types, label=label)
 
 
 def _earlier_cycle_half_lives(ctx: _RunContext, patient_id: str) -> Dict[str, float]:

@@ -14,6 +14,9 @@ Methods of :func:`fit_reduced` (activity in Bq at scan time, not decay-corrected
   "Technical Note: Single time point dose estimate for exponential clearance", Med Phys 45(5):2318–2324,
   2018).
 - ``"two_point"`` — the mono-exponential through two points, λ = ln(A1/A2)/(t2 − t1) kept ≥ λ_phys.
+- ``"nlmm"`` — ≥ 1 point: the posterior (MAP) curve given a cohort's nonlinear mixed-effects population
+  model of the organ type (:mod:`.population`; Devasia et al., J Nucl Med 62(8):1118–1125, 2021):
+  ``population=`` a :class:`~.population.PopulationModel`, ``injected_bq=`` the administered activity.
 - ``"population_prior"`` (alias ``"map"``) — Bayesian maximum a posteriori mono-exponential fit in the
   spirit of the nonlinear mixed-model (NLMM) information-sharing approach of Devasia T.P. et al.
   (J Nucl Med, published online 2020, Lu-177 DOTATATE SPECT/CT with reduced time points): the
@@ -53,7 +56,8 @@ DEFAULT_ORGAN_TYPES: Dict[str, str] = {
     "left kidney": "kidney", "right kidney": "kidney", "kidney left": "kidney", "kidney right": "kidney",
     "liver": "liver", "spleen": "spleen",
 }
-METHODS = ("auto", "hanscheid", "population_half_life", "madsen", "two_point", "population_prior", "map", "full")
+METHODS = ("auto", "hanscheid", "population_half_life", "madsen", "two_point", "population_prior", "map", "full",
+           "nlmm")
 #: The methods that need population effective half-lives (and so an organ type per VOI).
 POPULATION_METHODS = ("population_half_life", "madsen", "population_prior", "map")
 
@@ -214,7 +218,8 @@ def _result(t, a, a0, lam, method, lam_phys, se=None, warnings=None, error_model
 
 def fit_reduced(t_h, a_bq, method: str = "auto", *, organ: Optional[str] = None,
                 nuclide: Union[Radionuclide, str, None] = None, population: Optional[dict] = None,
-                cv: float = 0.10, label: Optional[str] = None, error_model: str = "proportional") -> TacFit:
+                cv: float = 0.10, label: Optional[str] = None, error_model: str = "proportional",
+                injected_bq: Optional[float] = None) -> TacFit:
     """TIA from a reduced set of time points.
 
     Parameters
@@ -241,6 +246,9 @@ def fit_reduced(t_h, a_bq, method: str = "auto", *, organ: Optional[str] = None,
         Name used in messages.
     error_model : str
         Error model of the ``"full"`` fit (:func:`~.fit.fit_time_activity_curve`).
+    injected_bq : float, optional
+        Administered activity (Bq), for ``"nlmm"`` (whose ``population`` is a
+        :class:`~.population.PopulationModel`).
 
     Returns
     -------
@@ -269,6 +277,14 @@ def fit_reduced(t_h, a_bq, method: str = "auto", *, organ: Optional[str] = None,
         method = {1: "hanscheid", 2: "two_point"}.get(int(t.size), "full")
     if method == "full":
         return fit_time_activity_curve(t, a, nuclide=nuc, label=label, error_model=error_model)
+    if method == "nlmm":
+        from .population import PopulationModel, posterior_fit
+        if not isinstance(population, PopulationModel) or injected_bq is None:
+            raise FitError(f"{where}method 'nlmm' needs a population model (population=) and the administered "
+                           f"activity (injected_bq=)")
+        if abs(population.lambda_phys_per_h / lam_phys - 1.0) > 1e-6:
+            raise FitError(f"{where}the population was fitted for another radionuclide than {nuc.name}")
+        return posterior_fit(population, t, a, float(injected_bq), label=label)
     if not (np.all(np.isfinite(t)) and np.all(t > 0)):
         raise FitError(f"{where}scan times must be finite and after the injection, got {list(t)}")
     if np.any(np.diff(t) <= 0):

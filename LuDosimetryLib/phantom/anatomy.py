@@ -128,15 +128,32 @@ class Structure:
 _LONG = 1e6  # mm: "infinite" cylinder length
 
 
-def body_and_spine() -> List[Structure]:
+#: Lumbar spine of the twins with discs (#14 red marrow): vertebral body ~27 mm high + intervertebral disc 9 mm
+#: (adult lumbar anthropometry), discs centred at ``DISC_Z0_MM + k · pitch``.
+DISC_PITCH_MM = 36.0
+DISC_HEIGHT_MM = 9.0
+DISC_Z0_MM = 33.0
+
+
+def body_and_spine(spine_scale: float = 1.0, discs: bool = False) -> List[Structure]:
     """Body (elliptic cylinder 340 x 250 mm, fat layer ~18 mm) and lumbar spine (vertebral bodies and
-    posterior arch around the spinal canal), shared by every phantom."""
+    posterior arch around the spinal canal), shared by every phantom.
+
+    ``spine_scale`` scales the spine's cross-section (a smaller spine for a female twin); ``discs`` cuts the
+    vertebral column into vertebrae with soft-tissue intervertebral discs (:data:`DISC_PITCH_MM`,
+    :data:`DISC_HEIGHT_MM`) between z = -300 and 300 mm. The defaults are the historical continuous spine.
+    """
+    k = float(spine_scale)
+    cuts = [Superellipsoid((0.0, 62.0 + 26.0 * k, 0.0), (8.0 * k, 7.0 * k, _LONG))]
+    if discs:
+        cuts += [Superellipsoid((0.0, 62.0, DISC_Z0_MM + n * DISC_PITCH_MM), (40.0, 24.0 * k, DISC_HEIGHT_MM / 2.0),
+                                exponent=8.0) for n in range(-9, 8)]
     return [
         Structure("fat", (Superellipsoid((0.0, 10.0, 0.0), (170.0, 125.0, _LONG)),)),
         Structure("soft_tissue", (Superellipsoid((0.0, 10.0, 0.0), (152.0, 107.0, _LONG)),)),
-        Structure("bone", (Superellipsoid((0.0, 62.0, 0.0), (22.0, 18.0, _LONG)),
-                           Superellipsoid((0.0, 95.0, 0.0), (26.0, 14.0, _LONG), exponent=3.0)),
-                  cuts=(Superellipsoid((0.0, 88.0, 0.0), (8.0, 7.0, _LONG)),)),
+        Structure("bone", (Superellipsoid((0.0, 62.0, 0.0), (22.0 * k, 18.0 * k, _LONG)),
+                           Superellipsoid((0.0, 62.0 + 33.0 * k, 0.0), (26.0 * k, 14.0 * k, _LONG), exponent=3.0)),
+                  cuts=tuple(cuts)),
     ]
 
 

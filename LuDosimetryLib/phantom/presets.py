@@ -115,7 +115,7 @@ def _sphere(name: str, center, volume_ml: float) -> Structure:
 
 
 def _patient4() -> TwinPreset:
-    structures = tuple(body_and_spine() + [
+    structures = tuple(body_and_spine(discs=True) + [
         _liver(1.07),
         Structure("spleen", (Superellipsoid((102.0, 40.0, 68.0), (31.0, 40.0, 47.0), rotation_deg=(0.0, 0.0, -30.0)),)),
     ] + _kidneys(1.123) + [
@@ -141,7 +141,8 @@ def _patient4() -> TwinPreset:
 
 
 def _patient6() -> TwinPreset:
-    structures = tuple(body_and_spine() + [_liver(1.0)] + _kidneys(1.05) + [
+    # Female: a spine 0.87 times as wide (L2–L4 cancellous volume ~ the ICRP 89 female marrow share).
+    structures = tuple(body_and_spine(spine_scale=0.87, discs=True) + [_liver(1.0)] + _kidneys(1.05) + [
         _sphere("lesion_1", (-90.0, -20.0, 70.0), 35.0),
         _sphere("lesion_2", (-40.0, 15.0, 30.0), 8.0),
         _sphere("lesion_3", (10.0, -45.0, 72.0), 4.0),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, Optional
@@ -96,7 +97,7 @@ def _uid(seed: int, fast: bool, what: str) -> str:
 def write_synthetic_patient(out_dir: os.PathLike, *, seed: int = 0, fast: bool = False, noise: bool = True,
                             fwhm_mm: Optional[float] = None, spect_format: str = "pt_slices",
                             sensitivity_cps_per_mbq: float = DEFAULT_SENSITIVITY_CPS_PER_MBQ,
-                            progress=None) -> Path:
+                            progress=None, kinetics=None, patient_id: Optional[str] = None) -> Path:
     """Write the synthetic 4-time-point Lu-177 DOTATATE SPECT/CT study with its truth.
 
     Parameters
@@ -118,6 +119,11 @@ def write_synthetic_patient(out_dir: os.PathLike, *, seed: int = 0, fast: bool =
     sensitivity_cps_per_mbq : float
         System sensitivity used for the count level of the noise (cps/MBq).
     progress : callable or Progress, optional
+    kinetics : dict tissue → UptakeWashout, optional
+        True kinetics instead of :data:`.kinetics_truth.TISSUE_KINETICS` (the same tissues), e.g. a patient of
+        :mod:`.cohort_variability`.
+    patient_id : str, optional
+        PatientID (and name) instead of the collection's patient 4's.
 
     Returns
     -------
@@ -138,19 +144,21 @@ def write_synthetic_patient(out_dir: os.PathLike, *, seed: int = 0, fast: bool =
     prog = as_progress(progress)
     nuclide = radionuclide("Lu-177")
     rng = np.random.default_rng(seed)
+    kin = dict(TISSUE_KINETICS if kinetics is None else kinetics)
+    patient = PATIENT if patient_id is None else replace(PATIENT, patient_id=patient_id, patient_name=patient_id)
 
     # 1. anatomy on the fine grid
     prog.report(0.0, "rasterising the anatomy")
     spect_grid, fine, f = _grids(fast)
     fractions = rasterise(default_anatomy(), fine, supersample=2)
     volume_ml = {name: float(frac.sum(dtype=np.float64)) * fine.voxel_ml for name, frac in fractions.items()}
-    activity_fractions = {name: fractions[name] for name in TISSUE_KINETICS if name != "remainder"}
+    activity_fractions = {name: fractions[name] for name in kin if name != "remainder"}
     activity_fractions["remainder"] = sum(fractions[n] for n in _REMAINDER_TISSUES)
     volume_ml["remainder"] = sum(volume_ml[n] for n in _REMAINDER_TISSUES)
 
     # 2. truth kinetics
     hours = np.asarray(SCAN_HOURS, dtype=float)
-    curves = {name: m.as_sum(nuclide) for name, m in TISSUE_KINETICS.items()}
+    curves = {name: m.as_sum(nuclide) for name, m in kin.items()}
     tissue_activity = {name: c.activity_bq(hours) for name, c in curves.items()}
     concentration = {name: tissue_activity[name] / volume_ml[name] for name in curves}  # Bq/mL per time point
 
@@ -196,7 +204,7 @@ def write_synthetic_patient(out_dir: os.PathLike, *, seed: int = 0, fast: bool =
         ct_series = SeriesInfo("CT", series_instance_uid=_uid(seed, fast, f"scan{k} ct"), series_number=2,
                                description=f"{code} CT Abdomen", frame_of_reference_uid=frame,
                                series_datetime=ct_time)
-        ct_ref = write_ct_series(ct_image, out / "SPECT_Cts" / f"scan{k}" / "ct", PATIENT, study, ct_series,
+        ct_ref = write_ct_series(ct_image, out / "SPECT_Cts" / f"scan{k}" / "ct", patient, study, ct_series,
                                  acquisition_datetime=ct_time)
         spect_series = SeriesInfo("PT" if spect_format == "pt_slices" else "NM",
                                   series_instance_uid=_uid(seed, fast, f"scan{k} spect"), series_number=1,
@@ -206,15 +214,15 @@ def write_synthetic_patient(out_dir: os.PathLike, *, seed: int = 0, fast: bool =
                       injected_activity_bq=INJECTED_ACTIVITY_BQ, injection_datetime=INJECTION_TIME, nuclide=nuclide)
         spect_dir = out / "SPECT_Cts" / f"scan{k}" / "spect"
         if spect_format == "pt_slices":
-            write_pt_slices(spect_images[k - 1], spect_dir, PATIENT, study, spect_series, decay_correction="ADMIN",
+            write_pt_slices(spect_images[k - 1], spect_dir, patient, study, spect_series, decay_correction="ADMIN",
                             **timing)
         else:
-            write_nm_multiframe(spect_images[k - 1], spect_dir / "SPECT_NM.dcm", PATIENT, study, spect_series,
+            write_nm_multiframe(spect_images[k - 1], spect_dir / "SPECT_NM.dcm", patient, study, spect_series,
                                 decay_correction="NONE", equipment=SIEMENS_NM, **timing)
         for kind, folder, label, number in (("organ", "organs", "Organs", 100), ("lesion", "lesions", "Lesions", 101)):
             names = [v for v, (kd, _t) in VOIS.items() if kd == kind]
             write_rtstruct(out / "VOIs" / f"scan{k}" / folder / f"RTSTRUCT_{folder}.dcm",
-                           {v: masks[v] for v in names}, ct_image, ct_ref, PATIENT, study,
+                           {v: masks[v] for v in names}, ct_image, ct_ref, patient, study,
                            colors={v: _COLORS[v] for v in names},
                            roi_types={v: "ORGAN" if kind == "organ" else "GTV" for v in names},
                            label=label, series_description=f"{code} {label}", series_number=number)
@@ -225,7 +233,7 @@ def write_synthetic_patient(out_dir: os.PathLike, *, seed: int = 0, fast: bool =
 
     # 6. truth
     _write_truth(out, seed, fast, noise, fwhm, sensitivity_cps_per_mbq, spect_format, spect_grid, fine, ct_grid,
-                 volume_ml, curves, tissue_activity, scans, nuclide)
+                 volume_ml, curves, tissue_activity, scans, nuclide, kinetics=kin, patient=patient)
     tia_map = sum((curves[n].tia_bq_s() / volume_ml[n]) * block_mean(frac, (f, f, f))
                   for n, frac in activity_fractions.items())
     sitk.WriteImage(spect_grid.image(tia_map.astype(np.float32)), str(out / "truth_tia.nrrd"), True)
@@ -234,7 +242,8 @@ def write_synthetic_patient(out_dir: os.PathLike, *, seed: int = 0, fast: bool =
 
 
 def _write_truth(out: Path, seed, fast, noise, fwhm, sensitivity, spect_format, spect_grid, fine, ct_grid,
-                 volume_ml, curves, tissue_activity, scans, nuclide) -> None:
+                 volume_ml, curves, tissue_activity, scans, nuclide, kinetics=TISSUE_KINETICS,
+                 patient=PATIENT) -> None:
     e_j = nuclide.electron_energy_j
     vois = {}
     for voi, (kind, tissues) in VOIS.items():
@@ -244,7 +253,7 @@ def _write_truth(out: Path, seed, fast, noise, fwhm, sensitivity, spect_format, 
         for t in tissues[1:]:
             curve = curve + curves[t]
         tia = curve.tia_bq_s()
-        model = (TISSUE_KINETICS[tissues[0]].to_dict(nuclide) if len(tissues) == 1 else
+        model = (kinetics[tissues[0]].to_dict(nuclide) if len(tissues) == 1 else
                  dict(curve.to_dict(), model="sum of the uptake-washout curves of " + ", ".join(tissues)))
         vois[voi] = {"kind": kind, "tissues": list(tissues), "volume_ml": vol, "mass_g": mass_g,
                      "activity_bq": [float(sum(tissue_activity[t][k] for t in tissues)) for k in range(len(scans))],
@@ -253,7 +262,7 @@ def _write_truth(out: Path, seed, fast, noise, fwhm, sensitivity, spect_format, 
     fov_total = [float(sum(a[k] for a in tissue_activity.values())) for k in range(len(scans))]
     injected_decayed = [INJECTED_ACTIVITY_BQ * nuclide.decay_factor(h * 3600.0) for h in SCAN_HOURS]
     truth = {
-        "patient_id": PATIENT.patient_id,
+        "patient_id": patient.patient_id,
         "injected_activity_bq": INJECTED_ACTIVITY_BQ,
         "injection_time": INJECTION_TIME.isoformat(),
         "radionuclide": nuclide.name,
@@ -275,7 +284,7 @@ def _write_truth(out: Path, seed, fast, noise, fwhm, sensitivity, spect_format, 
         "vois": vois,
         "remainder": {"tissues": list(_REMAINDER_TISSUES), "volume_ml": volume_ml["remainder"],
                       "activity_bq": [float(v) for v in tissue_activity["remainder"]],
-                      "tac_model": TISSUE_KINETICS["remainder"].to_dict(nuclide),
+                      "tac_model": kinetics["remainder"].to_dict(nuclide),
                       "tia_bq_s": curves["remainder"].tia_bq_s()},
         "fov_total_activity_bq": fov_total,
         "injected_activity_decayed_bq": injected_decayed,

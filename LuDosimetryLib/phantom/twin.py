@@ -49,6 +49,7 @@ from .dicom.seg_writer import write_seg
 from .dicom.slice_writer import write_ct_series, write_pt_slices
 from .dicom.twin_tia_writer import write_tia_map
 from .dicom.vendor import SIEMENS_NM
+from .marrow_truth import red_marrow_truth, write_blood_samples
 from .motion import Motion, rasterise_posed
 from .planar import WINDOWS_KEV, mu_per_mm, simulate_planar
 from .presets import TwinPreset, get_preset, tissue
@@ -246,6 +247,8 @@ def write_twin(out_dir: os.PathLike, preset: str = "patient4", seed: int = 0, fa
         counts = simulate_planar(act_fine * fine.voxel_ml * float(nuclide.decay_factor(-35 * 60.0)), mu,
                                  fine.spacing, WB_DWELL_S, rng)
         top = (fine.origin[0], fine.origin[1], fine.origin[2] + (fine.size[2] - 1) * fine.spacing[2])
+        # the posterior view is seen from behind: its first column is the patient's far left (+x)
+        top_post = (fine.origin[0] + (fine.size[0] - 1) * fine.spacing[0],) + top[1:]
         n_img = 0
         for (view, window), cnt in sorted(counts.items()):
             n_img += 1
@@ -256,7 +259,7 @@ def write_twin(out_dir: os.PathLike, preset: str = "patient4", seed: int = 0, fa
                               duration_s=fine.size[2] * fine.spacing[2] / WB_SPEED_MM_PER_S + WB_DWELL_S,
                               scan_length_mm=fine.size[2] * fine.spacing[2], scan_velocity_mm_per_s=WB_SPEED_MM_PER_S,
                               injected_activity_bq=p.injected_activity_bq, injection_datetime=p.injection_time,
-                              image_position_mm=top, instance_number=n_img)
+                              image_position_mm=top if view == "ANTERIOR" else top_post, instance_number=n_img)
         # Projections (work 6)
         if recon is not None:
             _write_projections(recon, root, k, code, act_fine, mu, fine, acq, p, study, frame, seed, fast, prog)
@@ -289,6 +292,7 @@ def write_twin(out_dir: os.PathLike, preset: str = "patient4", seed: int = 0, fa
     true_tia = sum((curves[n].tia_bq_s() / vol1[n]) * block_mean(frac_tp1[n], (f, f, f)) for n in tissues)
     true_tia = true_tia + (curves["remainder"].tia_bq_s() / vol1["remainder"]) * block_mean(remainder1, (f, f, f))
     sitk.WriteImage(spect_grid.image(true_tia.astype(np.float32)), str(root / "truth_tia.nrrd"), True)
+    write_blood_samples(root, curves, volumes_tp[0], seed)
     _write_truth(root, p, seed, fast, spect_grid, fine, curves, volumes_tp, scans, nuclide, recon is not None)
     prog.report(1.0, f"twin {p.name} written")
     return root
@@ -383,6 +387,29 @@ def _write_pretherapy(root: Path, p: TwinPreset, fine: Grid, spect_grid: Grid, c
                     acquisition_datetime=ct_when, kvp=120.0)
 
 
+def _whole_body_truth(p: TwinPreset, curves, vol1) -> dict:
+    """``whole_body`` and ``remainder_of_body`` of truth.json from the analytic kinetics: the whole body is every
+    tissue the twin simulates (its body is the field of view: nothing outside it holds activity), the remainder of
+    body the tissues in no VOI; masses from the scan-1 volumes and the tissue densities."""
+    in_vois = {t for _kind, ts in p.vois.values() for t in ts}
+    body = [n for n in vol1 if n not in ("air", "remainder")]
+    mass = {n: vol1[n] * tissue(n).density_g_per_ml for n in body}
+    whole = rest = None
+    for name, curve in curves.items():
+        whole = curve if whole is None else whole + curve
+        if name not in in_vois:
+            rest = curve if rest is None else rest + curve
+    out = {}
+    for key, curve, grams in (("whole_body", whole, sum(mass.values())),
+                              ("remainder_of_body", rest, sum(g for n, g in mass.items() if n not in in_vois))):
+        out[key] = {"tia_bq_s": curve.tia_bq_s(), "mass_g": grams,
+                    "activity_bq": [float(x) for x in curve.activity_bq(p.scan_hours)],
+                    "tac_model": curve.to_dict(),
+                    "definition": "every simulated tissue (the twin's body)" if key == "whole_body" else
+                                  "the simulated tissues in no VOI (whole body less the VOIs' tissues)"}
+    return out
+
+
 def _write_truth(root: Path, p: TwinPreset, seed, fast, spect_grid, fine, curves, volumes_tp, scans, nuclide,
                  projections_written: bool) -> None:
     e_j = nuclide.electron_energy_j
@@ -401,7 +428,11 @@ def _write_truth(root: Path, p: TwinPreset, seed, fast, spect_grid, fine, curves
                      "tia_bq_s": tia, "mean_dose_gy": tia * e_j / (mass_g / 1000.0),
                      "dose_method": "local deposition of the ICRP 107 mean electron energy per decay over the "
                                     "true VOI mass (scan-1 pose); photons and cross-dose neglected"}
+    body_truth = _whole_body_truth(p, curves, vol1)
     truth = {
+        **body_truth,
+        "red_marrow": red_marrow_truth(p.patient.sex, curves, vol1, nuclide, body_truth["whole_body"],
+                                       body_truth["remainder_of_body"]),
         "preset": p.name, "patient_id": p.patient.patient_id, "sex": p.patient.sex, "age": p.patient.age,
         "weight_kg": p.patient.weight_kg, "injected_activity_bq": p.injected_activity_bq,
         "injection_time": p.injection_time.isoformat(), "radionuclide": nuclide.name, "cycle": p.cycle,

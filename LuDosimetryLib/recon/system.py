@@ -8,14 +8,20 @@ PyTomography 3.4's NM TOMO reader (``pytomography.io.SPECT.dicom.parse_projectio
 ``_get_affine_spect_projections``), which was developed on Siemens Symbia data:
 
 * the projector angle of a view is ``(gantry angle + 180) mod 360`` (degrees), views sorted by it;
-* the radial bin ``r`` runs against the stored columns (``r = Columns - 1 - column``);
+* the radial bin ``r`` is the stored column (``r = column``; PyTomography reverses the rows, not the
+  columns: ``projections[:, :, sorted_idxs, ::-1]`` indexes the row axis). Until issue #17 this module
+  reversed the columns too, which is PyTomography's geometry turned by 180° about the rotation axis: on
+  the simulated twin (written and read with the same mapping) it cancelled, on a real GE acquisition it
+  put the attenuation on the wrong side (−47 % activity, centroid 54 mm off);
 * object voxel ``(i, j)`` sits at LPS ``(x0 + i·Δ, y0 + j·Δ)``, ``(x0, y0)`` taken from the
   Detector Information Sequence's ImagePositionPatient (or centred on the rotation axis when that
   position has y = 0, as PyTomography does).
 
 Along the axis we follow the DICOM meaning of ImagePositionPatient/ImageOrientationPatient of the
 detector item: row 0 lies at the given z and the rows run along the column direction cosine (default
-(0, 0, −1), i.e. head to feet), so object slice ``k`` lies at ``z_bottom + k·Δz``. The simulator of
+(0, 0, −1), i.e. head to feet), so object slice ``k`` lies at ``z_bottom + k·Δz``. For such files this is
+PyTomography's order too (it reverses the rows and puts slice 0 at ImagePositionPatient z − (Rows − 1)·Δz),
+and what a GE Discovery 670 writes (see :mod:`.projections`). The simulator of
 :mod:`LuDosimetryLib.phantom.projections` writes files with exactly this convention.
 """
 from __future__ import annotations
@@ -110,13 +116,12 @@ def frames_to_projector(frames: np.ndarray, geom: ProjectionGeometry) -> np.ndar
     arr = arr[..., geom.view_order, :, :]
     if geom.rows_downward:
         arr = arr[..., ::-1, :]
-    arr = arr[..., :, ::-1]
     return np.ascontiguousarray(np.swapaxes(arr, -1, -2))
 
 
 def projector_to_frames(proj: np.ndarray, geom: ProjectionGeometry) -> np.ndarray:
     """Inverse of :func:`frames_to_projector`."""
-    arr = np.swapaxes(np.asarray(proj), -1, -2)[..., :, ::-1]
+    arr = np.swapaxes(np.asarray(proj), -1, -2)
     if geom.rows_downward:
         arr = arr[..., ::-1, :]
     out = np.empty_like(arr)

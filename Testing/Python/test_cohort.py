@@ -95,6 +95,12 @@ def test_local_cluster_batch_equals_single_runs_and_resumes(cohort, single_runs,
     row = table[(table.patient_id == "PAT2") & (table.voi == "Kidney_L")].iloc[0]
     assert row.mean_dose_gy == single_runs["results"]["PAT2"]["vois"]["Kidney_L"]["mean_dose_gy"]
     assert row.cycle == "cycle2" and row.t_eff_h > 0 and row.gy_per_gbq > 0
+    # the VOI's time-activity curve, for 'ludosimetry population'
+    pat2 = single_runs["results"]["PAT2"]
+    assert [float(x) for x in row.tac_hours_pi.split()] == pytest.approx(
+        [tp["hours_post_injection"] for tp in pat2["time_points"]])
+    assert [float(x) for x in row.tac_activity_bq.split()] == pytest.approx(pat2["vois"]["Kidney_L"]["activity_bq"])
+    assert row.nuclide == "Lu-177"
     print(f"\nbatch of 3 on 2 workers: {batch_s:.1f} s; single run {single_runs['seconds']:.1f} s; "
           f"N/W x single = {1.5 * single_runs['seconds']:.1f} s", file=sys.stderr)
     _no_leftovers(out)

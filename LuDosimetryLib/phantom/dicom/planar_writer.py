@@ -92,7 +92,9 @@ def write_planar_view(counts: np.ndarray, path: os.PathLike, patient: PatientInf
     ds.ScanVelocity = format_ds(scan_velocity_mm_per_s / 10.0 * 60.0)  # cm/min
     ds.ScanLength = int(round(scan_length_mm / 10.0))  # cm
     ds.TriggerSourceOrType = ""
-    ds.PatientOrientation = ["R", "F"] if view == "ANTERIOR" else ["L", "F"]
+    # direction of the rows (column index increasing) and of the columns: towards the patient's left in the
+    # anterior view (seen from the front), towards the right in the posterior view (seen from behind)
+    ds.PatientOrientation = ["L", "F"] if view == "ANTERIOR" else ["R", "F"]
     # Multi-frame + NM Multi-frame
     ds.NumberOfFrames = 1
     ds.FrameIncrementPointer = [0x00540010, 0x00540020]  # EnergyWindowVector, DetectorVector
