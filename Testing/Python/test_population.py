@@ -109,7 +109,8 @@ def test_population_cli_end_to_end(population_json, tmp_path, capsys):
 def test_run_nlmm_single_time_point(synthetic_study, population_json, tmp_path):
     out = tmp_path / "out"
     rc = main(["run", str(synthetic_study), "--out", str(out), "--time-points", "3", "--reference-time-point", "3",
-               "--reduced-method", "nlmm", "--population", str(population_json), "--quiet"])
+               "--reduced-method", "nlmm", "--population", str(population_json), "--quiet",
+               "--marrow-method", "image"])  # the automatic L2-L4 VOI: a VOI without population kinetics
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["options"]["reduced_method"] == "nlmm"
