@@ -29,6 +29,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from .kinetics_truth import TISSUE_KINETICS, ExponentialSum, UptakeWashout
+from .study import VOIS  # a cohort patient has the synthetic study's VOIs
 
 #: SD of ln(factor) per tissue kind: (amplitude, biological half-life, uptake half-life).
 LOG_SD: Dict[str, Tuple[float, float, float]] = {
@@ -41,16 +42,6 @@ KIDNEY_LR_LOG_SD = 0.05
 SCHEDULE_H = (4.0, 24.0, 96.0, 168.0)
 SCHEDULE_JITTER_H = (0.5, 2.0, 4.0, 6.0)
 INJECTED_ACTIVITY_BQ = 7.4e9
-#: The VOIs of a cohort patient: name → (kind, tissues). The liver outline includes its lesions, as drawn
-#: clinically (as :data:`LuDosimetryLib.phantom.study.VOIS`).
-VOIS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
-    "Liver": ("organ", ("liver", "lesion_1", "lesion_2")),
-    "Kidney_L": ("organ", ("kidney_left",)),
-    "Kidney_R": ("organ", ("kidney_right",)),
-    "Spleen": ("organ", ("spleen",)),
-    "Lesion_1": ("lesion", ("lesion_1",)),
-    "Lesion_2": ("lesion", ("lesion_2",)),
-}
 
 
 @dataclass(frozen=True)
