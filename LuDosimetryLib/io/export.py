@@ -128,7 +128,7 @@ def _pid_alive(pid: int) -> bool:
             kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
             kernel32.CloseHandle(handle)
             return code.value == 259  # STILL_ACTIVE
-        except Exception:
+        except (OSError, AttributeError):  # no kernel32 (not Windows after all) or the call failed
             return True
     try:
         os.kill(int(pid), 0)
@@ -434,7 +434,7 @@ def _clean(obj):
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         try:
             obj = obj.item()
-        except Exception:
+        except (TypeError, ValueError):  # an array of more than one element, or an object whose item() wants arguments
             pass
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

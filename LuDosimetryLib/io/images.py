@@ -526,7 +526,7 @@ def _duration_s(ds) -> Optional[float]:
         item = rot[0]
         try:
             return float(item.ActualFrameDuration) / 1000.0 * float(item.NumberOfFramesInRotation)
-        except Exception:
+        except (AttributeError, TypeError, ValueError):  # a tag absent, empty or not a number
             return None
     return None
 
