@@ -72,7 +72,9 @@ points (e.g. 2,3) with their method, the model of each VOI (auto = AICc), TAC pl
 dose-voxel kernel (dvk) or local deposition (ldm), density correction. Results: per-VOI table (with the
 uncertainty, BED and EQD2), DVH plot, export of the RT Dose, the edited VOIs (RTSTRUCT), CSV and the report
 (report.html, report.pdf, results.json), Open report. Cycles: the results.json of each of a patient's cycles,
-cumulative dose and BED per VOI and the further cycles under the kidney and red-marrow limits.
+cumulative dose and BED per VOI and the further cycles under the kidney and red-marrow limits. Whole body and
+red marrow: planar whole-body images, hybrid planar/SPECT, red-marrow method, blood samples; the planar view
+(a session's image with the VOI regions), its regions edited in Segment Editor and Recompute with them.
 """
         self.parent.acknowledgementText = """
 Decay data: ICRP Publication 107 (icrp107-database package).
@@ -176,6 +178,9 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              ("cyclesAddButton", self.onCyclesAddButton),
                              ("cyclesRemoveButton", self.onCyclesRemoveButton),
                              ("cyclesComputeButton", self.onCyclesComputeButton),
+                             ("showPlanarViewButton", self.onShowPlanarViewButton),
+                             ("planarRegionsEditButton", self.onPlanarRegionsEditButton),
+                             ("planarRecomputeButton", self.onPlanarRecomputeButton),
                              ("showRegistrationCheckButton", self.onShowRegistrationCheckButton)):
             getattr(self.ui, button).connect("clicked(bool)", slot)
 
@@ -256,7 +261,8 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.recomputeButton.enabled = (ready and idle and bool(segmentations)
                                            and all(n is not None for n in segmentations))
         for section in (self.ui.studyCollapsibleButton, self.ui.registrationCollapsibleButton,
-                        self.ui.voisCollapsibleButton, self.ui.fitsCollapsibleButton, self.ui.doseCollapsibleButton):
+                        self.ui.voisCollapsibleButton, self.ui.fitsCollapsibleButton, self.ui.doseCollapsibleButton,
+                        self.ui.wholeBodyCollapsibleButton):
             section.enabled = idle
         projections = has_projections(self._inventoryJson)
         self.ui.reconstructionCollapsibleButton.enabled = idle and projections
@@ -279,12 +285,22 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # A kernel file applies to the kernel convolution only; its density only with a file.
             self.ui.kernelFilePathLineEdit.enabled = idle and node.doseMethod == "dvk"
             self.ui.kernelDensitySpinBox.enabled = idle and node.doseMethod == "dvk" and bool(node.kernelFile.strip())
+            for widget in (self.ui.planarCalibrationSpinBox, self.ui.hybridTimePointSpinBox):  # planar images only
+                widget.enabled = idle and node.usePlanar
+            for widget in (self.ui.bloodSamplesPathLineEdit, self.ui.rmblrSpinBox):  # the blood-based method only
+                widget.enabled = idle and node.marrowMethod in ("auto", "blood")
         outputs = self._outputDirectory()
         from LuDosimetryLib.report import REPORT_HTML_FILE, RESULTS_FILE, RTDOSE_FILE
         for button, name in ((self.ui.exportRtDoseButton, RTDOSE_FILE), (self.ui.exportCsvButton, RESULTS_FILE),
                              (self.ui.exportReportButton, RESULTS_FILE), (self.ui.openReportButton, REPORT_HTML_FILE)):
             button.enabled = idle and outputs is not None and (outputs / name).is_file()
         self.ui.cyclesComputeButton.enabled = idle and self.ui.cyclesListWidget.count > 0
+        sessions = self.session.planar_session_count(outputs) if self.logic and outputs is not None else 0
+        self.ui.planarSessionSpinBox.maximum = max(sessions, 1)
+        self.ui.showPlanarViewButton.enabled = idle and sessions > 0
+        shown = bool(self.logic and self.session.planar_view_nodes)
+        self.ui.planarRegionsEditButton.enabled = idle and shown
+        self.ui.planarRecomputeButton.enabled = ready and idle and shown
         self.ui.voiTimePointSpinBox.maximum = max(len(segmentations) - 1, 0)
         self.ui.registrationCheckTimePointSpinBox.maximum = max(self.ui.referenceTimePointSpinBox.maximum - 1, 1)
         self.ui.runButton.toolTip = ("Compute TACs, TIA, absorbed dose and DVHs and write them to the output folder."
@@ -472,9 +488,10 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegmentEditorButton(self) -> None:
         """Open Segment Editor on this time point's segmentation and SPECT."""
         node = self._parameterNode
-        if not node or node.voiSegmentation is None:
-            return
-        segmentation = node.voiSegmentation
+        if node and node.voiSegmentation is not None:
+            self._openSegmentEditor(node.voiSegmentation)
+
+    def _openSegmentEditor(self, segmentation) -> None:
         source = self.session.source_volume_for_segmentation(segmentation)
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
@@ -740,12 +757,51 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillTable(self.ui.fitsTableWidget, [VOI_COLUMN] + [title for _, title in FIT_COLUMNS],
                         [[row["voi"]] + [row[key] for key, _ in FIT_COLUMNS] for row in fit_rows(results.vois)],
                         [VOI_COLUMN] + [key for key, _ in FIT_COLUMNS])
+        rows = self.session.whole_body_rows(results)
+        self._fillTable(self.ui.wholeBodyTableWidget, rows[0], rows[1:], ["", "", "tia_bq_s", "", "", ""])
         nodes = self.session.last_nodes
         if nodes.get("dose") is not None:
             background = nodes["spect"] if nodes.get("spect") is not None else nodes["dose"]
             slicer.util.setSliceViewerLayers(background=background, foreground=nodes["dose"],
                                              foregroundOpacity=0.5, fit=True)
         self._showCharts()
+
+    # ----------------------------------------------------------------------------- Planar view (#14)
+
+    def onShowPlanarViewButton(self) -> None:
+        """The chosen planar session's image (Bq per pixel) with its VOI regions, in the coronal slice view."""
+        from LuDosimetryLib.errors import LuDosimetryError
+        try:
+            volume, segmentation = self.session.show_planar_view(self.ui.planarSessionSpinBox.value,
+                                                                 self._outputDirectory())
+        except LuDosimetryError as error:
+            self._showError(error)
+            return
+        slicer.util.setSliceViewerLayers(background=volume, foreground=None, fit=True)
+        segmentation.GetDisplayNode().SetVisibility(True)
+        self._checkCanRun()
+
+    def onPlanarRegionsEditButton(self) -> None:
+        """Open Segment Editor on the shown planar session's regions and image."""
+        if self.ui.planarSessionSpinBox.value not in self.session.planar_view_nodes:
+            self.onShowPlanarViewButton()
+        shown = self.session.planar_view_nodes.get(self.ui.planarSessionSpinBox.value)
+        if shown is not None:
+            self._openSegmentEditor(shown[1])
+
+    def onPlanarRecomputeButton(self) -> None:
+        """Rerun with the planar regions of the views shown (edited or not) into ``<output folder>-edited``."""
+        if self._running or not self._parameterNode:
+            return
+        from LuDosimetryLib.mrml.session import edited_output_dir
+
+        node = self._parameterNode
+        out = edited_output_dir(node.outputDirectory)
+        results = self._runAndShow(lambda: self.session.recompute_with_edited_planar_regions(
+            node.studyDirectory, out, self._runOptions(), overwrite=node.overwrite, progress=self._onProgress),
+            lambda results: f"Done. Results with the edited planar regions written to {out}")
+        if results is not None:
+            self.showResults(results)
 
     # --------------------------------------------------------------------------------------- Cycles
 

@@ -526,27 +526,36 @@ RUN_OPTIONS: Tuple[Option, ...] = (
            "with MODEL one of " + ", ".join(c for c, _ in MODEL_CHOICES) + " (repeatable)",
            flag="--voi-model", metavar="NAME=MODEL", parameter="voiModels", panel_unset=""),
     Option("planar", "bool", True, "use the planar whole-body images for the whole body, remainder of body and "
-           "hybrid (conjugate view; --no-planar: whole body from the SPECT field of view)", flag="--no-planar"),
+           "hybrid (conjugate view; --no-planar: whole body from the SPECT field of view)", flag="--no-planar",
+           parameter="usePlanar"),
+    Option("planar_regions", "repeated_path", None, "planar regions edited by the user, replacing the projected "
+           "regions of the VOIs they name: a VOI mask file (NRRD) on one planar session's grid, as the run writes "
+           "them (planar/session<k>_regions.nrrd) and the panel saves them (repeatable: one file per session)",
+           flag="--planar-regions", metavar="NRRD"),
     Option("planar_calibration_cps_per_mbq", "float", None, "planar system sensitivity per head, photopeak, source "
            "in air; default: 10 cps/MBq, a named assumption", unit="cps/MBq", minimum=0.0, exclusive_minimum=True,
-           flag="--planar-calibration-cps-per-mbq", metavar="CPS_PER_MBQ"),
+           flag="--planar-calibration-cps-per-mbq", metavar="CPS_PER_MBQ", parameter="planarCalibrationCpsPerMBq",
+           panel_unset=0.0, panel_range=(0.0, 1.0e4)),
     Option("hybrid_time_point", "int", None, "hybrid planar/SPECT: each VOI's curve shape from the planar images, "
            "its amplitude from the SPECT of time point K (1 = first), reported beside the SPECT TIA",
-           minimum=1, offset=-1, flag="--hybrid", metavar="K"),
+           minimum=1, offset=-1, flag="--hybrid", metavar="K", parameter="hybridTimePoint", panel_unset=0,
+           panel_range=(0, 10)),
     Option("marrow_method", "choice", "none", "red-marrow TIA: image (L2-L4 vertebrae VOI from the CT, or an "
            "RTSTRUCT ROI named L2-L4/RedMarrow/Marrow), blood (--blood-samples), auto (blood when samples are given, "
            "else image; both reported when both exist) or none (default: the automatic L2-L4 region is a named "
            "assumption, so a run computes the marrow only when asked)", choices=("auto", "image", "blood", "none"),
-           flag="--marrow-method"),
+           flag="--marrow-method", parameter="marrowMethod"),
     Option("blood_samples", "path", None, "CSV of blood samples for the blood-based red-marrow method: a time "
            "column (hours after injection or ISO date/time) and a concentration column with its unit in the "
-           "header (Bq/mL, kBq/mL or MBq/mL)", flag="--blood-samples", metavar="CSV"),
+           "header (Bq/mL, kBq/mL or MBq/mL)", flag="--blood-samples", metavar="CSV", parameter="bloodSamples",
+           panel_unset=""),
     Option("rmblr", "float", None, "red-marrow-to-blood activity-concentration ratio of the blood-based method; "
            "default 1 (Hindorf et al. 2010, Forrer et al. 2009), a named assumption", minimum=0.0,
-           exclusive_minimum=True, flag="--rmblr", metavar="RATIO"),
+           exclusive_minimum=True, flag="--rmblr", metavar="RATIO", parameter="rmblr", panel_unset=0.0,
+           panel_range=(0.0, 10.0)),
     Option("patient_sex", "choice", "auto", "patient sex for the ICRP 89 reference red-marrow and body masses "
            "(auto: DICOM PatientSex; neither M nor F there: male, a named assumption)", choices=("auto", "M", "F"),
-           flag="--patient-sex"),
+           flag="--patient-sex", parameter="patientSex"),
     Option("strict", "bool", False, "refuse instead of assuming: every value the run would have to assume "
            "(an inferred date, a default density, a tag read as its default...) ends the run with an error",
            flag="--strict", parameter="strict"),

@@ -23,3 +23,19 @@ def time_point_masks_file(number: int) -> str:
     """The VOI masks (:mod:`LuDosimetryLib.io.voi_masks`) of time point ``number`` (1-based), as the run used
     them, relative to the output folder."""
     return f"{TIME_POINTS_DIR}/tp{number}_vois.nrrd"
+
+
+#: Folder of the planar views (#14): each planar session's geometric-mean image and its VOI regions.
+PLANAR_DIR = "planar"
+
+
+def planar_image_file(number: int) -> str:
+    """The attenuation-corrected geometric mean (Bq per pixel) of planar session ``number`` (1-based), a one-slice
+    coronal volume (:func:`LuDosimetryLib.planar.projection.grid_image`), relative to the output folder."""
+    return f"{PLANAR_DIR}/session{number}_geometric_mean_bq.nrrd"
+
+
+def planar_regions_file(number: int) -> str:
+    """The VOI regions the run used on planar session ``number`` (1-based), on its grid (a VOI mask file of
+    :mod:`LuDosimetryLib.io.voi_masks`; ``--planar-regions`` reads it back), relative to the output folder."""
+    return f"{PLANAR_DIR}/session{number}_regions.nrrd"

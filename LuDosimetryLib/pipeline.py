@@ -135,6 +135,8 @@ class StudyResults:
     whole_body: Optional[dict] = None
     remainder_of_body: Optional[dict] = None
     red_marrow: Optional[dict] = None
+    # Planar views (#14): per planar session (acquisition time ISO, image, {VOI: region}) (whole_body.py)
+    planar_views: List[tuple] = field(default_factory=list)
 
     def to_json(self) -> dict:
         from .options import options_as_json
@@ -378,6 +380,7 @@ class _RunContext:
     whole_body: Optional[dict] = None
     remainder_of_body: Optional[dict] = None
     red_marrow: Optional[dict] = None
+    planar_views: List[tuple] = field(default_factory=list)
 
 
 @dataclass
@@ -433,7 +436,9 @@ def _run_stages(study_dir, options: RunOptions, progress) -> StudyResults:
     # The stages, and the slice of the progress each reports into.
     ctx.inventory = _read_inventory(ctx)                             # 0    – 0.1
     _check_blood_samples(ctx)
-    tps = _read_spects(ctx, _choose_time_points(ctx))                # 0.1  – 0.25
+    entries = _choose_time_points(ctx)
+    _check_planar(ctx, len(entries))
+    tps = _read_spects(ctx, entries)                                 # 0.1  – 0.25
     _read_ct_density(ctx, tps)                                       # 0.25 – 0.35
     _read_vois(ctx, tps)                                             # 0.35 – 0.45
     _register_and_propagate(ctx, tps)                                # 0.45 – 0.6
@@ -1009,6 +1014,17 @@ def _whole_body(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[str, 
     whole_body_stage(ctx, tps, kinetics, vois, tia_voxel)
 
 
+def _check_planar(ctx: _RunContext, n_time_points: int) -> None:
+    """Check the planar images' headers and the planar options at the start (:mod:`.whole_body`)."""
+    from .whole_body import check_planar_inputs
+    check_planar_inputs(ctx, n_time_points)
+
+
+def _planar_region_files(options: RunOptions) -> List[Tuple[str, str]]:
+    """``[(provenance role, path)]`` of the ``--planar-regions`` files (one role per file)."""
+    return [(f"planar_regions_{k + 1}", path) for k, path in enumerate(options.planar_regions or ())]
+
+
 def _check_blood_samples(ctx: _RunContext) -> None:
     """Read ``--blood-samples`` at the start, so that a bad file ends the run before its long stages."""
     if ctx.options.blood_samples is not None and ctx.options.marrow_method in ("auto", "blood"):
@@ -1113,10 +1129,12 @@ def _study_results(ctx: _RunContext, tps: List[TimePointData], kinetics: Dict[st
                                  other_files={role: path for role, path in (("dose_kernel", ctx.options.kernel_path),
                                                                             ("population", ctx.options.population
                                                                              if ctx.options.reduced_method == "nlmm"
-                                                                             else None))
+                                                                             else None),
+                                                                            *_planar_region_files(ctx.options))
                                               if path is not None}),
         time_point_images=[tp.image for tp in tps], time_point_masks=[tp.masks for tp in tps],
-        whole_body=ctx.whole_body, remainder_of_body=ctx.remainder_of_body, red_marrow=ctx.red_marrow)
+        whole_body=ctx.whole_body, remainder_of_body=ctx.remainder_of_body, red_marrow=ctx.red_marrow,
+        planar_views=ctx.planar_views)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -63,6 +63,7 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
     """
     from .dvh import plot_dvh, write_dvh_csv
     from .io.dicom_common import PatientInfo, StudyInfo
+    from .io.planar import write_planar_views
     from .io.rtdose import write_rtdose
     from .patient_report import report_files
 
@@ -75,6 +76,7 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
         sitk.WriteImage(results.dose_gy, str(tmp / DOSE_FILE), True)
         sitk.WriteImage(results.tia_bq_s_per_ml, str(tmp / TIA_FILE), True)
         write_time_points(tmp, results)
+        write_planar_views(tmp, getattr(results, "planar_views", None))  # planar/ (#14): the panel's planar view
         patient = PatientInfo(patient_id=results.patient_id, patient_name=results.patient_name or results.patient_id)
         study = StudyInfo(study_instance_uid=results.study_instance_uid or StudyInfo().study_instance_uid,
                           study_datetime=results.time_points[0].acquisition_time)

@@ -20,6 +20,13 @@ Hybrid planar/SPECT (``options.hybrid_time_point``)
     2022;49:1778–1809, doi:10.1007/s00259-022-05727-7) and of MIRD Pamphlet No. 26 (Ljungberg M. et al., J Nucl
     Med 2016;57:151–162). Reported beside the run's SPECT TIA, with their difference.
 
+Planar view and edited regions
+    Each session's attenuation-corrected geometric mean and the regions used are kept (``ctx.planar_views``,
+    written by :func:`LuDosimetryLib.io.planar.write_planar_views`); ``options.planar_regions`` (files the panel
+    saves after the user edits them) replace the projected regions that they change. A region drawn by the user is
+    taken as it is (:func:`~LuDosimetryLib.planar.regions.region_activity` with ``restore=False``). The checks of
+    the planar inputs that need only the headers run before any heavy work (:func:`check_planar_inputs`).
+
 Mean absorbed doses here are the electrons' (ICRP 107 mean energy per decay) deposited in the region's mass;
 photons and cross-dose are not in them (they are said so in ``dose_method``).
 """
@@ -70,9 +77,13 @@ class PlanarMeasurement:
     outside_ct_fraction: float
     regions: Dict[str, object] = field(default_factory=dict)  # VOI → planar.regions.RegionActivity
     file: str = ""
+    image: Optional[sitk.Image] = None  # attenuation-corrected geometric mean (Bq per pixel), projection.grid_image
+    region_masks: Dict[str, np.ndarray] = field(default_factory=dict)  # VOI → bool (rows, columns), as used
+    edited: Dict[str, str] = field(default_factory=dict)  # VOI → the --planar-regions file its region came from
 
     def to_json(self) -> dict:
         return {"hours": self.hours, "acquisition_time": self.acquisition_time, "activity_bq": self.whole_body_bq,
+                "edited_regions": dict(self.edited),
                 "counts": self.counts, "scatter_fraction": self.scatter_fraction,
                 "room_background_counts_per_pixel": self.room_background_counts_per_pixel,
                 "imaged_s": self.imaged_s, "ct_and_spect_of_time_point": self.time_point,
@@ -113,10 +124,107 @@ def whole_body_stage(ctx, tps, kinetics, vois, tia_voxel: np.ndarray) -> None:
     if hybrid is not None and len(measured) < 2:
         raise OptionError("hybrid planar/SPECT needs planar whole-body images at two or more times (with a CT "
                           f"for their attenuation); the study has {len(measured)}", option="hybrid_time_point")
+    ctx.planar_views = [(m.acquisition_time, m.image, m.region_masks) for m in measured]
     ctx.whole_body = (_planar_whole_body(ctx, tps, measured) if measured else _spect_whole_body(ctx, tps, reason))
     ctx.remainder_of_body = _remainder(ctx, tps, kinetics, vois, tia_voxel, ctx.whole_body, measured)
     if hybrid is not None:
         ctx.whole_body["hybrid"] = _hybrid(ctx, tps, kinetics, vois, measured, hybrid)
+
+
+def check_planar_inputs(ctx, n_time_points: int) -> None:
+    """The checks of the planar inputs and options made before any heavy work (from the headers only).
+
+    Parameters
+    ----------
+    ctx
+        The run's context, with its inventory.
+    n_time_points : int
+        The study's SPECT time points.
+
+    Raises
+    ------
+    OptionError
+        ``--hybrid K`` with K not a time point, or without planar images at two or more times;
+        ``--planar-regions`` without planar images, or a file not of a planar session of the study or not on
+        its matrix.
+    DicomFileError
+        A planar session without the opposite view or without a window containing the photopeak; a header
+        that does not state the view or the energy window.
+    """
+    from .io.planar import planar_sessions, read_session_header
+
+    options = ctx.options
+    hybrid = options.hybrid_time_point
+    if hybrid is not None and not 0 <= hybrid < n_time_points:
+        raise OptionError(f"time point {hybrid + 1} does not exist (the study has {n_time_points})",
+                          option="hybrid_time_point")
+    entries = ctx.inventory.by_role("planar_whole_body") if options.planar else []
+    headers = [read_session_header(files) for files in planar_sessions(entries)]
+    for header in headers:
+        _check_views(header.acquisition_time, header.windows, header.files[0])
+    without = "the planar images are left out (--no-planar)" if not options.planar else \
+        f"the study has {len(headers)} planar whole-body session{'s' if len(headers) != 1 else ''}"
+    if hybrid is not None and len(headers) < 2:
+        raise OptionError(f"hybrid planar/SPECT needs planar whole-body images at two or more times; {without}",
+                          option="hybrid_time_point")
+    if options.planar_regions and not headers:
+        raise OptionError(f"planar regions given, but {without}", option="planar_regions")
+    for path in options.planar_regions or ():
+        _region_file_session(path, headers)
+
+
+def _check_views(acquisition_time, windows: Dict[str, list], path: str) -> None:
+    """Both views, each with a window containing the photopeak (``windows``: view → [(name, keV range)])."""
+    from .recon.energy import EnergyWindow, identify_windows
+
+    missing = [v for v in ("ANTERIOR", "POSTERIOR") if v not in windows]
+    if missing:
+        have = " and ".join(v.lower() for v in windows) or "no"
+        raise DicomFileError(f"planar session of {acquisition_time.isoformat()} has only the {have} view: the "
+                             f"conjugate-view method needs the {missing[0].lower()} view too (or leave the planar "
+                             "images out with {option})", path, option="planar")
+    for view, wins in windows.items():
+        try:
+            identify_windows([EnergyWindow(name, *kev) for name, kev in wins])
+        except ValueError as exc:
+            raise DicomFileError(f"planar {view.lower()} view of {acquisition_time.isoformat()}: {exc} (or leave "
+                                 "the planar images out with {option})", path, option="planar") from None
+
+
+def _region_file_session(path, headers):
+    """The session header a ``--planar-regions`` file is of; refused when none, or not on its matrix."""
+    from .io.planar import read_planar_regions
+
+    _masks, grid, session = read_planar_regions(path)
+    by_time = {h.acquisition_time.isoformat(): h for h in headers}
+    header = by_time.get(session)
+    if header is None:
+        raise OptionError(f"the regions are of the planar session of {session or 'an unnamed session'}, which the "
+                          f"study does not have (its sessions: {', '.join(by_time) or 'none'})", path,
+                          option="planar_regions")
+    cols, _one, rows = grid.GetSize()
+    sx, _sy, sz = grid.GetSpacing()
+    spacing = header.pixel_spacing_mm or (sz, sx)
+    if (rows, cols) != tuple(header.shape) or abs(sz - spacing[0]) > 1e-3 * spacing[0] \
+            or abs(sx - spacing[1]) > 1e-3 * spacing[1]:
+        raise OptionError(f"the regions' grid ({rows}x{cols} pixels of {sz:g}x{sx:g} mm) is not the planar grid of "
+                          f"the session of {session} ({header.shape[0]}x{header.shape[1]} pixels of "
+                          f"{spacing[0]:g}x{spacing[1]:g} mm)", path, option="planar_regions")
+    return header
+
+
+def summary_rows(whole_body: Optional[dict], remainder_of_body: Optional[dict], red_marrow: Optional[dict]
+                 ) -> List[List[object]]:
+    """The rows of the whole-body results table: a title row, then one row per quantity the run has:
+    ``[quantity, method, TIA (Bq·s), mean dose (Gy), u(TIA) (%), u(dose) (%)]`` (None where not computed)."""
+    rows: List[List[object]] = [["Quantity", "Method", "TIA (Bq s)", "Mean dose (Gy)", "u TIA (%)",
+                                 "u dose (%)"]]
+    for title, d in (("Whole body", whole_body), ("Remainder of body", remainder_of_body),
+                     ("Red marrow", red_marrow)):
+        if d is not None:
+            rows.append([title, d.get("method"), d.get("tia_bq_s"), d.get("mean_dose_gy"),
+                         d.get("tia_uncertainty_pct"), d.get("mean_dose_uncertainty_pct")])
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ planar
@@ -168,12 +276,8 @@ def _views(ctx, acq):
         views = split_windows(acq.frames)
     except ValueError as exc:
         raise DicomFileError(f"planar image: {exc}", path) from None
-    missing = [v for v in ("ANTERIOR", "POSTERIOR") if v not in views]
-    if missing:
-        have = " and ".join(v.lower() for v in views) or "no"
-        raise DicomFileError(f"planar session of {acq.acquisition_time.isoformat()} has only the {have} view: the "
-                             f"conjugate-view method needs the {missing[0].lower()} view too (or leave the planar "
-                             "images out with {option})", path, option="planar")
+    _check_views(acq.acquisition_time, {v: [(w.name, (w.lower_kev, w.upper_kev)) for w in vc.windows]
+                                        for v, vc in views.items()}, path)
     for view in ("ANTERIOR", "POSTERIOR"):
         vc = views[view]
         if vc.lower is None:
@@ -199,7 +303,8 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
     """
     from .planar.conjugate import (activity_image_bq, conjugate_mean, counts_per_bq, depth_profile_factor,
                                    self_attenuation_factor)
-    from .planar.projection import (PlanarGrid, align_offset_px, project, sample_on_grid, volume_grid, y_range)
+    from .planar.projection import (PlanarGrid, align_offset_px, grid_image, project, sample_on_grid, volume_grid,
+                                    y_range)
     from .planar.regions import MIN_THICKNESS_MM, background_ring, nesting, region_activity, region_masks
     from .recon.mumap import mu_image_from_ct, mu_water_per_cm
 
@@ -268,6 +373,8 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
         thick[name] = project(img, grid, dy)
     nest = nesting(tp.masks)
     regions = region_masks(thick, nest)
+    edited = _edited_regions(ctx, acq, grid, regions)
+    regions.update({name: mask for name, (mask, _path) in edited.items()})
     size = {n: float(np.count_nonzero(np.asarray(mk) >= 0.5)) for n, mk in tp.masks.items()}
     body_f = self_attenuation_factor(mu_l)
     acts = {}
@@ -278,12 +385,46 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
         excluded = np.any(others, axis=0) if others else np.zeros_like(body)
         ring = background_ring(regions[name], excluded | (thick[name] >= MIN_THICKNESS_MM), body, px)
         acts[name] = region_activity(m, regions[name], thick[name], body_t, self_attenuation_factor(mu_w * thick[name]),
-                                     body_f, ring)
+                                     body_f, ring, restore=name not in edited)
     return PlanarMeasurement(hours=hours, acquisition_time=acq.acquisition_time.isoformat(), whole_body_bq=wb,
                              counts=counts, scatter_fraction=1.0 - prim / counts if counts > 0 else float("nan"),
                              room_background_counts_per_pixel=background, sensitivity_cps_per_mbq=sensitivity,
                              imaged_s=acq.dwell_s, time_point=tp.index + 1, offset_mm=offset, correlation=corr,
-                             outside_ct_fraction=outside, regions=acts, file=path)
+                             outside_ct_fraction=outside, regions=acts, file=path,
+                             image=grid_image(grid, 0.5 * (yr[0] + yr[1]), m * factor), region_masks=regions,
+                             edited={name: path for name, (_mask, path) in edited.items()})
+
+
+def _edited_regions(ctx, acq, grid, projected: Dict[str, np.ndarray]) -> Dict[str, tuple]:
+    """``{VOI: (region, file)}`` of the ``--planar-regions`` files of this session whose region differs from the
+    projected one (a region equal to its projection is the projection); VOIs the run does not have are named in
+    the warnings and left out.
+
+    Raises
+    ------
+    OptionError
+        A file of this session that does not lie on its planar grid (the placement found on the CT).
+    """
+    from .io.planar import read_planar_regions
+    from .planar.projection import same_grid
+
+    session = acq.acquisition_time.isoformat()
+    out = {}
+    for path in ctx.options.planar_regions or ():
+        masks, image, of = read_planar_regions(path)
+        if of != session:
+            continue
+        if not same_grid(image, grid):
+            raise OptionError(f"the regions do not lie on the planar grid of the session of {session} (its position "
+                              f"on the CT: x {grid.x0_mm:.1f} mm, z {grid.z0_mm:.1f} mm; the file's: x "
+                              f"{image.GetOrigin()[0]:.1f} mm, z {image.GetOrigin()[2]:.1f} mm)", path,
+                              option="planar_regions")
+        for name, mask in masks.items():
+            if name not in projected:
+                ctx.warnings.append(f"{path}: planar region {name!r} is not a VOI of the run; left out")
+            elif not np.array_equal(mask, projected[name]):
+                out[name] = (np.asarray(mask, dtype=bool), str(path))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ curves
@@ -352,7 +493,9 @@ def _planar_whole_body(ctx, tps, measured: List[PlanarMeasurement]) -> dict:
                                   "activity_bq": [m.regions[name].activity_bq for m in measured],
                                   "background_bq": [m.regions[name].background_bq for m in measured],
                                   "fraction_of_projection_used": [m.regions[name].used_thickness_fraction
-                                                                  for m in measured]}
+                                                                  for m in measured],
+                                  # the --planar-regions file of each session whose region was edited, else None
+                                  "edited_region_file": [m.edited.get(name) for m in measured]}
                            for name in measured[0].regions if all(name in m.regions for m in measured)}
     beyond = max(m.outside_ct_fraction for m in measured)
     d["limitations"] = [] if beyond <= 0.001 else [

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -182,6 +183,73 @@ def _values(value, n: int) -> list:
         value, (str, bytes)) else [value]
 
 
+def _frame_labels(ds, path: str) -> List[Tuple[object, str, str, Tuple[float, float]]]:
+    """``(detector item, view, window name, window keV)`` of each frame of a planar file's header."""
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    dets = ds.get("DetectorInformationSequence") or []
+    ewv = [int(v) for v in _values(ds.get("EnergyWindowVector"), n)]
+    dv = [int(v) for v in _values(ds.get("DetectorVector"), n)]
+    if len(ewv) != n or len(dv) != n:
+        raise DicomFileError(f"EnergyWindowVector/DetectorVector do not have one entry per frame ({n})", path)
+    out = []
+    for k in range(n):
+        det = dets[dv[k] - 1] if 0 < dv[k] <= len(dets) else None
+        out.append((det, _view_of(det, ds, path)) + _window_of(ds, ewv[k] - 1, path))
+    return out
+
+
+@dataclass
+class PlanarSessionHeader:
+    """What the headers of one planar session's files say, before any pixel is read.
+
+    Attributes
+    ----------
+    acquisition_time : datetime
+    windows : dict view → list of (window name, (lower keV, upper keV))
+    shape : (int, int)
+        (rows, columns) of the frames.
+    pixel_spacing_mm : (float, float) or None
+    files : list of str
+    """
+
+    acquisition_time: datetime
+    windows: Dict[str, List[Tuple[str, Tuple[float, float]]]]
+    shape: Tuple[int, int]
+    pixel_spacing_mm: Optional[Tuple[float, float]]
+    files: List[str]
+
+
+def read_session_header(files: Sequence[str]) -> PlanarSessionHeader:
+    """The views, energy windows and matrix of one planar session from its headers (no pixel data): what the
+    run checks before its long stages.
+
+    Raises
+    ------
+    DicomFileError
+        A header that cannot be read, or whose view, energy window or acquisition time is not stated.
+    """
+    windows: Dict[str, List[Tuple[str, Tuple[float, float]]]] = {}
+    times, shape, spacing = [], None, None
+    for path in files:
+        try:
+            ds = read_dicom(path, stop_before_pixels=True)
+        except Exception as exc:  # truncated or not DICOM
+            raise DicomFileError(f"unreadable planar image ({type(exc).__name__}: {exc})", path) from None
+        when, _src = acquisition_datetime(ds)
+        if when is None:
+            raise DicomFileError("planar image without an acquisition date/time", path)
+        times.append(when)
+        shape = shape or (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+        ps = ds.get("PixelSpacing")
+        if spacing is None and ps is not None and len(ps) == 2:
+            spacing = (float(ps[0]), float(ps[1]))
+        for _det, view, name, kev in _frame_labels(ds, path):
+            windows.setdefault(view, []).append((name, kev))
+    if not times:
+        raise DicomFileError("no planar frame", files[0] if files else None)
+    return PlanarSessionHeader(min(times), windows, shape, spacing, [str(f) for f in files])
+
+
 def read_planar(files: Sequence[str]) -> PlanarAcquisition:
     """Read the files of one planar session (one or more series, any split of views and windows).
 
@@ -216,15 +284,7 @@ def read_planar(files: Sequence[str]) -> PlanarAcquisition:
             raise DicomFileError(f"pixel spacing {ps} mm differs from the session's other planar images {spacing}",
                                  path)
         spacing = ps
-        dets = ds.get("DetectorInformationSequence") or []
-        ewv = [int(v) for v in _values(ds.get("EnergyWindowVector"), n)]
-        dv = [int(v) for v in _values(ds.get("DetectorVector"), n)]
-        if len(ewv) != n or len(dv) != n:
-            raise DicomFileError(f"EnergyWindowVector/DetectorVector do not have one entry per frame ({n})", path)
-        for k in range(n):
-            det = dets[dv[k] - 1] if 0 < dv[k] <= len(dets) else None
-            view = _view_of(det, ds, path)
-            name, kev = _window_of(ds, ewv[k] - 1, path)
+        for k, (det, view, name, kev) in enumerate(_frame_labels(ds, path)):
             rx, cz = _orientation(det, ds, view, path)
             img = pixels[k] * slope
             ipp = det.get("ImagePositionPatient") if det is not None else None
@@ -267,3 +327,88 @@ def planar_sessions(entries, gap_h: float = 1.0) -> List[List[str]]:
         else:
             groups.append([e])
     return [[f for e in g for f in e.files] for g in groups]
+
+
+# ------------------------------------------------------------------------------------- planar views
+
+#: Header field of a planar view's files: the acquisition date/time (ISO 8601) of the session they show.
+SESSION_FIELD = "LuDosimetry_planar_session"
+
+
+def write_planar_view(folder, number: int, image, regions: Mapping[str, np.ndarray],
+                      acquisition_time: str) -> List[str]:
+    """Write planar session ``number``'s (1-based) image and regions into the output folder ``folder``
+    (:func:`LuDosimetryLib.output_layout.planar_image_file`, :func:`~LuDosimetryLib.output_layout.planar_regions_file`).
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        The one-slice coronal volume of the session's grid (:func:`LuDosimetryLib.planar.projection.grid_image`).
+    regions : dict VOI → bool ndarray (rows, columns)
+        The regions the run used (overlapping ones kept: a VOI mask file).
+    acquisition_time : str
+        The session's (ISO 8601), written into both headers (:data:`SESSION_FIELD`).
+
+    Returns
+    -------
+    list of str
+        The two paths relative to ``folder``.
+    """
+    import SimpleITK as sitk
+
+    from ..output_layout import planar_image_file, planar_regions_file
+    from .voi_masks import write_voi_masks
+
+    folder = Path(folder)
+    names = [planar_image_file(number), planar_regions_file(number)]
+    (folder / names[0]).parent.mkdir(parents=True, exist_ok=True)
+    shown = sitk.Image(image)
+    shown.SetMetaData(SESSION_FIELD, str(acquisition_time))
+    sitk.WriteImage(shown, str(folder / names[0]), True)
+    rows, _one, cols = sitk.GetArrayViewFromImage(image).shape
+    write_voi_masks(folder / names[1], {n: np.asarray(m).reshape(rows, 1, cols) for n, m in regions.items()},
+                    image, {SESSION_FIELD: str(acquisition_time)})
+    return names
+
+
+def read_planar_regions(path):
+    """The regions of a planar region file (:func:`write_planar_view`, or the panel's after an edit).
+
+    Returns
+    -------
+    regions : dict VOI → bool ndarray (rows, columns)
+    grid : SimpleITK.Image
+        The file's geometry (one coronal slice; :func:`LuDosimetryLib.planar.projection.same_grid` compares
+        it with a session's).
+    acquisition_time : str or None
+        The session the file is of (:data:`SESSION_FIELD`).
+
+    Raises
+    ------
+    OptionError
+        Not a region file (naming it and the option).
+    """
+    from ..errors import LuDosimetryError, OptionError
+    from .voi_masks import read_voi_masks
+
+    if not Path(path).is_file():
+        raise OptionError("no such file", path, option="planar_regions")
+    try:
+        masks, grid = read_voi_masks(path)
+    except LuDosimetryError as exc:
+        raise OptionError(exc.problem, path, option="planar_regions") from None
+    size = grid.GetSize()
+    if len(size) != 3 or size[1] != 1:
+        raise OptionError(f"not a planar region file: a volume of {'x'.join(map(str, size))} voxels, not one "
+                          "coronal slice", path, option="planar_regions")
+    session = grid.GetMetaData(SESSION_FIELD) if grid.HasMetaDataKey(SESSION_FIELD) else None
+    return {n: m[:, 0, :] for n, m in masks.items()}, grid, session
+
+
+def write_planar_views(folder, views) -> List[str]:
+    """Every planar session's view (``StudyResults.planar_views``: (acquisition time, image, regions), in time
+    order, numbered from 1) into the output folder; the paths written, relative to it."""
+    written: List[str] = []
+    for number, (acquisition_time, image, regions) in enumerate(views or (), start=1):
+        written += write_planar_view(folder, number, image, regions, acquisition_time)
+    return written

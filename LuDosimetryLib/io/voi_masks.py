@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,8 +20,10 @@ from ..errors import OutputError, StructureError
 NAMES_FIELD = "LuDosimetry_voi_names"
 
 
-def write_voi_masks(path, masks: Mapping[str, np.ndarray], reference: sitk.Image) -> Path:
-    """Write VOI masks (z, y, x; a voxel is in a VOI where its weight is ≥ 0.5) on ``reference``'s grid.
+def write_voi_masks(path, masks: Mapping[str, np.ndarray], reference: sitk.Image,
+                    metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write VOI masks (z, y, x; a voxel is in a VOI where its weight is ≥ 0.5) on ``reference``'s grid, with
+    ``metadata`` (header fields, e.g. what the grid is of) beside the names.
 
     Raises
     ------
@@ -41,6 +43,8 @@ def write_voi_masks(path, masks: Mapping[str, np.ndarray], reference: sitk.Image
     image.SetOrigin(reference.GetOrigin())
     image.SetSpacing(reference.GetSpacing())
     image.SetDirection(reference.GetDirection())
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), str(value))
     image.SetMetaData(NAMES_FIELD, json.dumps(names))
     try:
         sitk.WriteImage(image, str(path), True)
@@ -56,7 +60,7 @@ def read_voi_masks(path) -> Tuple[Dict[str, np.ndarray], sitk.Image]:
     -------
     masks : dict name → bool ndarray (z, y, x)
     grid : SimpleITK.Image
-        An empty (uint8) image with the masks' geometry.
+        An empty (uint8) image with the masks' geometry, and the ``metadata`` of :func:`write_voi_masks`.
 
     Raises
     ------
@@ -78,4 +82,7 @@ def read_voi_masks(path) -> Tuple[Dict[str, np.ndarray], sitk.Image]:
     grid.SetOrigin(image.GetOrigin())
     grid.SetSpacing(image.GetSpacing())
     grid.SetDirection(image.GetDirection())
+    for key in image.GetMetaDataKeys():
+        if key != NAMES_FIELD and not key.startswith(("NRRD_", "ITK_")):
+            grid.SetMetaData(key, image.GetMetaData(key))
     return masks, grid

@@ -15,7 +15,9 @@ from .nodes import (
     add_volume, image_from_volume_node, add_segmentation, add_structure_set, segment_names, segment_colors,
     masks_from_segmentation, result_columns, add_results_table, table_rows, set_text_table, add_dvh_chart,
     add_tac_chart, add_results, add_time_points, add_registered_spects, registered_spect_nodes, referenced_series_for,
-    export_masks_rtstruct, export_segmentation_rtstruct, write_working_study, save_mrb, load_mrb)
+    export_masks_rtstruct, export_segmentation_rtstruct, write_working_study, save_mrb, load_mrb,
+    PLANAR_SESSION_ATTRIBUTE, add_whole_body_table, add_planar_view, planar_regions_from_segmentation,
+    planar_view_nodes)
 from .session import DosimetrySession
 
 __all__ = [
@@ -58,5 +60,10 @@ __all__ = [
     "write_working_study",
     "save_mrb",
     "load_mrb",
+    "PLANAR_SESSION_ATTRIBUTE",
+    "add_whole_body_table",
+    "add_planar_view",
+    "planar_regions_from_segmentation",
+    "planar_view_nodes",
     "DosimetrySession",
 ]

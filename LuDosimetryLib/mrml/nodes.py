@@ -62,6 +62,9 @@ REFERENCE_TIME_POINT_ATTRIBUTE = "LuDosimetry.ReferenceTimePoint"
 #: Node-reference role from a registered SPECT to the reference SPECT volume it is to be compared with.
 REFERENCE_VOLUME_ROLE = "LuDosimetryReferenceVolume"
 
+#: Node attribute of a planar view's volume and regions (#14): the acquisition date/time of its session (ISO 8601).
+PLANAR_SESSION_ATTRIBUTE = "LuDosimetry.PlanarSession"
+
 # Logics of the scenes made by create_scene, kept alive as long as the scene (VTK objects held in Python
 # are freed when the last Python reference goes).
 _SCENE_LOGICS: Dict[int, list] = {}
@@ -735,6 +738,67 @@ def add_tac_chart(scene, results, name: str = "LuDosimetry TAC", *, colors: Opti
     return chart
 
 
+def add_whole_body_table(scene, results, name: str = "LuDosimetry whole body", *,
+                         parent_item: Optional[int] = None):
+    """Whole body, remainder of body and red marrow (#14) as a text ``vtkMRMLTableNode``: a row per quantity the
+    run has (:func:`LuDosimetryLib.whole_body.summary_rows`: method, TIA, mean dose, uncertainties); None when
+    the run has none of them."""
+    from ..result_tables import format_value
+    from ..whole_body import summary_rows
+
+    rows = summary_rows(results.whole_body, results.remainder_of_body, results.red_marrow)
+    if len(rows) == 1:
+        return None
+    keys = ("", "", "tia_bq_s", "", "", "")
+    text = [rows[0]] + [[format_value(key, value) for key, value in zip(keys, row)] for row in rows[1:]]
+    return set_text_table(scene, text, name, parent_item=parent_item)
+
+
+# ------------------------------------------------------------------------------------------ planar views
+
+def add_planar_view(scene, image: sitk.Image, regions: Mapping[str, np.ndarray], session: str, name: str, *,
+                    parent_item: Optional[int] = None) -> Tuple[Any, Any]:
+    """A planar session's image (one coronal slice, :func:`LuDosimetryLib.planar.projection.grid_image`: shown in
+    the coronal view over the CT) and its VOI regions, as a volume and a segmentation drawn on it.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        Attenuation-corrected geometric mean (Bq per pixel) of the session.
+    regions : mapping VOI → bool ndarray (rows, columns)
+    session : str
+        The session's acquisition date/time (ISO 8601), kept as :data:`PLANAR_SESSION_ATTRIBUTE` on both nodes.
+
+    Returns
+    -------
+    (vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode)
+    """
+    volume = add_volume(scene, image, f"{name} (Bq per pixel)", parent_item=parent_item,
+                        attributes={PLANAR_SESSION_ATTRIBUTE: session, "LuDosimetry.Units": "Bq/pixel"})
+    rows, _one, cols = sitk.GetArrayViewFromImage(image).shape
+    segmentation = add_segmentation(scene, {n: np.asarray(m).reshape(rows, 1, cols) for n, m in regions.items()},
+                                    image, f"{name} regions", parent_item=parent_item, reference_volume=volume)
+    segmentation.SetAttribute(PLANAR_SESSION_ATTRIBUTE, session)
+    return volume, segmentation
+
+
+def planar_regions_from_segmentation(segmentation_node, reference: sitk.Image) -> Dict[str, np.ndarray]:
+    """The (edited) segments of a planar view as regions, bool (rows, columns), on the planar image ``reference``."""
+    return {n: m[:, 0, :] for n, m in masks_from_segmentation(segmentation_node, reference).items()}
+
+
+def planar_view_nodes(scene) -> Dict[str, Tuple[Any, Any]]:
+    """``{session (ISO 8601): (volume, segmentation)}`` of the planar views in the scene (the last of each)."""
+    found: Dict[str, list] = {}
+    for class_name, slot in (("vtkMRMLScalarVolumeNode", 0), ("vtkMRMLSegmentationNode", 1)):
+        for k in range(scene.GetNumberOfNodesByClass(class_name)):
+            node = scene.GetNthNodeByClass(k, class_name)
+            session = node.GetAttribute(PLANAR_SESSION_ATTRIBUTE)
+            if session:
+                found.setdefault(session, [None, None])[slot] = node
+    return {session: (pair[0], pair[1]) for session, pair in found.items()}
+
+
 # ------------------------------------------------------------------------------------- whole studies
 
 def add_results(scene, results, *, name_prefix: str = "LuDosimetry", parent_item: Optional[int] = None,
@@ -745,7 +809,8 @@ def add_results(scene, results, *, name_prefix: str = "LuDosimetry", parent_item
     Returns
     -------
     dict
-        ``{"study_item", "spect", "dose", "tia", "table", "dvh_chart", "tac_chart"}``.
+        ``{"study_item", "spect", "dose", "tia", "table", "dvh_chart", "tac_chart", "whole_body_table"}`` (the
+        last None when the run has no whole-body quantity).
     """
     if parent_item is None:
         parent_item = study_item(scene, results.patient_id, results.patient_name, results.study_instance_uid,
@@ -765,6 +830,8 @@ def add_results(scene, results, *, name_prefix: str = "LuDosimetry", parent_item
                                        parent_item=parent_item)
     nodes["dvh_chart"] = add_dvh_chart(scene, results, f"{name_prefix} DVH", colors=colors, parent_item=parent_item)
     nodes["tac_chart"] = add_tac_chart(scene, results, f"{name_prefix} TAC", colors=colors, parent_item=parent_item)
+    nodes["whole_body_table"] = add_whole_body_table(scene, results, f"{name_prefix} whole body",
+                                                     parent_item=parent_item)
     return nodes
 
 

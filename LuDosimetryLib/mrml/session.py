@@ -48,6 +48,13 @@ def reconstruction_dir(out_dir) -> Path:
     return out.with_name(out.name + "-recon")
 
 
+def planar_regions_dir(out_dir) -> Path:
+    """Where the panel saves the planar regions edited in its planar view, for a run into ``out_dir``:
+    ``<output folder>-planar-regions`` beside it (the run reads them with ``--planar-regions``)."""
+    out = Path(out_dir)
+    return out.with_name(out.name + "-planar-regions")
+
+
 def safe_folder_name(text: str) -> str:
     """A folder name made of the letters, digits, '-', '_' and '.' of ``text`` (others become '_')."""
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._")
@@ -93,6 +100,7 @@ class DosimetrySession:
         self.time_point_items: List[Dict[str, Any]] = []
         self.registration_nodes: Dict[int, Any] = {}
         self.cycles_table_node = None
+        self.planar_view_nodes: Dict[int, Tuple[Any, Any]] = {}
 
     def forget_scene_nodes(self) -> None:
         """Drop the references to nodes of a scene that was closed."""
@@ -100,6 +108,7 @@ class DosimetrySession:
         self.time_point_items = []
         self.registration_nodes = {}
         self.cycles_table_node = None
+        self.planar_view_nodes = {}
 
     # ---------------------------------------------------------------------------------- study
 
@@ -180,6 +189,7 @@ class DosimetrySession:
 
         self.last_nodes = {}
         self.registration_nodes = {}
+        self.planar_view_nodes = {}  # the new run's views are loaded from its folder
         results = run_study(study_dir, options,
                             progress=lambda fraction, message: report(RUN_STUDY_SHARE * fraction, message))
         report(RUN_STUDY_SHARE, "Writing the results")
@@ -356,6 +366,111 @@ class DosimetrySession:
         inventory = self.inventory(study_dir, options)
         entry, spect = self._spect_of_time_point(inventory, options, int(time_point))
         return nodes.export_segmentation_rtstruct(segmentation_node, path, spect.image, entry)
+
+    # ----------------------------------------------------------------------------- planar view (#14)
+
+    def planar_session_count(self, out_dir=None) -> int:
+        """The planar sessions whose view a run wrote into ``out_dir`` (default: the last run's folder)."""
+        from ..output_layout import planar_regions_file
+
+        folder = self._output_folder(out_dir)
+        count = 0
+        while (folder / planar_regions_file(count + 1)).is_file():
+            count += 1
+        return count
+
+    def _output_folder(self, out_dir) -> Path:
+        folder = out_dir if out_dir is not None else self.last_output_dir
+        return _required(folder, "output folder", OutputError)
+
+    def show_planar_view(self, session_number: int, out_dir=None) -> Tuple[Any, Any]:
+        """Load planar session ``session_number``'s (1-based) image and VOI regions written by a run into
+        ``out_dir`` (:func:`LuDosimetryLib.io.planar.write_planar_view`) as a volume and a segmentation drawn on
+        it, once per session (later calls give the same nodes, with their edits).
+
+        Returns
+        -------
+        (vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode)
+
+        Raises
+        ------
+        OutputError
+            The folder has no planar view of that session.
+        """
+        import SimpleITK as sitk
+
+        from ..io.planar import read_planar_regions
+        from ..output_layout import planar_image_file, planar_regions_file
+
+        number = int(session_number)
+        known = self.planar_view_nodes.get(number)
+        if known is not None and all(node is not None and node.GetScene() is self.scene for node in known):
+            return known
+        folder = self._output_folder(out_dir)
+        image_path, regions_path = folder / planar_image_file(number), folder / planar_regions_file(number)
+        if not image_path.is_file() or not regions_path.is_file():
+            raise OutputError(f"no planar view of session {number} (a run with planar whole-body images writes "
+                              f"{planar_image_file(number)})", folder)
+        regions, _grid, session = read_planar_regions(regions_path)
+        self.planar_view_nodes[number] = nodes.add_planar_view(
+            self.scene, sitk.ReadImage(str(image_path)), regions, session or "",
+            f"LuDosimetry planar session {number}", parent_item=self.last_nodes.get("study_item"))
+        return self.planar_view_nodes[number]
+
+    def save_planar_regions(self, folder, overwrite: bool = False) -> List[Path]:
+        """Write the regions of every planar view shown (:meth:`show_planar_view`; edited or not) into
+        ``folder``, one file per session as ``--planar-regions`` reads them, each atomically.
+
+        Raises
+        ------
+        OutputError
+            No planar view shown, or a file exists and ``overwrite`` is False.
+        """
+        from ..io.export import atomic_file
+        from ..io.planar import SESSION_FIELD
+        from ..io.voi_masks import write_voi_masks
+        from ..output_layout import planar_regions_file
+
+        shown = {k: pair for k, pair in sorted(self.planar_view_nodes.items()) if all(n is not None for n in pair)}
+        if not shown:
+            raise OutputError("no planar view shown: show a planar session and edit its regions first")
+        paths = [Path(folder) / Path(planar_regions_file(k)).name for k in shown]
+        existing = [str(p) for p in paths if p.exists()]
+        if existing and not overwrite:
+            raise OutputError(f"would replace {', '.join(existing)}: allow overwriting", folder)
+        for path, (volume, segmentation) in zip(paths, shown.values()):
+            reference = nodes.image_from_volume_node(volume)
+            regions = nodes.planar_regions_from_segmentation(segmentation, reference)
+            cols, _one, rows = reference.GetSize()
+            with atomic_file(path, ".nrrd") as tmp:
+                write_voi_masks(tmp, {n: m.reshape(rows, 1, cols) for n, m in regions.items()}, reference,
+                                {SESSION_FIELD: volume.GetAttribute(nodes.PLANAR_SESSION_ATTRIBUTE) or ""})
+        return paths
+
+    def recompute_with_edited_planar_regions(self, study_dir, out_dir, options: Optional[RunOptions] = None, *,
+                                             overwrite: bool = False, progress: Optional[ProgressCallback] = None,
+                                             load_into_scene: Optional[bool] = None, **option_values):
+        """Rerun the dosimetry with the planar regions of the planar views shown (edited in the Segment Editor):
+        they are saved into :func:`planar_regions_dir` of ``out_dir`` and passed as ``--planar-regions`` (a
+        region equal to its projection changes nothing). Arguments as for :meth:`run`."""
+        from ..io.export import check_output_dir
+
+        out_dir = _required(out_dir, "output folder", OutputError)
+        options = replace_options(options or RunOptions(), **option_values)
+        check_output_dir(out_dir, overwrite)
+        files = self.save_planar_regions(planar_regions_dir(out_dir), overwrite=overwrite)
+        return self.run(study_dir, out_dir, replace_options(options, planar_regions=tuple(str(f) for f in files)),
+                        overwrite=overwrite, load_into_scene=load_into_scene, progress=progress)
+
+    def whole_body_rows(self, results=None) -> List[List[Any]]:
+        """The panel's whole-body table of a run (default the last): a title row, then whole body, remainder
+        of body and red marrow where the run has them (:func:`LuDosimetryLib.whole_body.summary_rows`)."""
+        from ..whole_body import summary_rows
+
+        results = results if results is not None else self.last_results
+        if results is None:
+            return summary_rows(None, None, None)
+        return summary_rows(results.whole_body, results.remainder_of_body, results.red_marrow)
 
     # ----------------------------------------------------------------------------------- scene
 

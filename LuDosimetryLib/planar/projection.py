@@ -120,6 +120,40 @@ def volume_grid(image: sitk.Image, spacing_mm: Tuple[float, float]) -> PlanarGri
     return PlanarGrid(float(lo[0]), float(hi[2]), tuple(float(s) for s in spacing_mm), (rows, cols))
 
 
+#: Direction of a planar view's image (:func:`grid_image`): columns along +x, one slice along −y (seen from the
+#: front), rows along −z (head → feet); a right-handed frame.
+VIEW_DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def grid_image(grid: PlanarGrid, y_mm: float, values: Optional[np.ndarray] = None,
+               pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+    """A planar grid as a one-slice coronal volume at patient ``y_mm`` (LPS): shown in Slicer's coronal view
+    over the CT, its pixels where the projected VOIs are. ``values`` (rows, columns), default zeros.
+
+    The volume's array is (rows, 1, columns); its slice is ``spacing_mm[1]`` thick.
+    """
+    rows, cols = grid.shape
+    arr = np.zeros((rows, 1, cols)) if values is None else np.asarray(values).reshape(rows, 1, cols)
+    image = sitk.Cast(sitk.GetImageFromArray(arr.astype(np.float32)), pixel_type)
+    image.SetSpacing((float(grid.spacing_mm[1]), float(grid.spacing_mm[1]), float(grid.spacing_mm[0])))
+    image.SetOrigin((float(grid.x0_mm), float(y_mm), float(grid.z0_mm)))
+    image.SetDirection(VIEW_DIRECTION)
+    return image
+
+
+def same_grid(image: sitk.Image, grid: PlanarGrid, tolerance_px: float = 0.5) -> bool:
+    """Whether ``image`` (e.g. a planar region file) lies on ``grid``: a one-slice volume of :func:`grid_image`'s
+    direction, the grid's matrix and pixel size (within 0.1 %), its first pixel within ``tolerance_px``."""
+    rows, cols = grid.shape
+    sz, sx = grid.spacing_mm
+    spacing = image.GetSpacing()
+    origin = image.GetOrigin()
+    return (tuple(image.GetSize()) == (cols, 1, rows)
+            and np.allclose(image.GetDirection(), VIEW_DIRECTION, atol=1e-3)
+            and abs(spacing[0] - sx) <= 1e-3 * sx and abs(spacing[2] - sz) <= 1e-3 * sz
+            and abs(origin[0] - grid.x0_mm) <= tolerance_px * sx and abs(origin[2] - grid.z0_mm) <= tolerance_px * sz)
+
+
 def align_offset_px(planar: np.ndarray, template: np.ndarray, guess_px: Optional[Tuple[int, int]] = None,
                     search_px: int = 10) -> Tuple[float, float, float]:
     """Where the template best sits in the planar image: (row, column) of its pixel (0, 0), by correlation.

@@ -86,7 +86,7 @@ class RegionActivity:
 
 def region_activity(gm_over_sqrt_t_bq: np.ndarray, region: np.ndarray, thickness_mm: np.ndarray,
                     body_thickness_mm: np.ndarray, voi_f: np.ndarray, body_f: np.ndarray,
-                    ring: Optional[np.ndarray]) -> RegionActivity:
+                    ring: Optional[np.ndarray], restore: bool = True) -> RegionActivity:
     """Background-corrected activity of one VOI (Bq).
 
     With G the attenuation-corrected geometric mean over counts per Bq (Bq), a column of uniform background
@@ -113,6 +113,10 @@ def region_activity(gm_over_sqrt_t_bq: np.ndarray, region: np.ndarray, thickness
         Self-attenuation factors f(μt) and f(μL).
     ring : bool ndarray or None
         Background ring (:func:`background_ring`); None or empty: no background subtraction.
+    restore : bool
+        Restore the part of the VOI's projection outside the region (A_region · Σ_all t / Σ_region t; the
+        projected regions). False for a region drawn by the user: the region is taken to hold the VOI's
+        activity, A = A_region (an empty region gives NaN: not measured).
     """
     c = 0.0
     n_ring = 0 if ring is None else int(ring.sum())
@@ -126,5 +130,7 @@ def region_activity(gm_over_sqrt_t_bq: np.ndarray, region: np.ndarray, thickness
     full = float(t.sum())
     used = float(t[region].sum())
     frac = used / full if full > 0 else 0.0
-    activity = (gross - background) / frac if frac > 0 else float("nan")
-    return RegionActivity(activity, background / frac if frac > 0 else float("nan"), int(region.sum()), n_ring, frac)
+    divisor = frac if restore else (1.0 if region.any() else 0.0)
+    activity = (gross - background) / divisor if divisor > 0 else float("nan")
+    return RegionActivity(activity, background / divisor if divisor > 0 else float("nan"), int(region.sum()), n_ring,
+                          frac)

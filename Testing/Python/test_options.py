@@ -192,10 +192,19 @@ SAME_OPTIONS = [
                                      "--reference-time-point", "3"],
      {"kineticsFrom": "/data/c1/results.json", "reducedTimePoints": "3", "referenceTimePoint": 3},
      {"kinetics_from": "/data/c1/results.json", "time_points": (3,), "reference_time_point": 2}),
+    # #14 whole body and red marrow
+    ("planar and hybrid", ["--no-planar", "--planar-calibration-cps-per-mbq", "9.5", "--hybrid", "2"],
+     {"usePlanar": False, "planarCalibrationCpsPerMBq": 9.5, "hybridTimePoint": 2},
+     {"planar": False, "planar_calibration_cps_per_mbq": 9.5, "hybrid_time_point": 1}),
+    ("red marrow", ["--marrow-method", "blood", "--blood-samples", "/data/blood.csv", "--rmblr", "0.8",
+                    "--patient-sex", "F"],
+     {"marrowMethod": "blood", "bloodSamples": "/data/blood.csv", "rmblr": 0.8, "patientSex": "F"},
+     {"marrow_method": "blood", "blood_samples": "/data/blood.csv", "rmblr": 0.8, "patient_sex": "F"}),
     ("panel values that mean 'not given'", [],
      {"injectedActivityMBq": 0.0, "psfFwhmMm": 0.0, "injectionTime": "", "reducedTimePoints": "", "kernelFile": "",
       "voiModels": "", "residualActivityMBq": 0.0, "organTypes": " , ", "populationHalfLives": "",
-      "radiobiologyTissues": "", "kineticsFrom": ""}, {}),
+      "radiobiologyTissues": "", "kineticsFrom": "", "planarCalibrationCpsPerMBq": 0.0, "hybridTimePoint": 0,
+      "bloodSamples": "", "rmblr": 0.0, "marrowMethod": "none", "patientSex": "auto", "usePlanar": True}, {}),
 ]
 
 
@@ -248,10 +257,8 @@ def test_command_line_and_panel_give_the_same_recon_options(argv, panel, expecte
 #: folders, the projection forms (the panel takes the study as scanned and reconstructs every form).
 COMMAND_LINE_ONLY = {"spect_series_uid", "spect_calibration_bq_per_ml_per_unit", "spect_source", "extra_study_dirs",
                      "calibration_cps_per_mbq", "forms",
-                     # #14 whole body: command line only until the panel gets its planar/hybrid widgets
-                     "planar", "planar_calibration_cps_per_mbq", "hybrid_time_point",
-                     # #14 red marrow: command line only until the panel gets its widgets
-                     "marrow_method", "blood_samples", "rmblr", "patient_sex"}
+                     # the panel has no widget for it: its recompute passes the regions edited in its planar view
+                     "planar_regions"}
 
 
 def test_the_panel_offers_every_option_but_those_of_the_command_line_only():
@@ -307,6 +314,9 @@ def test_panel_shows_library_values_in_user_units():
 
 #: (case, command-line arguments, option refused, panel values giving the same error (None: no such panel value))
 REFUSED = [
+    ("blood-based marrow without samples", ["--marrow-method", "blood"], "blood_samples", {"marrowMethod": "blood"}),
+    ("negative red-marrow-to-blood ratio", ["--rmblr", "-0.5"], "rmblr", {"rmblr": -0.5}),
+    ("hybrid at time point 0", ["--hybrid", "0"], "hybrid_time_point", None),  # 0 in the panel = not given
     ("zero activity", ["--injected-activity-mbq", "0"], "injected_activity_bq", None),  # 0 in the panel = not given
     ("negative activity", ["--injected-activity-mbq", "-5"], "injected_activity_bq", {"injectedActivityMBq": -5.0}),
     ("activity not a number", ["--injected-activity-mbq", "abc"], "injected_activity_bq", None),
