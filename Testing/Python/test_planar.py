@@ -19,6 +19,7 @@ from LuDosimetryLib.planar.conjugate import (activity_image_bq, conjugate_mean, 
 from LuDosimetryLib.planar.projection import PlanarGrid, align_offset_px, project
 from LuDosimetryLib.planar.regions import nesting, region_activity, region_masks
 from LuDosimetryLib.planar.windows import split_windows, tew_primary
+from test_twin import cached_twin  # the one fast twin of the test session
 
 MU_WATER_PER_MM = 0.01353  # 208 keV (NIST XCOM, log-log between 200 and 300 keV)
 
@@ -144,11 +145,8 @@ def test_alignment_finds_a_known_shift_below_a_pixel():
 
 @pytest.fixture(scope="module")
 def twin4(tmp_path_factory):
-    from LuDosimetryLib.phantom import write_twin
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return write_twin(tmp_path_factory.mktemp("planar_twin"), preset="patient4", seed=1, fast=True,
-                          projections=False)
+    """The fast patient4 twin (seed 1), written once per test session and shared with test_twin (read-only)."""
+    return cached_twin(tmp_path_factory, "patient4", 1)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from LuDosimetryLib.options import RunOptions
 from LuDosimetryLib.output_layout import planar_image_file, planar_regions_file
 from LuDosimetryLib.pipeline import run_study, write_outputs
 from LuDosimetryLib.provenance import sha256_of_file
+from test_twin import cached_twin  # the one fast twin of the test session
 
 OPTIONS = dict(dose_method="ldm", planar_calibration_cps_per_mbq=10.0)
 
@@ -33,11 +34,8 @@ def _run(study, **values):
 
 @pytest.fixture(scope="module")
 def twin4(tmp_path_factory):
-    from LuDosimetryLib.phantom import write_twin
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return write_twin(tmp_path_factory.mktemp("planar_panel_twin"), preset="patient4", seed=1, fast=True,
-                          projections=False)
+    """The fast patient4 twin (seed 1), written once per test session and shared with test_twin (read-only)."""
+    return cached_twin(tmp_path_factory, "patient4", 1)
 
 
 @pytest.fixture(scope="module")
