@@ -2,7 +2,8 @@
 
 Subcommands: ``inspect`` (inventory of a study), ``run`` (the whole chain), ``batch`` (a cohort of runs on
 Dask), ``population`` (population kinetics of a cohort, for ``run --reduced-method nlmm``), ``dvh`` (statistics of any RT Dose with an RTSTRUCT), ``report`` (rebuild a run's
-report.html/report.pdf from its output folder), ``phantom`` (write the synthetic patient), ``demo`` (phantom + run).
+report.html/report.pdf from its output folder), ``cohort-report`` (rebuild a batch's cohort_report.html/.pdf and
+population plots), ``phantom`` (write the synthetic patient), ``demo`` (phantom + run).
 A user error prints one line ``ludosimetry: error: <file>: <problem>`` and exits with status 2.
 """
 from __future__ import annotations
@@ -269,6 +270,7 @@ def cmd_cycles(args) -> int:
 
 def cmd_batch(args) -> int:
     from .cohort import dashboard_link, open_client, read_cohort, require_dask, run_cohort
+    from .cohort_report import write_cohort_report
 
     require_dask()
     opts = options.options_from_arguments(args, "run")
@@ -289,14 +291,26 @@ def cmd_batch(args) -> int:
 
         summary = run_cohort(entries, args.out, opts, client, report=show,
                              progress_bar=not args.quiet and sys.stderr.isatty())
+        # the plots and report page on a worker: its plotting modules and fonts are loaded by the runs already
+        client.submit(write_cohort_report, str(Path(args.out).absolute()), pure=False).result()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
     if not args.quiet:
         print(f"{summary['ran']} ran, {summary['skipped']} skipped (unchanged), {summary['failed']} failed in "
-              f"{summary['seconds']:.1f} s; cohort table and summary in {args.out}")
+              f"{summary['seconds']:.1f} s; cohort table, summary, population plots and cohort_report.html in "
+              f"{args.out}")
     return 2 if summary["failed"] else 0
+
+
+def cmd_cohort_report(args) -> int:
+    from .cohort_report import write_cohort_report
+    written = write_cohort_report(args.out)
+    if not args.quiet:
+        for path in written:
+            print(f"wrote {path}")
+    return 0
 
 
 def cmd_population(args) -> int:
@@ -431,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="run a cohort (folder of study folders or CSV manifest) on Dask workers",
                        description="One 'ludosimetry run' per patient-cycle into OUT/<patient>/<cycle>/, on a Dask "
                        "LocalCluster or an existing scheduler; unchanged, complete outputs are skipped; writes "
-                       "cohort.csv, cohort.parquet, cohort_summary.json and failures.txt. Exit status 0 when every "
-                       "study ran or was skipped, 2 when any failed (each failure one line in failures.txt).")
+                       "cohort.csv, cohort.parquet, cohort_summary.json, failures.txt, the population plots and "
+                       "cohort_report.html/.pdf. Exit status 0 when every study ran or was skipped, 2 when any "
+                       "failed (each failure one line in failures.txt).")
     p.add_argument("cohort", metavar="COHORT", help="folder of study folders, or a CSV manifest with columns "
                    "study[,injected_activity_mbq,injection_time,cycle]")
     p.add_argument("--out", required=True, help="cohort output folder")
@@ -462,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="output folder of 'ludosimetry run'")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("cohort-report", help="rebuild cohort_report.html/.pdf and the population plots from the "
+                       "output folder of 'ludosimetry batch'")
+    p.add_argument("out", metavar="OUT", help="output folder of 'ludosimetry batch'")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_cohort_report)
 
     p = sub.add_parser("demo", help="synthetic patient + run, then the per-VOI table")
     p.add_argument("--dir", help="folder for the study and results (default: a new temporary folder)")

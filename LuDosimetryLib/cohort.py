@@ -18,7 +18,8 @@ Failures are isolated: a study's error is one line in the summary (:data:`SUMMAR
 atomic output folder means it leaves no half-written output. The per-VOI table of the cohort
 (:func:`cohort_rows`: one row per patient × cycle × VOI) is written as :data:`CSV_FILE` and
 :data:`PARQUET_FILE`, with each VOI's time-activity curve (:data:`TAC_COLUMNS`) for the population kinetics of
-:mod:`LuDosimetryLib.population`.
+:mod:`LuDosimetryLib.population`. ``ludosimetry batch`` then draws the population plots and writes the cohort
+report page from these files (:mod:`LuDosimetryLib.cohort_report`).
 
 Dask, pandas and pyarrow (the ``cohort`` extra) are imported only here, when a batch runs.
 """
@@ -217,6 +218,12 @@ def _folder_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "unknown"
 
 
+def output_folder(out_root, patient_id: str, cycle: str) -> Path:
+    """The output folder of one patient-cycle in a cohort's output: ``OUT/<patient>/<cycle>/`` (the PatientID
+    with characters other than letters, digits, '.', '_' and '-' replaced by '_')."""
+    return Path(out_root) / _folder_name(patient_id) / cycle
+
+
 def _patient_and_cycle(entry: CohortEntry):
     """(PatientID, cycle label) of a study from its headers and the manifest; the cycle assumed "cycle1" (a
     named assumption) when neither gives one."""
@@ -271,7 +278,7 @@ def plan_study(entry: CohortEntry, options, out_root: str) -> TaskOutcome:
         with recording(strict=bool(opts.strict)) as log:
             outcome.patient_id, outcome.cycle = _patient_and_cycle(entry)
         outcome.assumptions = [a.message() for a in log.items]
-        outcome.folder = str(Path(out_root) / _folder_name(outcome.patient_id) / outcome.cycle)
+        outcome.folder = str(output_folder(out_root, outcome.patient_id, outcome.cycle))
         outcome.fingerprint = fingerprint(entry.study, opts)
         outcome.status = "skipped" if output_complete(outcome.folder, outcome.fingerprint) else ""
     except Exception as exc:  # isolated: one line in the summary, the cohort goes on
@@ -351,19 +358,35 @@ def cohort_rows(outcomes: Sequence[TaskOutcome]) -> List[dict]:
     return rows
 
 
-def _write_tables(out: Path, rows: List[dict], summary: dict, failures: List[str]) -> None:
+def cohort_summary(outcomes: Sequence[TaskOutcome], options, workers: int, timing_s: Dict[str, float]) -> dict:
+    """What :data:`SUMMARY_FILE` holds: the counts, every task's outcome, the failures' lines, the batch's options
+    (:func:`LuDosimetryLib.options.options_as_json`), its workers and ``timing_s`` (planning, runs, after:
+    seconds; "seconds" is their sum)."""
+    from .options import options_as_json
+    failures = [o.failure_line() for o in outcomes if o.status == "failed"]
+    return {"software": __version__, "studies": len(outcomes),
+            "ran": sum(o.status == "ran" for o in outcomes),
+            "skipped": sum(o.status == "skipped" for o in outcomes),
+            "failed": len(failures), "seconds": round(sum(timing_s.values()), 3), "timing_s": timing_s,
+            "workers": workers, "options": options_as_json(options),
+            "tasks": [o.to_json() for o in outcomes], "failures": failures}
+
+
+def write_tables(out, outcomes: Sequence[TaskOutcome]) -> None:
+    """:data:`CSV_FILE`, :data:`PARQUET_FILE` (:func:`cohort_rows`) and :data:`FAILURES_FILE` into ``out``, each
+    atomically."""
     import pandas as pd
 
     from .io.export import atomic_file, write_file_atomically
+    out = Path(out)
     columns = ["patient_id", "cycle", "voi", "injected_activity_mbq"] + [c for c, _, _ in _VOI_COLUMNS] + \
         list(TAC_COLUMNS) + ["study", "results"]
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(cohort_rows(outcomes), columns=columns)
     with atomic_file(out / CSV_FILE) as tmp:
         table.to_csv(tmp, index=False)
     with atomic_file(out / PARQUET_FILE) as tmp:
         table.to_parquet(tmp, index=False)
-    write_file_atomically(out / SUMMARY_FILE, (json.dumps(summary, indent=1) + "\n").encode("utf-8"),
-                          overwrite=True)
+    failures = [o.failure_line() for o in outcomes if o.status == "failed"]
     write_file_atomically(out / FAILURES_FILE, "".join(f"{line}\n" for line in failures).encode("utf-8"),
                           overwrite=True)
 
@@ -428,6 +451,8 @@ def run_cohort(entries: Sequence[CohortEntry], out, options, client,
     progress_bar : bool
         Dask's progress bar on the terminal.
     """
+    from .io.export import write_json
+
     distributed = require_dask()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -458,6 +483,7 @@ def run_cohort(entries: Sequence[CohortEntry], out, options, client,
         if o.status in ("skipped", "failed"):
             report(o)
 
+    t_planned = time.monotonic()
     todo = [i for i, o in enumerate(outcomes) if o.status == ""]
     futures = {client.submit(run_planned, outcomes[i], entries[i], options, pure=False,
                              key=f"ludosimetry-run-{_folder_name(outcomes[i].patient_id)}-{outcomes[i].cycle}-"
@@ -472,13 +498,11 @@ def run_cohort(entries: Sequence[CohortEntry], out, options, client,
             outcomes[i] = _lost(entries[i], exc)
         report(outcomes[i])
 
-    failures = [o.failure_line() for o in outcomes if o.status == "failed"]
-    rows = cohort_rows(outcomes)
-    summary = {"software": __version__, "studies": len(outcomes),
-               "ran": sum(o.status == "ran" for o in outcomes),
-               "skipped": sum(o.status == "skipped" for o in outcomes),
-               "failed": len(failures), "seconds": round(time.monotonic() - t0, 3),
-               "workers": len(client.scheduler_info().get("workers", {})),
-               "tasks": [o.to_json() for o in outcomes], "failures": failures}
-    _write_tables(out, rows, summary, failures)
+    t_ran = time.monotonic()
+    write_tables(out, outcomes)
+    t_end = time.monotonic()
+    timing = {"planning": round(t_planned - t0, 3), "runs": round(t_ran - t_planned, 3),
+              "after": round(t_end - t_ran, 3)}
+    summary = cohort_summary(outcomes, options, len(client.scheduler_info().get("workers", {})), timing)
+    write_json(out / SUMMARY_FILE, summary)
     return summary

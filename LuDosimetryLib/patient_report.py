@@ -532,6 +532,8 @@ class Table:
     mono: bool = False
     collapsed: str = ""  # HTML: inside <details> with this summary
     html_only: bool = False  # long listings (every input file): the PDF gives a digest instead
+    links: List[str] = field(default_factory=list)  # HTML: row i's cell link_column links to links[i] (if not "")
+    link_column: int = 0
 
 
 @dataclass
@@ -851,8 +853,10 @@ def _is_number(text: str) -> bool:
 def _html_table(block: Table) -> str:
     e = html_lib.escape
     head = "".join(f"<th>{e(h)}</th>" for h in block.header)
-    body = "".join("<tr>" + "".join(f'<td class="num">{e(c)}</td>' if _is_number(c) else f"<td>{e(c)}</td>"
-                                    for c in row) + "</tr>" for row in block.rows)
+    body = "".join("<tr>" + "".join(
+        f'<td><a href="{e(block.links[i])}">{e(c)}</a></td>' if k == block.link_column and i < len(block.links)
+        and block.links[i] else f'<td class="num">{e(c)}</td>' if _is_number(c) else f"<td>{e(c)}</td>"
+        for k, c in enumerate(row)) + "</tr>" for i, row in enumerate(block.rows))
     attrs = (f' id="{e(block.table_id)}"' if block.table_id else "") + (' class="mono"' if block.mono else "")
     table = f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return f"<details><summary>{e(block.collapsed)}</summary>{table}</details>" if block.collapsed else table

@@ -101,6 +101,13 @@ def test_local_cluster_batch_equals_single_runs_and_resumes(cohort, single_runs,
         [tp["hours_post_injection"] for tp in pat2["time_points"]])
     assert [float(x) for x in row.tac_activity_bq.split()] == pytest.approx(pat2["vois"]["Kidney_L"]["activity_bq"])
     assert row.nuclide == "Lu-177"
+    # the population plots and the cohort report page, linking each run's report (test_cohort_report.py: content)
+    html = (out / "cohort_report.html").read_text(encoding="utf-8")
+    for pid in PATIENTS:
+        assert f'href="{pid}/cycle2/report.html"' in html
+    for name in ("population_gy_per_gbq.png", "population_t_eff.png", "cohort_report.pdf"):
+        assert (out / name).stat().st_size > 5_000, name
+    assert set(_summary(out)["timing_s"]) == {"planning", "runs", "after"}
     print(f"\nbatch of 3 on 2 workers: {batch_s:.1f} s; single run {single_runs['seconds']:.1f} s; "
           f"N/W x single = {1.5 * single_runs['seconds']:.1f} s", file=sys.stderr)
     _no_leftovers(out)
