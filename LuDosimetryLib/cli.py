@@ -304,13 +304,17 @@ def cmd_batch(args) -> int:
     return 2 if summary["failed"] else 0
 
 
-def cmd_cohort_report(args) -> int:
-    from .cohort_report import write_cohort_report
-    written = write_cohort_report(args.out)
+def _print_written(args, written) -> int:
+    """Print the files a report command wrote (unless ``--quiet``); exit status 0."""
     if not args.quiet:
         for path in written:
             print(f"wrote {path}")
     return 0
+
+
+def cmd_cohort_report(args) -> int:
+    from .cohort_report import write_cohort_report
+    return _print_written(args, write_cohort_report(args.out))
 
 
 def cmd_population(args) -> int:
@@ -331,11 +335,7 @@ def cmd_population(args) -> int:
 
 def cmd_report(args) -> int:
     from .patient_report import write_report
-    written = write_report(args.out)
-    if not args.quiet:
-        for path in written:
-            print(f"wrote {path}")
-    return 0
+    return _print_written(args, write_report(args.out))
 
 
 def cmd_demo(args) -> int:
