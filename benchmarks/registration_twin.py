@@ -25,9 +25,10 @@ deformable, with the per-VOI SPECT refinement, as ``run_study`` does):
 
 Usage: python benchmarks/registration_twin.py [--preset patient4] [--full] [--seed N] [--twin DIR]
 (``--twin`` reuses a twin already written, the patient folder). The default is the fast twin (9.59 mm
-SPECT voxels, about 2.5 min on 2 cores); ``--full`` is the 4.80 mm twin the issue's targets refer to
-(about 10 CPU-minutes: 6 CT-CT registrations of 4 s-2 min each here plus three run_study, two of them
-registering again).
+SPECT voxels, under 2.5 min on 2 cores); ``--full`` is the 4.80 mm twin the issue's targets refer to
+(about 5 min on 2 loaded cores, 15 min before the registration was made faster in #15: 6 registrations
+of 4-20 s each here plus three run_study, two of them registering again). The registration's speed
+alone, against a bare run: ``benchmarks/registration_speed.py``.
 """
 from __future__ import annotations
 

@@ -103,6 +103,52 @@ def test_rigid_only_recovers_a_translation():
     reg = register_time_points(fixed, moving, deformable=False, metric="mean_squares", working_spacing_mm=4.0)
     np.testing.assert_allclose(reg.map_point((60.0, 70.0, 60.0)), (66.0, 66.0, 65.0), atol=1.5)
     assert reg.displacement is None and not reg.voi_corrections
+    assert reg.metrics["rigid_shrink_levels"] == [4, 2, 1]  # a small grid ends at full resolution
+
+
+def _ellipsoid_ct(shape_zyx, spacing_mm: float) -> sitk.Image:
+    """Body ellipse (40 HU) with an organ (300 HU) and a bone (500 HU) in air, scaled to ``shape_zyx``."""
+    nz, ny, nx = shape_zyx
+    zz, yy, xx = np.mgrid[:nz, :ny, :nx] / np.array([nz, ny, nx], dtype=float).reshape(3, 1, 1, 1)
+    arr = np.full(shape_zyx, -1000.0, dtype=np.float32)
+    arr[((xx - 0.5) / 0.38) ** 2 + ((yy - 0.5) / 0.3) ** 2 <= 1] = 40.0
+    arr[((xx - 0.35) / 0.12) ** 2 + ((yy - 0.45) / 0.1) ** 2 + ((zz - 0.5) / 0.2) ** 2 <= 1] = 300.0
+    arr[((xx - 0.6) / 0.08) ** 2 + ((yy - 0.6) / 0.08) ** 2 + ((zz - 0.33) / 0.13) ** 2 <= 1] = 500.0
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((spacing_mm,) * 3)
+    return img
+
+
+def test_rigid_on_a_large_working_grid_recovers_a_translation():
+    """A working grid above 2·10⁵ voxels ends at twice its spacing (no full-resolution level, which
+    small grids get): the shift is still found to well under a voxel, with mutual information."""
+    fixed = _ellipsoid_ct((56, 64, 64), 4.0)
+    shift = sitk.TranslationTransform(3, (5.0, -3.0, 6.0))
+    moving = sitk.Resample(fixed, fixed, shift.GetInverse(), sitk.sitkLinear, -1000.0)
+    reg = register_time_points(fixed, moving, deformable=False, working_spacing_mm=4.0)
+    np.testing.assert_allclose(reg.map_point((128.0, 128.0, 112.0)), (133.0, 125.0, 118.0), atol=1.5)
+    assert reg.metrics["rigid_shrink_levels"] == [4, 2]
+
+
+def test_inverse_field_follows_a_replaced_displacement():
+    """The inverted displacement field is computed once and shared by every VOI's inverse map, and
+    recomputed when the displacement is replaced."""
+    def field(shift_mm):
+        arr = np.zeros((12, 12, 12, 3))
+        arr[..., 0] = shift_mm
+        img = sitk.GetImageFromArray(arr, isVector=True)
+        img.SetSpacing((4.0, 4.0, 4.0))
+        return img
+
+    corr = sitk.Euler3DTransform()
+    corr.SetTranslation((0.0, 1.0, 0.0))
+    reg = Registration(rigid=sitk.Euler3DTransform(), displacement=field(2.0), voi_corrections={"a": corr})
+    p = (20.0, 20.0, 20.0)
+    np.testing.assert_allclose(reg.inverse_for(None).TransformPoint(p), (18.0, 20.0, 20.0), atol=0.05)
+    np.testing.assert_allclose(reg.inverse_for("a").TransformPoint(p), (18.0, 19.0, 20.0), atol=0.05)
+    reg.displacement = field(-3.0)
+    np.testing.assert_allclose(reg.inverse_for(None).TransformPoint(p), (23.0, 20.0, 20.0), atol=0.05)
+    np.testing.assert_allclose(reg.inverse_for("a").TransformPoint(reg.map_point(p, voi="a")), p, atol=0.05)
 
 
 def test_bad_input(case):
