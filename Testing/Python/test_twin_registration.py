@@ -78,8 +78,8 @@ def _masks(res, k):
 
 
 def test_rigid_registration_recovers_known_motion(runs, truth):
-    """Every organ centroid of scan 1 is mapped to its true position at each later time point within one
-    SPECT voxel (9.6 mm here) and, on average, within the issue's 4.8 mm; the motion applied is several mm."""
+    """Every organ centroid of scan 1 is mapped to its true position at each later time point within a quarter
+    of a SPECT voxel (9.6 mm here) and, on average, within 1.2 mm; the motion applied is several mm."""
     _own, res = runs
     assert sorted(res.registrations) == [1, 2, 3]
     ref_img, masks = _masks(res, 0)
@@ -95,8 +95,10 @@ def test_rigid_registration_recovers_known_motion(runs, truth):
             applied.append(np.linalg.norm(true_p - c))
             tres.append(np.linalg.norm(np.array(reg.map_point(c, voi=name)) - true_p))
     assert np.mean(applied) > 6.0  # the identity would fail the checks below
-    assert max(tres) < voxel, tres
-    assert np.mean(tres) < 4.8, tres
+    # a quarter of a SPECT voxel: with the 15 mm shell of the per-VOI refinement (before 8 mm) a kidney's
+    # correction followed the liver and spleen next to it, up to 4.3 mm off on this twin
+    assert max(tres) < voxel / 4, tres
+    assert np.mean(tres) < 1.2, tres
 
 
 def test_propagated_vois_overlap_own_contours(runs, truth):
