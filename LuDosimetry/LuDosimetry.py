@@ -564,20 +564,26 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.voiTimePoint = 0
             node.voiSegmentation = segmentations[0]
 
-    def onRecomputeButton(self) -> None:
-        """Rerun with the scene's VOI segmentations (one per time point) into ``<output folder>-edited``."""
+    def _recomputeEdited(self, recompute, edited: str) -> None:
+        """Rerun through ``recompute(study, out, options, overwrite, progress)`` into ``<output folder>-edited``
+        and show the results; ``edited`` names what the user edited, for the status line."""
         if self._running or not self._parameterNode:
             return
         from LuDosimetryLib.mrml.session import edited_output_dir
 
         node = self._parameterNode
         out = edited_output_dir(node.outputDirectory)
-        results = self._runAndShow(lambda: self.session.recompute_with_edited_vois(
-            node.studyDirectory, self.session.segmentation_nodes_by_time_point(), out, self._runOptions(),
-            overwrite=node.overwrite, progress=self._onProgress),
-            lambda results: f"Done. Results with the edited VOIs written to {out}")
+        results = self._runAndShow(lambda: recompute(node.studyDirectory, out, self._runOptions(),
+                                                     node.overwrite, self._onProgress),
+                                   lambda results: f"Done. Results with the edited {edited} written to {out}")
         if results is not None:
             self.showResults(results)
+
+    def onRecomputeButton(self) -> None:
+        """Rerun with the scene's VOI segmentations (one per time point) into ``<output folder>-edited``."""
+        self._recomputeEdited(lambda study, out, options, overwrite, progress: self.session.recompute_with_edited_vois(
+            study, self.session.segmentation_nodes_by_time_point(), out, options, overwrite=overwrite,
+            progress=progress), "VOIs")
 
     def _runAndShow(self, compute: Callable[[], Any], doneText: Callable[[Any], str]):
         """Run ``compute`` (a session call) with progress and Cancel; the result, or None after an error
@@ -791,17 +797,9 @@ class LuDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPlanarRecomputeButton(self) -> None:
         """Rerun with the planar regions of the views shown (edited or not) into ``<output folder>-edited``."""
-        if self._running or not self._parameterNode:
-            return
-        from LuDosimetryLib.mrml.session import edited_output_dir
-
-        node = self._parameterNode
-        out = edited_output_dir(node.outputDirectory)
-        results = self._runAndShow(lambda: self.session.recompute_with_edited_planar_regions(
-            node.studyDirectory, out, self._runOptions(), overwrite=node.overwrite, progress=self._onProgress),
-            lambda results: f"Done. Results with the edited planar regions written to {out}")
-        if results is not None:
-            self.showResults(results)
+        self._recomputeEdited(lambda study, out, options, overwrite, progress:
+                              self.session.recompute_with_edited_planar_regions(
+                                  study, out, options, overwrite=overwrite, progress=progress), "planar regions")
 
     # --------------------------------------------------------------------------------------- Cycles
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +36,7 @@ import numpy as np
 
 from .cohort import CSV_FILE, FAILURES_FILE, SUMMARY_FILE, CohortError, output_folder
 from .output_layout import REPORT_HTML_FILE, RESULTS_FILE
+from .patient_report import finite_number
 
 GY_PER_GBQ_PLOT = "population_gy_per_gbq.png"
 T_EFF_PLOT = "population_t_eff.png"
@@ -109,14 +109,6 @@ def read_cohort_folder(folder) -> CohortFolder:
 
 # ------------------------------------------------------------------------------------------- numbers
 
-def _float(value) -> Optional[float]:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def organ_groups(rows: Sequence[dict], organ_types: Optional[Dict[str, str]] = None) -> Dict[str, List[dict]]:
     """The rows of ``cohort.csv`` by organ type (:func:`LuDosimetryLib.population.group_of`), in display order:
     :data:`ORGAN_ORDER`, then the others by name, "tumour" last."""
@@ -145,7 +137,7 @@ def _organ_types_of(summary: dict) -> Optional[Dict[str, str]]:
 
 def values(rows: Sequence[dict], column: str) -> np.ndarray:
     """The finite numbers of ``column`` in ``rows`` (empty cells and non-numbers left out)."""
-    numbers = [_float(r.get(column)) for r in rows]
+    numbers = [finite_number(r.get(column)) for r in rows]
     return np.array([x for x in numbers if x is not None], dtype=float)
 
 
@@ -291,7 +283,7 @@ def patient_table(cohort: CohortFolder):
     rows, links = [], []
     for task in sorted(cohort.summary["tasks"], key=lambda t: (t.get("patient_id", ""), t.get("cycle", ""))):
         res = cohort.results.get((task.get("patient_id"), task.get("cycle")), {})
-        activity = _float(res.get("injected_activity_bq"))
+        activity = finite_number(res.get("injected_activity_bq"))
         link = _task_folder_link(cohort, task) if task.get("status") in ("ran", "skipped") else ""
         rows.append([task.get("patient_id") or MISSING, task.get("cycle") or MISSING, task.get("status", ""),
                      str(len(res.get("vois", {}))) if res else MISSING,

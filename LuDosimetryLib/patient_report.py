@@ -210,7 +210,8 @@ def read_run_folder(folder) -> RunFolder:
 
 # ------------------------------------------------------------------------------------------- numbers
 
-def _number(value) -> Optional[float]:
+def finite_number(value) -> Optional[float]:
+    """``value`` as a finite float; None when it is missing, not a number, NaN or infinite."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -220,12 +221,12 @@ def _number(value) -> Optional[float]:
 
 def fmt(value, spec: str = ".2f", scale: float = 1.0) -> str:
     """``value × scale`` formatted with ``spec``; :data:`MISSING` for None, NaN or a non-number."""
-    number = _number(value)
+    number = finite_number(value)
     return MISSING if number is None else format(number * scale, spec)
 
 
 def _volume_text(value) -> str:
-    number = _number(value)
+    number = finite_number(value)
     return MISSING if number is None else format(number, ".2f" if abs(number) < 10 else ".1f")
 
 
@@ -410,7 +411,7 @@ def draw_tacs(fig, run: RunFolder, names: Sequence[str], rect: Rect) -> None:
         else:
             ax_res.text(0.5, 0.5, f"no curve for model {v.get('fit_model')!r}", ha="center", va="center",
                         fontsize=6, transform=ax_res.transAxes)
-        teff = _number(v.get("effective_half_life_h"))
+        teff = finite_number(v.get("effective_half_life_h"))
         ax.set_title(f"{name}: {v.get('fit_model', MISSING)}" + (f", T_eff {teff:.1f} h" if teff else ""),
                      fontsize=7)
         ax.set_ylim(bottom=0)
@@ -559,7 +560,7 @@ def _identity_blocks(res: dict, folder: Path) -> list:
     inputs = res.get("inputs") or {}
     gbq = float(res["injected_activity_bq"]) / 1e9
     activity = f"{gbq * 1e3:.1f} MBq ({gbq:.3f} GBq)"
-    if _number(res.get("residual_activity_bq")) is not None:
+    if finite_number(res.get("residual_activity_bq")) is not None:
         activity += (f", net of a syringe residual of {res['residual_activity_bq'] / 1e6:.1f} MBq (assayed "
                      f"{fmt(res.get('injected_activity_before_residual_bq'), '.1f', 1e-6)} MBq)")
     kernel = res.get("dose_kernel")
@@ -587,7 +588,7 @@ def _identity_blocks(res: dict, folder: Path) -> list:
                        f" (time points {', '.join(f'TP{i}' for i in res['registered'])} to the reference)"
                        if res.get("registered") else "")),
                    ("Partial-volume correction", str(opts.get("pvc", MISSING))
-                    + (f" (PSF {opts['psf_fwhm_mm']:g} mm FWHM)" if _number(opts.get("psf_fwhm_mm")) else ""))]),
+                    + (f" (PSF {opts['psf_fwhm_mm']:g} mm FWHM)" if finite_number(opts.get("psf_fwhm_mm")) else ""))]),
         Paragraph(f"Output folder: {folder}", "small"),
     ]
 
@@ -652,7 +653,7 @@ def _voi_blocks(res: dict) -> list:
                         "the hottest 2/50/98 % of the VOI; u: relative standard uncertainty (k = 1), all components; "
                         f"BED/EQD2: biologically effective dose and its 2-Gy-fraction equivalent. {MISSING}: not "
                         "computed by this run.", "small")]
-    reduced = [(n, v) for n, v in res["vois"].items() if _number(v.get("tia_full_bq_s"))]
+    reduced = [(n, v) for n, v in res["vois"].items() if finite_number(v.get("tia_full_bq_s"))]
     if reduced:
         blocks += [Heading("Reduced imaging against all time points", 3),
                    Table(["VOI", "TIA reduced (MBq·h)", "TIA all time points (MBq·h)", "difference (%)"],
@@ -682,7 +683,7 @@ def _whole_body_blocks(res: dict) -> list:
     notes = [n for key, _ in present for n in (res[key].get("limitations") or [])]
     if notes:
         blocks.append(Bullets(notes, "warning"))
-    hybrid = [(n, v) for n, v in res["vois"].items() if _number(v.get("hybrid_tia_bq_s"))]
+    hybrid = [(n, v) for n, v in res["vois"].items() if finite_number(v.get("hybrid_tia_bq_s"))]
     if hybrid:
         k = ((res.get("whole_body") or {}).get("hybrid") or {}).get("spect_time_point", MISSING)
         blocks += [Heading(f"Hybrid planar/SPECT (amplitude from SPECT time point {k})", 3),
