@@ -97,19 +97,19 @@ def whole_body_stage(ctx, tps, kinetics, vois, tia_voxel: np.ndarray) -> None:
     """Set ``ctx.whole_body`` and ``ctx.remainder_of_body`` and, with ``options.hybrid_time_point``, each VOI's
     ``hybrid_tia_bq_s`` and ``hybrid_vs_spect_pct``.
 
+    The options and headers were checked by :func:`check_planar_inputs` at the start of the run (K a time
+    point, both views, a photopeak window).
+
     Raises
     ------
     DicomFileError
-        A planar session without the opposite view or without a photopeak window, or unreadable.
+        A planar session unreadable.
     OptionError
-        Hybrid without planar images, or at a time point that does not exist.
+        Hybrid with fewer than two planar sessions measured (no CT for their attenuation).
     """
     options = ctx.options
     entries = ctx.inventory.by_role("planar_whole_body") if options.planar else []
     hybrid = options.hybrid_time_point
-    if hybrid is not None and not (0 <= hybrid < len(tps)):
-        raise OptionError(f"time point {hybrid + 1} does not exist (the study has {len(tps)})",
-                          option="hybrid_time_point")
     measured: List[PlanarMeasurement] = []
     reason = "no planar whole-body images in the study" if options.planar else "planar images left out (--no-planar)"
     if entries:
