@@ -37,7 +37,9 @@ def run_preset(preset: str, seed: int, fast: bool, out: Path) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         root = Path(write_twin(out / preset, preset=preset, seed=seed, fast=fast, projections=False))
-        res = run_study(root, RunOptions(blood_samples=str(root / "Blood" / "blood_samples.csv")))
+        # both methods (auto: blood with the samples, image-based beside it); the run's default is no marrow
+        res = run_study(root, RunOptions(blood_samples=str(root / "Blood" / "blood_samples.csv"),
+                                         marrow_method="auto"))
     truth = json.loads((root / "truth.json").read_text())["red_marrow"]
     rm = res.red_marrow
     return {"preset": preset, "truth_tia": truth["tia_bq_s"], "truth_dose": truth["mean_dose_gy"],
