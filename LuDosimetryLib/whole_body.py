@@ -13,8 +13,8 @@ Remainder of body
     EANM red-marrow guidance (Hindorf C. et al., Eur J Nucl Med Mol Imaging 2010;37:1238–1250).
 Hybrid planar/SPECT (``options.hybrid_time_point``)
     Each VOI's curve shape from its planar regions over the planar sessions, its amplitude from one SPECT time
-    point: the fitted planar curve scaled to the SPECT activity at that time, TIA_hyb = TIA_planar ·
-    A_SPECT(t_k) / A_planar(t_k): the hybrid planar–SPECT/CT method of the EANM Dosimetry Committee's Lu-177
+    point: the planar curve scaled by the SPECT over the planar activity of the session taken with that SPECT,
+    TIA_hyb = TIA_planar · A_SPECT(t_k) / A_planar(t_k) (:func:`_hybrid`): the hybrid planar–SPECT/CT method of the EANM Dosimetry Committee's Lu-177
     recommendations (Sjögreen Gleisner K. et al., "EANM dosimetry committee recommendations for dosimetry of
     177Lu-labelled somatostatin-receptor- and PSMA-targeting ligands", Eur J Nucl Med Mol Imaging
     2022;49:1778–1809, doi:10.1007/s00259-022-05727-7) and of MIRD Pamphlet No. 26 (Ljungberg M. et al., J Nucl
@@ -55,6 +55,8 @@ MIN_BACKGROUND_PIXELS = 50
 ALIGNMENT_SEARCH_MM = 60.0
 #: Rays whose SPECT activity is below this fraction of the largest take the uniform-source factor.
 SPECT_PROFILE_MIN_FRACTION = 0.01
+#: Hybrid planar/SPECT: the planar session paired with the SPECT is the nearest one within this (h).
+HYBRID_PAIRING_H = 6.0
 ELECTRON_DOSE = ("electrons (ICRP 107 mean energy per decay) deposited in the region's mass; photons and "
                  "cross-dose not included")
 
@@ -302,10 +304,11 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
     nearest CT row (a named assumption when they hold activity).
     """
     from .planar.conjugate import (activity_image_bq, conjugate_mean, counts_per_bq, depth_profile_factor,
-                                   self_attenuation_factor)
+                                   line_integrals, self_attenuation_factor)
     from .planar.projection import (PlanarGrid, align_offset_px, grid_image, project, sample_on_grid, volume_grid,
                                     y_range)
-    from .planar.regions import MIN_THICKNESS_MM, background_ring, nesting, region_activity, region_masks
+    from .planar.regions import (MIN_THICKNESS_MM, background_ring, nesting, region_activity, region_masks,
+                                 view_depth)
     from .recon.mumap import mu_image_from_ct, mu_water_per_cm
 
     path = acq.files[0]
@@ -365,18 +368,22 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
                f"that of the nearest CT row ({100 * outside:.1f} % of the whole-body activity)", "default", path)
     counts = float((peak["ANTERIOR"] + peak["POSTERIOR"])[region].sum())
     prim = float((primary["ANTERIOR"] + primary["POSTERIOR"])[region].sum())
-    # the VOIs' regions
-    thick = {}
+    # the VOIs' regions, and the depths of the body and of each VOI along every ray (background view by view)
+    mu_rays = mu if rows_in.all() else mu[nearest]
+    in_body = (mu_rays > 0.5 * mu_w).astype(np.float32)
+    to_ant, to_post, _ = line_integrals(mu_rays, dy)
+    body_depth = view_depth(in_body, to_ant, to_post, dy)
+    inside, thick = {}, {}
     for name, mask in tp.masks.items():
         img = sitk.GetImageFromArray(np.asarray(mask, dtype=np.float32))
         img.CopyInformation(tp.image)
-        thick[name] = project(img, grid, dy)
+        inside[name] = sample_on_grid(img, grid, dy, y_range_mm=yr)[0]
+        thick[name] = inside[name].astype(np.float64).sum(axis=1) * dy
     nest = nesting(tp.masks)
     regions = region_masks(thick, nest)
     edited = _edited_regions(ctx, acq, grid, regions)
     regions.update({name: mask for name, (mask, _path) in edited.items()})
     size = {n: float(np.count_nonzero(np.asarray(mk) >= 0.5)) for n, mk in tp.masks.items()}
-    body_f = self_attenuation_factor(mu_l)
     acts = {}
     for name in thick:
         # the ring avoids every other VOI but those containing this one (a lesion's background is its organ)
@@ -384,8 +391,10 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
                   if o != name and not (o in nest[name] and size[o] > size[name])]
         excluded = np.any(others, axis=0) if others else np.zeros_like(body)
         ring = background_ring(regions[name], excluded | (thick[name] >= MIN_THICKNESS_MM), body, px)
-        acts[name] = region_activity(m, regions[name], thick[name], body_t, self_attenuation_factor(mu_w * thick[name]),
-                                     body_f, ring, restore=name not in edited)
+        around = body_depth - view_depth(inside.pop(name) * in_body, to_ant, to_post, dy)
+        acts[name] = region_activity(ant, post, k, transmission, regions[name], thick[name],
+                                     self_attenuation_factor(mu_w * thick[name]), around, body_depth, ring,
+                                     restore=name not in edited)
     return PlanarMeasurement(hours=hours, acquisition_time=acq.acquisition_time.isoformat(), whole_body_bq=wb,
                              counts=counts, scatter_fraction=1.0 - prim / counts if counts > 0 else float("nan"),
                              room_background_counts_per_pixel=background, sensitivity_cps_per_mbq=sensitivity,
@@ -601,12 +610,23 @@ def _remainder(ctx, tps, kinetics, vois, tia_voxel, wb: dict, measured) -> dict:
 # ------------------------------------------------------------------------------------------ hybrid
 
 def _hybrid(ctx, tps, kinetics, vois, measured: List[PlanarMeasurement], k: int) -> dict:
-    """Each VOI's planar curve scaled to its SPECT activity at time point ``k`` (0-based)."""
+    """Each VOI's planar curve scaled to its SPECT activity at time point ``k`` (0-based).
+
+    The scale is measured against measured: the SPECT activity at t_K over the planar activity of the session
+    taken with that SPECT/CT (the guidance's hybrid method: the planar activities of every session times
+    A_SPECT(t_K) / A_planar(t_K); Sjögreen Gleisner et al., Eur J Nucl Med Mol Imaging 2022;49:1778–1809;
+    MIRD Pamphlet No. 26). The planar session is carried to t_K along the planar fit (a planar session is usually
+    within an hour of its SPECT). Without a planar session within ``HYBRID_PAIRING_H`` of t_K, the fitted planar
+    curve at t_K stands in for it (named in the VOI's ``scale_from``).
+    """
     t_k = tps[k].hours
     hours = [m.hours for m in measured]
+    pair = min(range(len(measured)), key=lambda i: abs(hours[i] - t_k))
+    paired = abs(hours[pair] - t_k) <= HYBRID_PAIRING_H
     out = {"spect_time_point": k + 1, "spect_hours": t_k,
-           "method": "planar curve shape (fitted) scaled to the SPECT activity at one time point "
-                     "(Sjögreen Gleisner et al., EJNMMI Phys 2022; MIRD Pamphlet 26)", "vois": {}}
+           "method": "planar curve shape (fitted) scaled by the SPECT over the planar activity at one time point "
+                     "(Sjögreen Gleisner et al., Eur J Nucl Med Mol Imaging 2022; MIRD Pamphlet 26)",
+           "planar_session_paired": measured[pair].acquisition_time if paired else None, "vois": {}}
     for name, voi in vois.items():
         acts = [m.regions[name].activity_bq if name in m.regions else float("nan") for m in measured]
         if not all(math.isfinite(a) and a > 0 for a in acts):
@@ -617,13 +637,21 @@ def _hybrid(ctx, tps, kinetics, vois, measured: List[PlanarMeasurement], k: int)
         except FitError as exc:
             out["vois"][name] = {"note": exc.problem}
             continue
-        a_pl = float(fit.evaluate(np.array([t_k]))[0])
+        fitted_at = fit.evaluate(np.array([t_k, hours[pair]], dtype=float))
+        if paired and fitted_at[1] > 0:
+            a_pl = acts[pair] * float(fitted_at[0] / fitted_at[1])
+            scale_from = f"planar session at {hours[pair]:.1f} h, carried to {t_k:.1f} h along the planar fit"
+        else:
+            a_pl = float(fitted_at[0])
+            scale_from = (f"fitted planar curve at {t_k:.1f} h (no planar session within {HYBRID_PAIRING_H:g} h "
+                          "of the SPECT)")
         a_spect = float(kinetics[name].activity_bq[k])
         scale = a_spect / a_pl
         tia = float(fit.tia_bq_s) * scale
         voi.hybrid_tia_bq_s = tia
         voi.hybrid_vs_spect_pct = 100.0 * (tia / voi.tia_bq_s - 1.0) if voi.tia_bq_s else None
         out["vois"][name] = {"planar_tia_bq_s": float(fit.tia_bq_s), "planar_fit_model": fit.model,
-                             "planar_activity_at_spect_bq": a_pl, "spect_activity_bq": a_spect, "scale": scale,
+                             "planar_activity_at_spect_bq": a_pl, "scale_from": scale_from,
+                             "spect_activity_bq": a_spect, "scale": scale,
                              "hybrid_tia_bq_s": tia, "hybrid_vs_spect_pct": voi.hybrid_vs_spect_pct}
     return out

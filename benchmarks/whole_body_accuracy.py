@@ -59,11 +59,10 @@ def bench(root: Path) -> dict:
     wb, rob = res.whole_body, res.remainder_of_body
     print(f"run: {res.seconds:.1f} s; whole body method: {wb['method']}, fit {wb['fit_model']}")
     print("planar session   hours   activity/truth   scatter fraction   shift from header (mm)")
-    for tp, true_bq in zip(wb["time_points"], tw["activity_bq"]):
+    for tp, true_bq in zip(wb["time_points"], tw["planar_activity_bq"]):
         shift = tp["shift_from_header_mm"]
         print(f"  {tp['acquisition_time'][:16]}  {tp['hours']:7.2f}   {tp['activity_bq'] / true_bq:13.4f}   "
               f"{tp['scatter_fraction']:16.3f}   {shift[0]:+.1f}, {shift[1]:+.1f}")
-    print("  (truth at the SPECT hours; the planar sessions are 35 min earlier: the ratio includes that change)")
     print(f"whole body TIA     {wb['tia_bq_s'] / 3.6e9:12.1f} MBq·h  truth {tw['tia_bq_s'] / 3.6e9:12.1f}  "
           f"diff {_pct(wb['tia_bq_s'], tw['tia_bq_s'])} %  (u {wb['tia_uncertainty_pct']:.1f} %, k=1)")
     print(f"whole body mass    {wb['mass_g']:12.0f} g      truth {tw['mass_g']:12.0f}  diff {_pct(wb['mass_g'], tw['mass_g'])} %")

@@ -63,6 +63,8 @@ CT_NOISE_HU = 10.0
 #: Whole-body sweep: 12 cm/min over the 38.7 cm axial field of view → each point is seen 193.5 s.
 WB_SPEED_MM_PER_S = 2.0
 WB_DWELL_S = 387.0 / WB_SPEED_MM_PER_S
+#: The planar whole body of each session is acquired this long before its SPECT (h).
+PLANAR_LEAD_H = 35.0 / 60.0
 #: Ga-68 DOTATATE PET: 150 MBq (typical 100-200 MBq), scan 60 min p.i., 3 min per bed; SUVmean per tissue
 #: of the order of those reported for Ga-68 DOTA-peptides (spleen > kidneys > liver; tumours high;
 #: Kroiss et al., Eur J Nucl Med Mol Imaging 2013;40:514-523).
@@ -243,9 +245,12 @@ def write_twin(out_dir: os.PathLike, preset: str = "patient4", seed: int = 0, fa
         # Planar whole body (same session, before the SPECT)
         density = _density(fr)
         mu = mu_per_mm(density)
-        wb_time = acq - timedelta(minutes=35)
-        counts = simulate_planar(act_fine * fine.voxel_ml * float(nuclide.decay_factor(-35 * 60.0)), mu,
-                                 fine.spacing, WB_DWELL_S, rng)
+        wb_time = acq - timedelta(hours=PLANAR_LEAD_H)
+        # the activity at the planar time: the kinetics (uptake and washout, not only decay) PLANAR_LEAD_H earlier
+        h_wb = hours[k - 1] - PLANAR_LEAD_H
+        act_wb = (sum(float(curves[n].activity_bq(h_wb) / vol[n]) * fr[n] for n in tissues)
+                  + float(curves["remainder"].activity_bq(h_wb) / vol["remainder"]) * remainder_frac)
+        counts = simulate_planar(act_wb * fine.voxel_ml, mu, fine.spacing, WB_DWELL_S, rng)
         top = (fine.origin[0], fine.origin[1], fine.origin[2] + (fine.size[2] - 1) * fine.spacing[2])
         # the posterior view is seen from behind: its first column is the patient's far left (+x)
         top_post = (fine.origin[0] + (fine.size[0] - 1) * fine.spacing[0],) + top[1:]
@@ -404,6 +409,8 @@ def _whole_body_truth(p: TwinPreset, curves, vol1) -> dict:
                               ("remainder_of_body", rest, sum(g for n, g in mass.items() if n not in in_vois))):
         out[key] = {"tia_bq_s": curve.tia_bq_s(), "mass_g": grams,
                     "activity_bq": [float(x) for x in curve.activity_bq(p.scan_hours)],
+                    "planar_hours": [h - PLANAR_LEAD_H for h in p.scan_hours],
+                    "planar_activity_bq": [float(x) for x in curve.activity_bq(np.asarray(p.scan_hours) - PLANAR_LEAD_H)],
                     "tac_model": curve.to_dict(),
                     "definition": "every simulated tissue (the twin's body)" if key == "whole_body" else
                                   "the simulated tissues in no VOI (whole body less the VOIs' tissues)"}
@@ -424,6 +431,8 @@ def _write_truth(root: Path, p: TwinPreset, seed, fast, spect_grid, fine, curves
         vois[voi] = {"kind": kind, "tissues": list(ts), "volume_ml": sum(vol1[t] for t in ts), "mass_g": mass_g,
                      "volume_ml_per_time_point": [sum(v[t] for t in ts) for v in volumes_tp],
                      "activity_bq": [float(x) for x in curve.activity_bq(p.scan_hours)],
+                    "planar_hours": [h - PLANAR_LEAD_H for h in p.scan_hours],
+                    "planar_activity_bq": [float(x) for x in curve.activity_bq(np.asarray(p.scan_hours) - PLANAR_LEAD_H)],
                      "tac_model": dict(curve.to_dict(), tissues=list(ts)),
                      "tia_bq_s": tia, "mean_dose_gy": tia * e_j / (mass_g / 1000.0),
                      "dose_method": "local deposition of the ICRP 107 mean electron energy per decay over the "

@@ -8,9 +8,13 @@ like its thickness), and the fraction used is reported.
 
 Background (overlying and underlying tissue; Buijs W.C. et al., Nucl Med Commun 1998;19:743–751; MIRD
 Pamphlet No. 16, Siegel et al. 1999): a ring around the region (``BACKGROUND_GAP_MM`` away, ``BACKGROUND_WIDTH_MM``
-wide, inside the body and outside every projected VOI) gives the activity per mm of tissue b; each region pixel
-loses the background of the tissue in front of and behind the VOI (L the body thickness, t the VOI's;
-see :func:`region_activity`).
+wide, inside the body and outside every projected VOI) gives the background concentration c (Bq per mm of tissue
+along the ray, per pixel), and each view of each region pixel loses the counts that c gives through the tissue in
+front of and behind the VOI, with the depths of the VOI and the body along that ray (:class:`ViewDepth`, from the
+CT and the 3-D VOI). The background is removed view by view, before the geometric mean: the geometric mean of a
+sum is not the sum of the geometric means, and for a VOI off the body's mid-plane (a kidney, the spleen) a
+background removed after it is too small (measured on the twin at 3 h p.i., when the blood pool makes the
+background 50–65 % of an organ's activity: organs +7 to +16 %).
 
 Self-attenuation (MIRD 16, f for a thickness;
 :func:`~LuDosimetryLib.planar.conjugate.self_attenuation_factor`) is applied pixel by pixel: the VOI's for its
@@ -23,6 +27,8 @@ from typing import Dict, Mapping, Optional, Set
 
 import numpy as np
 from scipy.ndimage import binary_dilation
+
+from .conjugate import conjugate_mean
 
 #: A pixel is in a VOI's region when the VOI is at least this thick behind it (mm).
 MIN_THICKNESS_MM = 5.0
@@ -73,6 +79,27 @@ def background_ring(region: np.ndarray, excluded: np.ndarray, body: np.ndarray, 
     return far & ~near & body & ~excluded
 
 
+@dataclass(frozen=True)
+class ViewDepth:
+    """What a concentration of 1 Bq per mm of path (per pixel) in some tissue gives each view, in counts per
+    (count per Bq): Σ over the tissue along the ray of e^(−∫μ to that view's detector)·dy (mm; rows × columns).
+    """
+
+    anterior_mm: np.ndarray
+    posterior_mm: np.ndarray
+
+    def __sub__(self, other: "ViewDepth") -> "ViewDepth":
+        return ViewDepth(self.anterior_mm - other.anterior_mm, self.posterior_mm - other.posterior_mm)
+
+
+def view_depth(tissue: np.ndarray, to_anterior: np.ndarray, to_posterior: np.ndarray, dy_mm: float) -> ViewDepth:
+    """:class:`ViewDepth` of ``tissue`` (rows, y, columns; fraction of each sample in the tissue, 0–1), with
+    ``to_anterior``/``to_posterior`` the μ line integrals from each sample to the view's face
+    (:func:`~LuDosimetryLib.planar.conjugate.line_integrals`)."""
+    w = np.asarray(tissue, dtype=np.float64) * float(dy_mm)
+    return ViewDepth((w * np.exp(-to_anterior)).sum(axis=1), (w * np.exp(-to_posterior)).sum(axis=1))
+
+
 @dataclass
 class RegionActivity:
     """One VOI's activity in one planar image (Bq) and how it was obtained."""
@@ -84,33 +111,37 @@ class RegionActivity:
     used_thickness_fraction: float
 
 
-def region_activity(gm_over_sqrt_t_bq: np.ndarray, region: np.ndarray, thickness_mm: np.ndarray,
-                    body_thickness_mm: np.ndarray, voi_f: np.ndarray, body_f: np.ndarray,
-                    ring: Optional[np.ndarray], restore: bool = True) -> RegionActivity:
+def region_activity(anterior: np.ndarray, posterior: np.ndarray, counts_per_bq_view: float, transmission: np.ndarray,
+                    region: np.ndarray, thickness_mm: np.ndarray, voi_f: np.ndarray,
+                    around_voi: Optional[ViewDepth], body: Optional[ViewDepth], ring: Optional[np.ndarray],
+                    restore: bool = True) -> RegionActivity:
     """Background-corrected activity of one VOI (Bq).
 
-    With G the attenuation-corrected geometric mean over counts per Bq (Bq), a column of uniform background
-    concentration c (Bq per mm of path, per pixel) through a body of thickness L gives G = c·L / f(μL); a VOI
-    of thickness t and its own activity A_t inside it, G = A_t / f(μt) + c·(L / f(μL) − t / f(μt)) (the
-    background's G less that of the part the VOI replaces; exact for a VOI centred on the ray). The ring gives
-    c = Σ_ring G·f(μL) / Σ_ring L, and
+    Each view's ring gives c_v = Σ_ring I_v / (k·Σ_ring D_v,body) (a uniform background concentration, Bq per
+    mm of tissue per pixel; D the :class:`ViewDepth`), the region's pixels lose k·c_v·D_v,around (the tissue
+    along the ray other than the VOI), and
 
-        A = Σ_region [G·f(μt) − c·(L·f(μt) / f(μL) − t)]
+        A = Σ_region GM(I_A − k·c_A·D_A,around, I_P − k·c_P·D_P,around) / (k·√T) · f(μt)
 
-    which is exactly the VOI's share c·t for a column of uniform activity.
+    which is exact for a VOI of uniform activity anywhere along the ray in a uniform background (the VOI's own
+    geometric mean does not depend on its depth), and c·t for a column of uniform activity.
 
     Parameters
     ----------
-    gm_over_sqrt_t_bq : ndarray
-        G per pixel (Bq, before self-attenuation).
+    anterior, posterior : ndarray (rows, columns)
+        Primary counts less the room background, both in the anterior orientation.
+    counts_per_bq_view : float
+        k (:func:`~LuDosimetryLib.planar.conjugate.counts_per_bq`).
+    transmission : ndarray
+        T = e^(−μL) through the patient.
     region : bool ndarray
         The VOI's region (:func:`region_masks`).
     thickness_mm : ndarray
         The VOI's full projected thickness t (mm).
-    body_thickness_mm : ndarray
-        The body's thickness L (mm).
-    voi_f, body_f : ndarray
-        Self-attenuation factors f(μt) and f(μL).
+    voi_f : ndarray
+        Self-attenuation factor f(μt) of the VOI.
+    around_voi, body : ViewDepth or None
+        Of the body less the VOI, and of the whole body; None: no background subtraction.
     ring : bool ndarray or None
         Background ring (:func:`background_ring`); None or empty: no background subtraction.
     restore : bool
@@ -118,19 +149,25 @@ def region_activity(gm_over_sqrt_t_bq: np.ndarray, region: np.ndarray, thickness
         projected regions). False for a region drawn by the user: the region is taken to hold the VOI's
         activity, A = A_region (an empty region gives NaN: not measured).
     """
-    c = 0.0
+    k = float(counts_per_bq_view)
+    views = (np.asarray(anterior, dtype=np.float64), np.asarray(posterior, dtype=np.float64))
+    scale = voi_f / (k * np.sqrt(np.clip(np.asarray(transmission, dtype=np.float64), 1e-12, 1.0)))
+    gross = float((conjugate_mean(*views) * scale)[region].sum())
     n_ring = 0 if ring is None else int(ring.sum())
-    if n_ring:
-        tissue = float(body_thickness_mm[ring].sum())
-        c = float((gm_over_sqrt_t_bq * body_f)[ring].sum()) / tissue if tissue > 0 else 0.0
+    net = gross
+    if n_ring and around_voi is not None and body is not None:
+        corrected = []
+        for counts, d_body, d_around in zip(views, (body.anterior_mm, body.posterior_mm),
+                                            (around_voi.anterior_mm, around_voi.posterior_mm)):
+            unit = float(d_body[ring].sum())
+            c = max(float(counts[ring].sum()) / (k * unit), 0.0) if unit > 0 else 0.0
+            corrected.append(counts - k * c * d_around)
+        net = float((conjugate_mean(*corrected) * scale)[region].sum())
     t = np.clip(thickness_mm, 0.0, None)
-    shadow = np.clip(body_thickness_mm * voi_f / np.clip(body_f, 1e-12, None) - t, 0.0, None)
-    gross = float((gm_over_sqrt_t_bq * voi_f)[region].sum())
-    background = c * float(shadow[region].sum())
     full = float(t.sum())
     used = float(t[region].sum())
     frac = used / full if full > 0 else 0.0
     divisor = frac if restore else (1.0 if region.any() else 0.0)
-    activity = (gross - background) / divisor if divisor > 0 else float("nan")
-    return RegionActivity(activity, background / divisor if divisor > 0 else float("nan"), int(region.sum()), n_ring,
-                          frac)
+    if divisor <= 0:
+        return RegionActivity(float("nan"), float("nan"), int(region.sum()), n_ring, frac)
+    return RegionActivity(net / divisor, (gross - net) / divisor, int(region.sum()), n_ring, frac)
