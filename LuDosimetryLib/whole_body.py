@@ -373,12 +373,13 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
     in_body = (mu_rays > 0.5 * mu_w).astype(np.float32)
     to_ant, to_post, _ = line_integrals(mu_rays, dy)
     body_depth = view_depth(in_body, to_ant, to_post, dy)
-    inside, thick = {}, {}
+    voi_depth, thick = {}, {}
     for name, mask in tp.masks.items():
         img = sitk.GetImageFromArray(np.asarray(mask, dtype=np.float32))
         img.CopyInformation(tp.image)
-        inside[name] = sample_on_grid(img, grid, dy, y_range_mm=yr)[0]
-        thick[name] = inside[name].astype(np.float64).sum(axis=1) * dy
+        inside = sample_on_grid(img, grid, dy, y_range_mm=yr)[0]
+        thick[name] = inside.astype(np.float64).sum(axis=1) * dy
+        voi_depth[name] = view_depth(inside * in_body, to_ant, to_post, dy)
     nest = nesting(tp.masks)
     regions = region_masks(thick, nest)
     edited = _edited_regions(ctx, acq, grid, regions)
@@ -391,7 +392,7 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
                   if o != name and not (o in nest[name] and size[o] > size[name])]
         excluded = np.any(others, axis=0) if others else np.zeros_like(body)
         ring = background_ring(regions[name], excluded | (thick[name] >= MIN_THICKNESS_MM), body, px)
-        around = body_depth - view_depth(inside.pop(name) * in_body, to_ant, to_post, dy)
+        around = body_depth - voi_depth[name]
         acts[name] = region_activity(ant, post, k, transmission, regions[name], thick[name],
                                      self_attenuation_factor(mu_w * thick[name]), around, body_depth, ring,
                                      restore=name not in edited)

@@ -96,8 +96,15 @@ def view_depth(tissue: np.ndarray, to_anterior: np.ndarray, to_posterior: np.nda
     """:class:`ViewDepth` of ``tissue`` (rows, y, columns; fraction of each sample in the tissue, 0–1), with
     ``to_anterior``/``to_posterior`` the μ line integrals from each sample to the view's face
     (:func:`~LuDosimetryLib.planar.conjugate.line_integrals`)."""
-    w = np.asarray(tissue, dtype=np.float64) * float(dy_mm)
-    return ViewDepth((w * np.exp(-to_anterior)).sum(axis=1), (w * np.exp(-to_posterior)).sum(axis=1))
+    t = np.asarray(tissue)
+    ant, post = (np.zeros((t.shape[0], t.shape[2])) for _ in range(2))
+    rows, cols = np.nonzero(t.any(axis=(1, 2)))[0], np.nonzero(t.any(axis=(0, 1)))[0]
+    if len(rows):  # within the tissue's bounding box (a VOI is small beside a whole-body image)
+        box = (slice(rows[0], rows[-1] + 1), slice(None), slice(cols[0], cols[-1] + 1))
+        w = t[box].astype(np.float64) * float(dy_mm)
+        ant[box[0], box[2]] = (w * np.exp(-to_anterior[box])).sum(axis=1)
+        post[box[0], box[2]] = (w * np.exp(-to_posterior[box])).sum(axis=1)
+    return ViewDepth(ant, post)
 
 
 @dataclass
