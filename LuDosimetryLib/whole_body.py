@@ -396,6 +396,10 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
         acts[name] = region_activity(ant, post, k, transmission, regions[name], thick[name],
                                      self_attenuation_factor(mu_w * thick[name]), around, body_depth, ring,
                                      restore=name not in edited)
+        if not ring.any() and regions[name].any():
+            ctx.warnings.append(f"planar image of {acq.acquisition_time.isoformat()}: {name}: no background pixels "
+                                "around its region (other VOIs or the body's edge all around it); its planar "
+                                "activity includes the tissue in front of and behind it")
     return PlanarMeasurement(hours=hours, acquisition_time=acq.acquisition_time.isoformat(), whole_body_bq=wb,
                              counts=counts, scatter_fraction=1.0 - prim / counts if counts > 0 else float("nan"),
                              room_background_counts_per_pixel=background, sensitivity_cps_per_mbq=sensitivity,

@@ -35,6 +35,8 @@ MIN_THICKNESS_MM = 5.0
 #: Gap between a region and its background ring, and the ring's width (mm).
 BACKGROUND_GAP_MM = 10.0
 BACKGROUND_WIDTH_MM = 20.0
+#: A ring of fewer pixels than this keeps the pixels near other VOIs (:func:`background_ring`).
+MIN_RING_PIXELS = 20
 #: A VOI is nested in another when at least this fraction of its voxels is inside it.
 NESTED_FRACTION = 0.9
 
@@ -73,10 +75,18 @@ def _disk(radius_px: float) -> np.ndarray:
 
 def background_ring(region: np.ndarray, excluded: np.ndarray, body: np.ndarray, pixel_mm: float,
                     gap_mm: float = BACKGROUND_GAP_MM, width_mm: float = BACKGROUND_WIDTH_MM) -> np.ndarray:
-    """Pixels ``gap_mm`` to ``gap_mm + width_mm`` around ``region``, in ``body`` and outside ``excluded``."""
+    """Pixels ``gap_mm`` to ``gap_mm + width_mm`` around ``region``, in ``body``, and ``gap_mm`` away from
+    ``excluded`` (the other VOIs: the camera's blur spreads a hot VOI's counts beyond its projection, and a ring
+    that takes them over-subtracts; measured on the twin at 8 days, a kidney's ring next to a lesion: −13 %).
+    Where that leaves fewer than ``MIN_RING_PIXELS``, the ring only avoids ``excluded`` itself."""
     near = binary_dilation(region, _disk(gap_mm / pixel_mm)) if gap_mm > 0 else region
     far = binary_dilation(region, _disk((gap_mm + width_mm) / pixel_mm))
-    return far & ~near & body & ~excluded
+    ring = far & ~near & body & ~excluded
+    if gap_mm > 0 and excluded.any():
+        clear = ring & ~binary_dilation(excluded, _disk(gap_mm / pixel_mm))
+        if clear.sum() >= MIN_RING_PIXELS:
+            return clear
+    return ring
 
 
 @dataclass(frozen=True)

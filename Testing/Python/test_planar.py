@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy.ndimage import distance_transform_edt
 
 from LuDosimetryLib.assumptions import StrictRefusal
 from LuDosimetryLib.errors import DicomFileError, OptionError
@@ -130,6 +131,23 @@ def test_voi_projection_gives_its_thickness_and_regions_leave_overlaps_out():
     ones = np.ones_like(m)
     ra = region_activity(m, m, 1.0, ones, regions["a"], thick["a"], ones, None, None, None)
     assert ra.activity_bq == pytest.approx(m.sum(), rel=1e-9) and 0.3 < ra.used_thickness_fraction < 0.9
+
+
+def test_background_ring_keeps_away_from_other_vois_unless_that_leaves_too_little():
+    region = np.zeros((60, 60), dtype=bool)
+    region[25:35, 20:30] = True
+    other = np.zeros_like(region)
+    other[25:35, 44:50] = True  # another VOI 14 px (28 mm at 2 mm) to the right: its blur reaches the ring
+    body = np.ones_like(region)
+    ring = background_ring(region, region | other, body, 2.0)
+    assert ring.sum() >= 20
+    assert distance_transform_edt(~other)[ring].min() > 5.0  # more than 10 mm from the other VOI
+    assert ring[25:35, 30:44].any()  # and still on that side, between them
+    # a region hemmed in on every side: the ring keeps the pixels near the others rather than vanish
+    crowded = np.ones_like(region)
+    crowded[20:40, 15:35] = False
+    tight = background_ring(region, region | crowded, body, 2.0)
+    assert tight.sum() > 0 and not (tight & crowded).any()
 
 
 def _slab_counts(conc_per_mm, mu_per_mm, y_edges_mm, to_anterior: bool):
