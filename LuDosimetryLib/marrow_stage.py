@@ -3,7 +3,9 @@
 Image-based: the L2–L4 VOI is the study's own when an RTSTRUCT ROI is named like ``L2-L4``/``RedMarrow``/``Marrow``
 (:func:`LuDosimetryLib.vertebrae.is_marrow_roi_name`; it is then a VOI of the run, fitted like the others);
 otherwise it is segmented on each time point's CT (:func:`LuDosimetryLib.vertebrae.segment_l2_l4`), averaged onto
-that time point's SPECT grid, and its activities fitted with the run's models and error model. Blood-based: the
+that time point's SPECT grid, and its activities fitted with the run's models and error model: each time point's
+activity is its segmentation's concentration times the reference time point's volume (a time point whose volume
+differs by more than 15 % is named in the warnings). Blood-based: the
 ``--blood-samples`` CSV (:mod:`LuDosimetryLib.io.blood_samples`). Physics: :mod:`LuDosimetryLib.red_marrow`.
 
 With ``marrow_method="auto"`` both are computed where their data exist; the blood-based one is the result (the
@@ -23,6 +25,9 @@ from .errors import OptionError
 from .red_marrow import (DEFAULT_RMBLR, L2_L4_MARROW_FRACTION, LUMBAR_MARROW_FRACTION, blood_based_tia_bq_s,
                          image_based_tia_bq_s, marrow_dose, red_marrow_mass_g, reference_body_mass_g,
                          relative_uncertainty_pct)
+
+#: Automatic L2–L4 volumes of a time point more than this fraction from the reference time point's are named.
+SEGMENTATION_VOLUME_TOLERANCE = 0.15
 
 S_VALUE_SOURCE = ("S(RM<-RM): ICRP 107 mean electron energy per decay absorbed in the marrow mass + photons; "
                   "S(RM<-RB), S(RM<-VOIs): photons only, mean photon dose per decay of a body-distributed source "
@@ -127,6 +132,16 @@ def _image_based(ctx, tps, kinetics, fit_activities, voi_activity, mass_g) -> Op
         activities.append(float(voi_activity(tp, weights)))
         segs.append(seg)
     ref = segs[ctx.ref]
+    # each time point gives the concentration; the volume is the reference time point's (a segmentation that
+    # found less or more of the bodies on one CT, e.g. by its noise, must not move the curve)
+    activities = [a * ref.volume_ml / s.volume_ml for a, s in zip(activities, segs)]
+    odd = [f"{i + 1} ({s.volume_ml:.0f} mL)" for i, s in enumerate(segs)
+           if abs(s.volume_ml / ref.volume_ml - 1.0) > SEGMENTATION_VOLUME_TOLERANCE]
+    if odd:
+        ctx.warnings.append(f"red marrow: the automatic L2-L4 volume of time point(s) {', '.join(odd)} differs by "
+                            f"more than {100 * SEGMENTATION_VOLUME_TOLERANCE:.0f} % from the reference time point's "
+                            f"({ref.volume_ml:.0f} mL); their concentration is used with the reference volume. "
+                            "Check the segmentation, or contour an ROI named L2-L4")
     n_vert = min(s.n_vertebrae for s in segs)
     fraction = n_vert / 5.0 * LUMBAR_MARROW_FRACTION
     lo, hi = ref.z_range_mm

@@ -201,3 +201,31 @@ def test_run_has_red_marrow(synthetic_study, tmp_path, capsys):
     with pytest.raises(OptionError, match="blood"):
         run_study(synthetic_study, RunOptions(dose_method="ldm", marrow_method="blood"))
     assert run_study(synthetic_study, RunOptions(dose_method="ldm", marrow_method="none")).red_marrow is None
+
+
+def test_a_time_point_segmented_short_does_not_move_the_image_based_curve(synthetic_study, monkeypatch):
+    # one CT's automatic segmentation loses half the bodies' slices (as CT noise can make it): that time point's
+    # concentration is used with the reference volume, and the run says so
+    import dataclasses
+
+    import LuDosimetryLib.vertebrae as vertebrae
+
+    base = run_study(synthetic_study, RunOptions(dose_method="ldm", marrow_method="image")).red_marrow
+    real, calls = vertebrae.segment_l2_l4, []
+
+    def short_on_the_second(ct_hu):
+        seg = real(ct_hu)
+        calls.append(1)
+        if len(calls) != 2:
+            return seg
+        mask = seg.mask.copy()
+        slices = np.nonzero(mask.any(axis=(1, 2)))[0]
+        mask[slices[: len(slices) // 2]] = 0.0
+        return dataclasses.replace(seg, mask=mask, volume_ml=seg.volume_ml * float(mask.sum() / seg.mask.sum()))
+
+    monkeypatch.setattr(vertebrae, "segment_l2_l4", short_on_the_second)
+    res = run_study(synthetic_study, RunOptions(dose_method="ldm", marrow_method="image"))
+    rm = res.red_marrow
+    assert rm["image_based"]["volume_ml_per_time_point"][1] < 0.7 * rm["image_based"]["volume_ml_per_time_point"][0]
+    assert rm["tia_bq_s"] == pytest.approx(base["tia_bq_s"], rel=0.05)
+    assert any("L2-L4 volume of time point(s) 2" in w for w in res.warnings)
