@@ -14,11 +14,11 @@ Remainder of body
 Hybrid planar/SPECT (``options.hybrid_time_point``)
     Each VOI's curve shape from its planar regions over the planar sessions, its amplitude from one SPECT time
     point: the planar curve scaled by the SPECT over the planar activity of the session taken with that SPECT,
-    TIA_hyb = TIA_planar · A_SPECT(t_k) / A_planar(t_k) (:func:`_hybrid`): the hybrid planar–SPECT/CT method of the EANM Dosimetry Committee's Lu-177
-    recommendations (Sjögreen Gleisner K. et al., "EANM dosimetry committee recommendations for dosimetry of
-    177Lu-labelled somatostatin-receptor- and PSMA-targeting ligands", Eur J Nucl Med Mol Imaging
-    2022;49:1778–1809, doi:10.1007/s00259-022-05727-7) and of MIRD Pamphlet No. 26 (Ljungberg M. et al., J Nucl
-    Med 2016;57:151–162). Reported beside the run's SPECT TIA, with their difference.
+    TIA_hyb = TIA_planar · A_SPECT(t_k) / A_planar(t_k) (:func:`_hybrid`): the hybrid planar–SPECT/CT method of the
+    EANM Dosimetry Committee's Lu-177 recommendations (Sjögreen Gleisner K. et al., "EANM dosimetry committee
+    recommendations for dosimetry of 177Lu-labelled somatostatin-receptor- and PSMA-targeting ligands", Eur J Nucl
+    Med Mol Imaging 2022;49:1778–1809, doi:10.1007/s00259-022-05727-7) and of MIRD Pamphlet No. 26 (Ljungberg M.
+    et al., J Nucl Med 2016;57:151–162). Reported beside the run's SPECT TIA, with their difference.
 
 Planar view and edited regions
     Each session's attenuation-corrected geometric mean and the regions used are kept (``ctx.planar_views``,

@@ -171,7 +171,8 @@ def test_background_removed_view_by_view_is_exact_for_an_organ_off_the_mid_plane
     organ = np.zeros((rows, cols), dtype=bool)
     organ[15:25, 15:25] = True
     edges_organ, edges_body = [0.0, 230.0, 270.0, depth], [0.0, depth]
-    ant = np.where(organ, k * _slab_counts([b, a, b], mu, edges_organ, True), k * _slab_counts([b], mu, edges_body, True))
+    ant = np.where(organ, k * _slab_counts([b, a, b], mu, edges_organ, True),
+                   k * _slab_counts([b], mu, edges_body, True))
     post = np.where(organ, k * _slab_counts([b, a, b], mu, edges_organ, False),
                     k * _slab_counts([b], mu, edges_body, False))
     ny = int(depth / dy)
