@@ -504,17 +504,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Warnings are shown when the command has finished: a command refused for bad input prints its one error
+    # line alone, not the warnings its input gave on the way to the refusal.
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
-            warnings.showwarning = _show_warning
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
     except LuDosimetryError as exc:
         sys.stderr.write(f"ludosimetry: error: {exc.describe(options.cli_flag)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("ludosimetry: interrupted\n")
         return 130
+    for w in caught:
+        _show_warning(w.message, w.category, w.filename, w.lineno)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

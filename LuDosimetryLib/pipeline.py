@@ -525,12 +525,29 @@ def _choose_time_points(ctx: _RunContext) -> List[SeriesEntry]:
     Raises
     ------
     StudyError
-        Time points of more than one patient; a scan before the injection or implausibly long after it.
+        Time points (or planar images) of more than one patient; a scan before the injection or implausibly long
+        after it.
     DicomFileError
-        A SPECT file whose acquisition time disagrees with the rest of its series.
+        A SPECT or planar file whose acquisition time disagrees with the rest of its series.
+    StrictRefusal
+        A strict run, and an acquisition time read from another header than AcquisitionDateTime/Date+Time.
     """
+    from .assumptions import assume
+
     entries = choose_spect_series(ctx.inventory, ctx.options)
-    ctx.warnings += require_one_patient(ctx.inventory, entries)
+    planar = ctx.inventory.by_role("planar_whole_body") if ctx.options.planar else []
+    ctx.warnings += require_one_patient(ctx.inventory, entries, also_used=planar)
+    conflict = next((s for s in planar if s.time_conflict), None)
+    if conflict is not None:  # a file of another session mixed into a planar session
+        raise DicomFileError(f"planar series {conflict.description or conflict.series_instance_uid}: "
+                             f"{conflict.time_conflict} (or leave the planar images out with {{option}})",
+                             conflict.time_conflict_file, option="planar")
+    for s in [*entries, *planar]:  # an acquisition time read from another header is a time the run assumes
+        if s.acquisition_time_fallback:  # named once: as the assumption, no longer also as the scan's warning
+            ctx.warnings = [w for w in ctx.warnings if not w.endswith(s.acquisition_time_fallback)]
+            assume(f"acquisition time of series {s.description or s.series_instance_uid}",
+                   f"{s.acquisition_time.isoformat() if s.acquisition_time else 'none'}",
+                   s.acquisition_time_fallback, s.files[0])
     require_plausible_times(ctx.inventory, entries)
     n_tp = len(entries)
     ctx.ref = ref = ctx.options.reference_time_point

@@ -288,8 +288,14 @@ def _views(ctx, acq):
         elif vc.upper is None:
             assume(f"planar {view.lower()} view: TEW upper scatter window", "0 counts (no window adjacent above "
                    "the photopeak)", "energy windows of the header", path)
-    primary = {v: tew_primary(views[v]) for v in ("ANTERIOR", "POSTERIOR")}
     peak = {v: np.asarray(views[v].peak, dtype=np.float64) for v in ("ANTERIOR", "POSTERIOR")}
+    for view, counts in peak.items():
+        if not (np.isfinite(counts).all() and counts.sum() > 0):
+            where = next((f.file for f in acq.frames if f.view == view and f.counts is views[view].peak), path)
+            raise DicomFileError(f"the planar {view.lower()} photopeak image of {acq.acquisition_time.isoformat()} "
+                                 f"holds {'no counts' if np.isfinite(counts).all() else 'non-finite values'} (or "
+                                 "leave the planar images out with {option})", where, option="planar")
+    primary = {v: tew_primary(views[v]) for v in ("ANTERIOR", "POSTERIOR")}
     return primary, peak
 
 

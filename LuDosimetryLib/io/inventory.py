@@ -24,6 +24,8 @@ from .dicom_common import read_dicom
 from .dicom_time import (acquisition_datetime, acquisition_time_problem, format_time, implausible_delay,
                          injection_from_header, injection_times_differ, radiopharmaceutical_start)
 
+#: File name suffixes of DICOM files: such a file that is not DICOM is a damaged file of the study, not a stray one.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 ROLES = ("ct", "spect_recon", "spect_projections", "attenuation_map", "planar_whole_body", "planar_static",
          "rtstruct", "mask", "tia_map", "pet", "mr", "rtdose", "other")
 
@@ -103,6 +105,9 @@ class SeriesEntry:
     injection_date_inferred: bool = False  # RadiopharmaceuticalStartTime without a date: the date is a guess
     time_conflict: str = ""  # files acquired more than SERIES_TIME_SPREAD_H apart: what, naming the file
     time_conflict_file: str = ""
+    other_patient_file: str = ""  # a file of the series whose PatientID differs from the first file's
+    other_patient_id: str = ""
+    acquisition_time_fallback: str = ""  # which other header gave a file's acquisition time, naming it; else ''
 
 
 @dataclass
@@ -281,6 +286,8 @@ def _read_header(path: str):
     try:
         return read_dicom(path, stop_before_pixels=True), ""
     except InvalidDicomError:
+        if Path(path).suffix.lower() in DICOM_SUFFIXES:  # a study's file, damaged: its series may be incomplete
+            return None, f"unreadable DICOM (named {Path(path).suffix} but not a DICOM file)"
         return None, "not a DICOM file"
     except Exception as exc:  # truncated or corrupt
         return None, f"unreadable DICOM ({type(exc).__name__}: {exc})"
@@ -389,6 +396,11 @@ def scan_study(root, *, injected_activity_bq: Optional[float] = None, injection_
             fallback = _acquisition_time_fallback(items)
             if fallback:
                 inv_warnings.append(f"series {uid} ({desc}): {fallback}")
+                entry.acquisition_time_fallback = fallback
+        other = next(((p, pid) for p, pid in ((p, str(ds.get("PatientID", "") or "").strip()) for p, ds in items)
+                      if pid and pid != entry.patient_id.strip()), None)
+        if other is not None and entry.patient_id.strip():
+            entry.other_patient_file, entry.other_patient_id = other
         series.append(entry)
     series.sort(key=lambda s: (s.acquisition_time or datetime.max, s.role, s.description))
     progress.report(1.0, "classified")
@@ -589,11 +601,13 @@ def require_readable(path: str) -> None:
         raise DicomFileError(reason, path)
 
 
-def require_one_patient(inv: Inventory, spect_entries: Sequence[SeriesEntry]) -> List[str]:
+def require_one_patient(inv: Inventory, spect_entries: Sequence[SeriesEntry],
+                        also_used: Sequence[SeriesEntry] = ()) -> List[str]:
     """Refuse time points of more than one patient.
 
-    The PatientID of every chosen SPECT series and of the CT, RTSTRUCT and mask series of their time points
-    must agree (another patient's series in the folder must not become a time point of this one).
+    The PatientID of every chosen SPECT series, of the CT, RTSTRUCT and mask series of their time points and of
+    the series in ``also_used`` (e.g. the planar images the run takes) must agree, file by file (another
+    patient's series or file in the folder must not become part of this one's run).
 
     Returns
     -------
@@ -607,7 +621,12 @@ def require_one_patient(inv: Inventory, spect_entries: Sequence[SeriesEntry]) ->
     """
     used = {s.time_point for s in spect_entries}
     checked = list(spect_entries) + [s for s in inv.series if s.role in ("ct", "rtstruct", "mask")
-                                     and s.time_point is not None and s.time_point in used]
+                                     and s.time_point is not None and s.time_point in used] + list(also_used)
+    mixed = next((s for s in checked if s.other_patient_file), None)
+    if mixed is not None:
+        raise StudyError(f"series {mixed.series_instance_uid} ({mixed.description}) holds files of more than one "
+                         f"patient: PatientID {mixed.patient_id!r} ({mixed.files[0]}) and {mixed.other_patient_id!r}; "
+                         "keep one patient's files in the study folder", mixed.other_patient_file)
     by_patient: Dict[str, List[SeriesEntry]] = {}
     unknown = []
     for s in checked:

@@ -367,6 +367,60 @@ def test_no_ct_for_the_thickness_is_a_named_assumption(twin4, tmp_path):
     assert res.whole_body["method"] == "SPECT field of view"
 
 
+def _edit_planar(study: Path, name: str, change) -> Path:
+    import pydicom
+    path = study / "Planar/scan2" / name
+    ds = pydicom.dcmread(str(path))
+    change(ds)
+    ds.save_as(str(path))
+    return path
+
+
+def _cli_run(study: Path, out: Path, capsys, *extra) -> tuple:
+    from LuDosimetryLib import cli
+    code = cli.main(["run", str(study), "--out", str(out), "--quiet", "--dose-method", "ldm", *extra])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_faulty_planar_files_are_one_line_refusals(twin4, tmp_path, capsys):
+    # each a whole class of fault: no counts, another patient's file, a damaged file, a file of another date
+    def zero_counts(ds):
+        ds.PixelData = np.zeros_like(ds.pixel_array).tobytes()
+
+    faults = {
+        "no counts": ("WB_ANT_Lu177_208keV.dcm", zero_counts),
+        "more than one patient": ("WB_POS_Lu177_208keV.dcm", lambda ds: setattr(ds, "PatientID", "SOMEONE_ELSE")),
+        "not one acquisition": ("WB_ANT_Lu177_SC_lower.dcm",
+                                lambda ds: (setattr(ds, "AcquisitionDate", "20191116"), ds.pop("AcquisitionDateTime"))),
+    }
+    for i, (problem, (name, change)) in enumerate(faults.items()):
+        study = Path(shutil.copytree(str(twin4), str(tmp_path / f"s{i}")))
+        path = _edit_planar(study, name, change)
+        code, err = _cli_run(study, tmp_path / f"out{i}", capsys)
+        assert code == 2 and len(err) == 1, (problem, err)  # the warnings on the way are not printed
+        assert problem in err[0] and "Planar/scan2/" in err[0], err[0]
+        assert not (tmp_path / f"out{i}").exists()
+    study = Path(shutil.copytree(str(twin4), str(tmp_path / "damaged")))
+    (study / "Planar/scan2/WB_ANT_Lu177_208keV.dcm").write_bytes(b"not DICOM" * 50)
+    code, err = _cli_run(study, tmp_path / "out_damaged", capsys)
+    assert code == 2 and len(err) == 1 and "WB_ANT_Lu177_208keV.dcm" in err[0] and "not a DICOM file" in err[0]
+
+
+def test_a_planar_time_from_another_header_is_a_named_assumption(twin4, tmp_path):
+    study = _copy(twin4, tmp_path)
+    for path in (study / "Planar/scan2").glob("*.dcm"):
+        _edit_planar(study, path.name, lambda ds: (setattr(ds, "AcquisitionDate", ""),
+                                                   setattr(ds, "AcquisitionTime", ""), ds.pop("AcquisitionDateTime")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_study(study, RunOptions(dose_method="ldm"))
+        named = [a for a in res.assumptions if a.what.startswith("acquisition time of series")]
+        assert len(named) == 1 and "SeriesDate/SeriesTime" in named[0].source
+        assert not any("SeriesDate/SeriesTime" in w for w in res.warnings)  # named once, as the assumption
+        with pytest.raises(StrictRefusal, match="acquisition time"):
+            run_study(study, RunOptions(dose_method="ldm", strict=True))
+
+
 def test_the_default_planar_sensitivity_is_named_and_a_given_one_is_used(twin4, run4):
     named = [a for a in run4.assumptions if "planar system sensitivity" in a.what]
     assert len(named) == 1 and named[0].value == "10 cps/MBq"
