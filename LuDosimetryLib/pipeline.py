@@ -26,7 +26,8 @@ import SimpleITK as sitk
 from .assumptions import Assumption, recording
 from .errors import DicomFileError, FitError, OptionError, StudyError, StructureError
 from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
-from .io.inventory import Inventory, SeriesEntry, require_one_patient, require_plausible_times, scan_study
+from .io.inventory import (Inventory, SeriesEntry, require_one_acquisition, require_one_patient,
+                           require_plausible_times, scan_study)
 from .options import RunOptions, validate
 from .progress import Progress, as_progress
 from .radionuclides import Radionuclide, radionuclide
@@ -381,6 +382,8 @@ class _RunContext:
     remainder_of_body: Optional[dict] = None
     red_marrow: Optional[dict] = None
     planar_views: List[tuple] = field(default_factory=list)
+    # --planar-regions files, read once by the early checks: session (ISO time) → [(file, {VOI: region}, grid)]
+    planar_regions_by_session: Dict[str, List[tuple]] = field(default_factory=dict)
 
 
 @dataclass
@@ -537,11 +540,8 @@ def _choose_time_points(ctx: _RunContext) -> List[SeriesEntry]:
     entries = choose_spect_series(ctx.inventory, ctx.options)
     planar = ctx.inventory.by_role("planar_whole_body") if ctx.options.planar else []
     ctx.warnings += require_one_patient(ctx.inventory, entries, also_used=planar)
-    conflict = next((s for s in planar if s.time_conflict), None)
-    if conflict is not None:  # a file of another session mixed into a planar session
-        raise DicomFileError(f"planar series {conflict.description or conflict.series_instance_uid}: "
-                             f"{conflict.time_conflict} (or leave the planar images out with {{option}})",
-                             conflict.time_conflict_file, option="planar")
+    for s in planar:  # a file of another session mixed into a planar session
+        require_one_acquisition(s, "planar", " (or leave the planar images out with {option})", option="planar")
     for s in [*entries, *planar]:  # an acquisition time read from another header is a time the run assumes
         if s.acquisition_time_fallback:  # named once: as the assumption, no longer also as the scan's warning
             ctx.warnings = [w for w in ctx.warnings if not w.endswith(s.acquisition_time_fallback)]

@@ -171,8 +171,10 @@ def check_planar_inputs(ctx, n_time_points: int) -> None:
                           option="hybrid_time_point")
     if options.planar_regions and not headers:
         raise OptionError(f"planar regions given, but {without}", option="planar_regions")
+    ctx.planar_regions_by_session = {}
     for path in options.planar_regions or ():
-        _region_file_session(path, headers)
+        masks, grid, session = _region_file_session(path, headers)
+        ctx.planar_regions_by_session.setdefault(session, []).append((path, masks, grid))
 
 
 def _check_views(acquisition_time, windows: Dict[str, list], path: str) -> None:
@@ -194,10 +196,11 @@ def _check_views(acquisition_time, windows: Dict[str, list], path: str) -> None:
 
 
 def _region_file_session(path, headers):
-    """The session header a ``--planar-regions`` file is of; refused when none, or not on its matrix."""
+    """A ``--planar-regions`` file read: (regions, grid, the session's ISO time); refused when of no session of
+    the study, or not on its session's matrix."""
     from .io.planar import read_planar_regions
 
-    _masks, grid, session = read_planar_regions(path)
+    masks, grid, session = read_planar_regions(path)
     by_time = {h.acquisition_time.isoformat(): h for h in headers}
     header = by_time.get(session)
     if header is None:
@@ -212,7 +215,7 @@ def _region_file_session(path, headers):
         raise OptionError(f"the regions' grid ({rows}x{cols} pixels of {sz:g}x{sx:g} mm) is not the planar grid of "
                           f"the session of {session} ({header.shape[0]}x{header.shape[1]} pixels of "
                           f"{spacing[0]:g}x{spacing[1]:g} mm)", path, option="planar_regions")
-    return header
+    return masks, grid, session
 
 
 def summary_rows(whole_body: Optional[dict], remainder_of_body: Optional[dict], red_marrow: Optional[dict]
@@ -341,22 +344,27 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
     yr = y_range(mu_img)
     dy = float(sx)
     mu, covered, dy = sample_on_grid(mu_img, grid, dy, y_range_mm=yr)
-    mu_w = mu_water_per_cm() / 10.0
-    mu_l = mu.astype(np.float64).sum(axis=1) * dy
-    body_t = np.count_nonzero(mu > 0.5 * mu_w, axis=1) * dy
-    act, _cov, _ = sample_on_grid(spect, grid, dy, y_range_mm=yr)
-    column = np.clip(act, 0, None).astype(np.float64).sum(axis=1)
-    depth_f = depth_profile_factor(act, mu, dy)
-    use = (column > SPECT_PROFILE_MIN_FRACTION * max(float(column.max()), 1e-30)) & np.isfinite(depth_f)
-    factor = np.where(use, depth_f, self_attenuation_factor(mu_l))
     rows_in = covered.any(axis=1)
     if not rows_in.any():
         raise StudyError(f"the planar image of {acq.acquisition_time.isoformat()} does not overlap the CT of time "
                          f"point {tp.index + 1}", path)
-    if not rows_in.all():  # beyond the CT's axial extent: the nearest CT row
+    nearest = None
+    if not rows_in.all():  # beyond the CT's axial extent: the rays of the nearest CT row
         idx = np.nonzero(rows_in)[0]
         nearest = idx[np.abs(np.arange(len(rows_in))[:, None] - idx[None, :]).argmin(axis=1)]
-        mu_l, factor, body_t = mu_l[nearest], factor[nearest], body_t[nearest]
+        mu = mu[nearest]
+    mu_w = mu_water_per_cm() / 10.0
+    in_body = mu > 0.5 * mu_w
+    body_t = np.count_nonzero(in_body, axis=1) * dy
+    integrals = line_integrals(mu, dy)  # (to anterior, to posterior, μL): the depth factor and the VOIs' depths
+    to_ant, to_post, mu_l = integrals
+    act, _cov, _ = sample_on_grid(spect, grid, dy, y_range_mm=yr)
+    column = np.clip(act, 0, None).astype(np.float64).sum(axis=1)
+    depth_f = depth_profile_factor(act, mu, dy, integrals)
+    use = (column > SPECT_PROFILE_MIN_FRACTION * max(float(column.max()), 1e-30)) & np.isfinite(depth_f)
+    factor = np.where(use, depth_f, self_attenuation_factor(mu_l))
+    if nearest is not None:  # the whole ray of the nearest CT row, its SPECT profile included
+        factor = factor[nearest]
     transmission = np.exp(-mu_l)
     # room background, far from the body
     body = body_t > 0
@@ -375,9 +383,6 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
     counts = float((peak["ANTERIOR"] + peak["POSTERIOR"])[region].sum())
     prim = float((primary["ANTERIOR"] + primary["POSTERIOR"])[region].sum())
     # the VOIs' regions, and the depths of the body and of each VOI along every ray (background view by view)
-    mu_rays = mu if rows_in.all() else mu[nearest]
-    in_body = (mu_rays > 0.5 * mu_w).astype(np.float32)
-    to_ant, to_post, _ = line_integrals(mu_rays, dy)
     body_depth = view_depth(in_body, to_ant, to_post, dy)
     voi_depth, thick = {}, {}
     for name, mask in tp.masks.items():
@@ -416,24 +421,20 @@ def quantify_session(ctx, acq, hours: float, tp, sensitivity_cps_per_mbq: float)
 
 
 def _edited_regions(ctx, acq, grid, projected: Dict[str, np.ndarray]) -> Dict[str, tuple]:
-    """``{VOI: (region, file)}`` of the ``--planar-regions`` files of this session whose region differs from the
-    projected one (a region equal to its projection is the projection); VOIs the run does not have are named in
-    the warnings and left out.
+    """``{VOI: (region, file)}`` of the ``--planar-regions`` files of this session (read once by
+    :func:`check_planar_inputs`) whose region differs from the projected one (a region equal to its projection is
+    the projection); VOIs the run does not have are named in the warnings and left out.
 
     Raises
     ------
     OptionError
         A file of this session that does not lie on its planar grid (the placement found on the CT).
     """
-    from .io.planar import read_planar_regions
     from .planar.projection import same_grid
 
     session = acq.acquisition_time.isoformat()
     out = {}
-    for path in ctx.options.planar_regions or ():
-        masks, image, of = read_planar_regions(path)
-        if of != session:
-            continue
+    for path, masks, image in ctx.planar_regions_by_session.get(session, []):
         if not same_grid(image, grid):
             raise OptionError(f"the regions do not lie on the planar grid of the session of {session} (its position "
                               f"on the CT: x {grid.x0_mm:.1f} mm, z {grid.z0_mm:.1f} mm; the file's: x "

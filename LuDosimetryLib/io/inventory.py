@@ -644,6 +644,15 @@ def require_one_patient(inv: Inventory, spect_entries: Sequence[SeriesEntry],
             f"patient {patient!r}'s ({s.files[0]})" for s in unknown if patient]
 
 
+def require_one_acquisition(entry: SeriesEntry, kind: str, way_out: str = "", option: Optional[str] = None) -> None:
+    """Refuse a ``kind`` series (``"SPECT"``, ``"planar"``) with a file acquired more than
+    :data:`SERIES_TIME_SPREAD_H` from the rest (a file of another acquisition mixed in), naming that file;
+    ``way_out`` ends the message (e.g. how to leave the series out, ``{option}`` the flag of ``option``)."""
+    if entry.time_conflict:
+        raise DicomFileError(f"{kind} series {entry.description or entry.series_instance_uid}: "
+                             f"{entry.time_conflict}{way_out}", entry.time_conflict_file, option=option)
+
+
 def require_plausible_times(inv: Inventory, spect_entries: Sequence[SeriesEntry]) -> None:
     """Refuse SPECT series whose files disagree on their acquisition time, or acquired before the injection
     or implausibly long after it (:func:`~LuDosimetryLib.io.dicom_time.implausible_delay`).
@@ -658,8 +667,7 @@ def require_plausible_times(inv: Inventory, spect_entries: Sequence[SeriesEntry]
     """
     for s in spect_entries:
         name = f"SPECT series {s.description or s.series_instance_uid}"
-        if s.time_conflict:
-            raise DicomFileError(f"{name}: {s.time_conflict}", s.time_conflict_file)
+        require_one_acquisition(s, "SPECT")
         if s.acquisition_time is None or inv.injection_time is None:
             continue
         reason = implausible_delay(s.acquisition_time, inv.injection_time)

@@ -81,6 +81,13 @@ _COLORS = {"Liver": (221, 130, 101), "Kidney_L": (185, 102, 83), "Kidney_R": (18
 _REMAINDER = ("fat", "soft_tissue", "bone")
 
 
+def _concentration_map(curves, hours_h: float, volume_ml, fractions, tissues, remainder_fraction) -> np.ndarray:
+    """Activity concentration (Bq/mL) on the fine grid at ``hours_h`` after injection: each tissue's curve spread
+    uniformly over its volume (its voxel fractions ``fractions``), the remainder's over ``remainder_fraction``."""
+    conc = {n: curves[n].activity_bq(hours_h) / volume_ml[n] for n in curves}
+    return sum(float(conc[n]) * fractions[n] for n in tissues) + float(conc["remainder"]) * remainder_fraction
+
+
 def _grids(fast: bool):
     spacing, size = (2 * SPECT_VOXEL_MM, (48, 40, 26)) if fast else (SPECT_VOXEL_MM, (96, 80, 52))
     centre = (0.0, 10.0, 15.0)
@@ -199,8 +206,7 @@ def write_twin(out_dir: os.PathLike, preset: str = "patient4", seed: int = 0, fa
         vol = {n: float(v.sum(dtype=np.float64)) * fine.voxel_ml for n, v in fr.items()}
         vol["remainder"] = sum(vol[n] for n in _REMAINDER)
         remainder_frac = sum(fr[n] for n in _REMAINDER)
-        conc = {n: curves[n].activity_bq(hours[k - 1]) / vol[n] for n in curves}
-        act_fine = sum(float(conc[n]) * fr[n] for n in tissues) + float(conc["remainder"]) * remainder_frac
+        act_fine = _concentration_map(curves, hours[k - 1], vol, fr, tissues, remainder_frac)
         img = block_mean(gaussian_filter(act_fine, sigma_vox, mode="nearest", truncate=3.0), (f, f, f))
         img = rng.poisson(np.clip(img, 0, None) * cpbq) / cpbq
         spect = spect_grid.image(img.astype(np.float32))
@@ -247,9 +253,7 @@ def write_twin(out_dir: os.PathLike, preset: str = "patient4", seed: int = 0, fa
         mu = mu_per_mm(density)
         wb_time = acq - timedelta(hours=PLANAR_LEAD_H)
         # the activity at the planar time: the kinetics (uptake and washout, not only decay) PLANAR_LEAD_H earlier
-        h_wb = hours[k - 1] - PLANAR_LEAD_H
-        act_wb = (sum(float(curves[n].activity_bq(h_wb) / vol[n]) * fr[n] for n in tissues)
-                  + float(curves["remainder"].activity_bq(h_wb) / vol["remainder"]) * remainder_frac)
+        act_wb = _concentration_map(curves, hours[k - 1] - PLANAR_LEAD_H, vol, fr, tissues, remainder_frac)
         counts = simulate_planar(act_wb * fine.voxel_ml, mu, fine.spacing, WB_DWELL_S, rng)
         top = (fine.origin[0], fine.origin[1], fine.origin[2] + (fine.size[2] - 1) * fine.spacing[2])
         # the posterior view is seen from behind: its first column is the patient's far left (+x)

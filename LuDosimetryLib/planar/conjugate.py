@@ -24,7 +24,7 @@ XCOM water and ICRU cortical bone; Brown et al., Appl Radiat Isot 2008;66:1206�
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -58,7 +58,8 @@ def self_attenuation_factor(mu_t) -> np.ndarray:
     return np.where(x > 1e-8, safe / np.sinh(safe), 1.0)
 
 
-def depth_profile_factor(activity: np.ndarray, mu_per_mm: np.ndarray, dy_mm: float) -> np.ndarray:
+def depth_profile_factor(activity: np.ndarray, mu_per_mm: np.ndarray, dy_mm: float,
+                         integrals: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """The exact self-attenuation factor F of each ray for a known activity profile along it.
 
     F = Σ a / (√(Σ a·e^(−μd_A) · Σ a·e^(−μd_P)) / √T): what multiplies the attenuation-corrected geometric
@@ -71,6 +72,8 @@ def depth_profile_factor(activity: np.ndarray, mu_per_mm: np.ndarray, dy_mm: flo
         Activity (any unit, ≥ 0) along each ray.
     mu_per_mm : ndarray (rows, y, columns)
     dy_mm : float
+    integrals : tuple, optional
+        :func:`line_integrals` of ``mu_per_mm`` when the caller has them already.
 
     Returns
     -------
@@ -78,7 +81,7 @@ def depth_profile_factor(activity: np.ndarray, mu_per_mm: np.ndarray, dy_mm: flo
         NaN where the ray holds no activity.
     """
     a = np.clip(np.asarray(activity, dtype=np.float64), 0.0, None)
-    to_ant, to_post, total = line_integrals(mu_per_mm, dy_mm)
+    to_ant, to_post, total = integrals if integrals is not None else line_integrals(mu_per_mm, dy_mm)
     ant = (a * np.exp(-to_ant)).sum(axis=1)
     post = (a * np.exp(-to_post)).sum(axis=1)
     gm = np.sqrt(ant * post) * np.exp(0.5 * total)
