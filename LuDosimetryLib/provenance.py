@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -80,13 +81,27 @@ def series_digest(files: Sequence[Mapping[str, str]]) -> str:
     return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
+@lru_cache(maxsize=1)
+def source_sha256() -> str:
+    """SHA-256 of LuDosimetryLib's own files (each file's path in the package and contents, in path order;
+    compiled caches left out): which code made a result, also between two builds of one version number."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(package).as_posix().encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def software_versions() -> Dict[str, str]:
-    """Versions of LuDosimetry, Python and :data:`RECORDED_LIBRARIES` ("not installed" for a missing one)."""
+    """Versions of LuDosimetry (and :func:`source_sha256` of its code), Python and :data:`RECORDED_LIBRARIES`
+    ("not installed" for a missing one)."""
     from importlib import import_module
 
     from . import __version__
 
-    versions = {"LuDosimetry": __version__, "python": platform.python_version()}
+    versions = {"LuDosimetry": __version__, "LuDosimetry source sha256": source_sha256(),
+                "python": platform.python_version()}
     for name in RECORDED_LIBRARIES:
         try:
             versions[name] = str(getattr(import_module(name), "__version__", "unknown"))

@@ -141,6 +141,18 @@ def test_fingerprint_follows_options_and_contents(cohort, tmp_path):
     assert fingerprint(cohort / "pat2", base) != first  # another PatientID in the headers
 
 
+def test_fingerprint_follows_the_code_not_only_its_version_number(cohort, monkeypatch):
+    # a batch rerun after the code changed (same version string) runs again: an output is not kept as unchanged
+    import LuDosimetryLib.provenance as provenance
+    from LuDosimetryLib.cohort import fingerprint
+    from LuDosimetryLib.options import RunOptions
+    base = RunOptions()
+    first = fingerprint(cohort / "pat1", base)
+    assert len(provenance.software_versions()["LuDosimetry source sha256"]) == 64
+    monkeypatch.setattr(provenance, "source_sha256", lambda: "0" * 64)
+    assert fingerprint(cohort / "pat1", base) != first
+
+
 def test_manifest_is_checked_before_any_work(tmp_path, capsys):
     manifest = tmp_path / "cohort.csv"
     manifest.write_text("study,injected_activity_mbq\nsomewhere,lots\n")
