@@ -136,7 +136,21 @@ def _pid_alive(pid: int) -> bool:
         return False
     except OSError:
         return True  # e.g. another user's process
-    return True
+    return not _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether the process has ended but its parent has not collected it yet (state Z or X in
+    ``/proc/<pid>/stat``, proc(5)). ``os.kill(pid, 0)`` still succeeds for such a process: a run killed under a
+    parent that does not wait for it (a dask worker started by a script, a container without an init) would
+    otherwise look alive, and its temporary folder would never be removed. False where there is no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat.rpartition(b")")[2].split()  # the command name in parentheses may hold spaces and ')'
+    return bool(fields) and fields[0] in (b"Z", b"X")
 
 
 def _sibling(out: Path, kind: str) -> Path:

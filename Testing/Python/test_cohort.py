@@ -22,6 +22,7 @@ pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 
 from LuDosimetryLib import cli  # noqa: E402
+from LuDosimetryLib.io.export import OWNER_FILE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PATIENTS = ("PAT1", "PAT2", "PAT3")
@@ -213,7 +214,24 @@ def test_batch_through_scheduler_isolates_a_broken_study(cohort, single_runs, da
     _no_leftovers(out)
 
 
-def test_killing_a_worker_mid_batch_loses_nothing(cohort, single_runs, dask_cluster, tmp_path):
+def _writer_of_a_temporary_output(out: Path, deadline: float):
+    """The process id in the owner file of the first temporary output folder that appears under ``out`` (a run
+    in :func:`write_outputs`), or None by ``deadline``."""
+    while time.monotonic() < deadline:
+        for owner in out.glob(f"*/.*.ludosimetry-tmp.*/{OWNER_FILE}"):
+            try:
+                return int(json.loads(owner.read_text())["pid"])
+            except (OSError, ValueError, KeyError):
+                pass  # being written
+        time.sleep(0.01)
+    return None
+
+
+@pytest.mark.parametrize("moment", ["computing", "writing"])
+def test_killing_a_worker_mid_batch_loses_nothing(cohort, single_runs, dask_cluster, tmp_path, moment):
+    """A worker killed (SIGKILL) while its study computes, or while it writes the study's output folder: the
+    study reruns on the other worker, and the killed run's temporary folder is gone at the end (it was kept
+    when the killed worker was not yet collected by its parent: a zombie counted as alive)."""
     from dask.distributed import Client
     address, workers = dask_cluster
     out = tmp_path / "out"
@@ -231,8 +249,14 @@ def test_killing_a_worker_mid_batch_loses_nothing(cohort, single_runs, dask_clus
                            if any("ludosimetry-run" in str(k) for k in keys)}
                 time.sleep(0.2)
             assert len(running) == 2, "both workers should be running a study"
-            time.sleep(2.0)  # well into the run
-            workers[0].send_signal(signal.SIGKILL)
+            if moment == "computing":
+                time.sleep(2.0)  # well into the run, before any output
+                victim = workers[0]
+            else:
+                writer = _writer_of_a_temporary_output(out, time.monotonic() + 120)
+                assert writer is not None, "no study started writing its output"
+                victim = next(w for w in workers if w.pid == writer)
+            victim.send_signal(signal.SIGKILL)
         stdout, stderr = batch.communicate(timeout=300)
     finally:
         if batch.poll() is None:

@@ -229,6 +229,28 @@ def test_stale_temporary_folders_of_a_killed_run_are_cleaned(tmp_path):
     assert (lookalike / "thesis.docx").read_text() == "precious"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="zombies are told from /proc")
+def test_a_killed_run_whose_parent_has_not_collected_it_counts_as_dead(tmp_path):
+    """A run killed under a parent that has not waited for it yet (a dask worker started by a script) is a
+    zombie: ``kill(pid, 0)`` still succeeds. Its temporary folder was kept by the next run (a flaky batch
+    test: the rerun of a killed worker's study left the killed run's folder beside the output)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not export._is_zombie(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert export._is_zombie(child.pid)
+        assert not export._pid_alive(child.pid)
+        stale = tmp_path / f".results.ludosimetry-tmp.{export._host_tag()}.{child.pid}.zomb0001"
+        stale.mkdir()
+        (stale / OWNER_FILE).write_text(json.dumps({"pid": child.pid}))
+        assert clean_stale_siblings(tmp_path) == [stale] and not stale.exists()
+    finally:
+        child.wait()
+    assert export._pid_alive(os.getppid())  # a running process stays alive
+
+
 def test_previous_output_set_aside_by_a_killed_replacement_is_put_back(tmp_path):
     """Without an atomic exchange a replacement takes two renames; killed between them, the previous
     output waits in a hidden sibling and the next run puts it back."""
