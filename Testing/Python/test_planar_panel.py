@@ -158,6 +158,22 @@ def test_an_edited_region_changes_that_vois_planar_activity_only(written, tmp_pa
     assert res.whole_body["time_points"][0]["edited_regions"] == {}
 
 
+def test_a_region_without_background_pixels_around_it_is_named_in_the_warnings(written, tmp_path):
+    """A region with no ring around it (here drawn over the whole image) is measured without a background
+    subtraction: its activity then holds the tissue in front of and behind it, and the run says so."""
+    assert not [w for w in written.results.warnings if "no background pixels" in w]
+    regions, grid, session = read_planar_regions(written.out / planar_regions_file(3))
+    edited = dict(regions, Liver=np.ones_like(regions["Liver"]))
+    path = _write_regions(tmp_path / "session3_liver_everywhere.nrrd", edited, grid, session)
+    res = _run(written.study, planar_regions=(str(path),))
+    named = [w for w in res.warnings if "no background pixels" in w]
+    assert len(named) == 1 and "Liver" in named[0] and session in named[0], named
+    after, before = _regions_of(res)["Liver"]["activity_bq"][2], _regions_of(written.results)["Liver"]["activity_bq"][2]
+    assert after > 1.3 * before  # the activity of the tissue around it (and of other VOIs) is not subtracted
+    for name in ("Kidney_L", "Spleen"):
+        assert _regions_of(res)[name]["activity_bq"] == _regions_of(written.results)[name]["activity_bq"], name
+
+
 def _cli_error(argv, capsys) -> str:
     code = main(["run", *argv, "--quiet"])
     err = capsys.readouterr().err.strip()
