@@ -110,6 +110,34 @@ def _manifest_entry(row: Dict[str, str], base: Path, where: str) -> CohortEntry:
                        injection_time=when or None, cycle=cycle_label(cycle, where) if cycle else None)
 
 
+def _manifest_entries(path: Path) -> List[CohortEntry]:
+    """The rows of a CSV manifest (:func:`read_cohort`), as a spreadsheet saves it
+    (:mod:`~LuDosimetryLib.io.spreadsheet_csv`: its encoding, separator and decimal comma)."""
+    from .io.spreadsheet_csv import csv_rows
+    try:
+        table = csv_rows(path.read_bytes(), comment="#")
+    except (OSError, csv.Error) as exc:
+        raise CohortError(f"cannot read the manifest ({exc.__class__.__name__})", path) from None
+    if table is None:
+        raise CohortError("cannot read the manifest: its text is neither UTF-8, UTF-16 nor Windows-1252", path)
+    header = [c.strip() for c in table.rows[0]] if table.rows else []
+    unknown = [c for c in header if c not in MANIFEST_COLUMNS]
+    if "study" not in header or unknown:
+        raise CohortError(f"a manifest's header names the columns {', '.join(MANIFEST_COLUMNS)} (study "
+                          f"required); found {', '.join(header) or 'none'}", path)
+    entries = []
+    for i, row in enumerate(table.rows[1:], start=1):
+        where = f"{path}: row {i}"
+        if table.overlong(row):
+            raise CohortError(f"{len(row)} values, the header has {len(header)} columns (a value holding the "
+                              f"separator {table.separator!r}? quote it)", where)
+        values = dict(zip(header, row))
+        if values.get("injected_activity_mbq"):
+            values["injected_activity_mbq"] = table.number_text(values["injected_activity_mbq"])
+        entries.append(_manifest_entry(values, path.parent, where))
+    return entries
+
+
 def read_cohort(path) -> List[CohortEntry]:
     """The studies of a cohort: the sub-folders of a folder (hidden ones skipped, sorted by name), or the rows
     of a CSV manifest with a header of :data:`MANIFEST_COLUMNS` (``study`` required; relative paths are
@@ -125,14 +153,7 @@ def read_cohort(path) -> List[CohortEntry]:
         entries = [CohortEntry(study=str(p.absolute())) for p in sorted(path.iterdir())
                    if p.is_dir() and not p.name.startswith(".")]
     elif path.is_file():
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            lines = [line for line in fh if not line.lstrip().startswith("#")]
-        reader = csv.DictReader(lines)
-        unknown = [c for c in reader.fieldnames or () if c not in MANIFEST_COLUMNS]
-        if "study" not in (reader.fieldnames or ()) or unknown:
-            raise CohortError(f"a manifest's header names the columns {', '.join(MANIFEST_COLUMNS)} (study "
-                              f"required); found {', '.join(reader.fieldnames or ()) or 'none'}", path)
-        entries = [_manifest_entry(row, path.parent, f"{path}: row {i}") for i, row in enumerate(reader, start=1)]
+        entries = _manifest_entries(path)
     else:
         raise CohortError("is neither a folder of studies nor a CSV manifest", path)
     if not entries:

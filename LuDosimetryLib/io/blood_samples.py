@@ -2,13 +2,16 @@
 
 The file is a CSV with a header row and one row per sample:
 
-- a time column, named ``time`` (also ``time_h``, ``hours``, ``datetime``, ``hours_post_injection``): either an
-  ISO 8601 date/time of the sampling (needs the injection time) or hours after the injection;
+- a time column, named ``time`` (also ``time_h``, ``Time (h)``, ``hours``, ``datetime``, ``hours_post_injection``):
+  either an ISO 8601 date/time of the sampling (needs the injection time) or hours after the injection;
 - an activity-concentration column whose name carries its unit: ``Bq/mL``, ``kBq/mL`` or ``MBq/mL`` (also
   written ``Bq_per_mL``, ``kBq_mL``...), e.g. ``concentration_kBq_per_mL`` or ``activity (kBq/mL)``.
 
 Concentrations are the activity at the sampling time (not decay-corrected), as counted in a well counter with
 its time of measurement already decay-corrected back to the sampling time. Other columns are ignored.
+
+As a spreadsheet saves it (:mod:`~LuDosimetryLib.io.spreadsheet_csv`): UTF-8, UTF-16 or Windows-1252 text,
+columns separated by commas, semicolons or tabs, and with semicolons or tabs a decimal comma (``2,5``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import OptionError
+from .spreadsheet_csv import csv_rows
 
 _TIME_NAMES = ("time", "time_h", "hours", "datetime", "hours_post_injection", "time_hours", "t_h")
 _UNITS = (("mbq", 1e6), ("kbq", 1e3), ("bq", 1.0))  # longest prefix first
@@ -36,6 +40,11 @@ class BloodSamples:
     concentration_bq_per_ml: np.ndarray
     path: str
     unit: str
+
+
+def _column_key(name: str) -> str:
+    """``Time (h)`` → ``time_h``: lower case, brackets dropped, spaces as underscores."""
+    return re.sub(r"\s+", "_", re.sub(r"[()\[\]]", " ", name).strip().lower())
 
 
 def _concentration_scale(name: str) -> Optional[float]:
@@ -63,15 +72,16 @@ def read_blood_samples(path, injection_time: Optional[datetime] = None) -> Blood
     """
     p = Path(path)
     try:
-        with open(p, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError) as exc:
+        table = csv_rows(p.read_bytes())
+    except (OSError, csv.Error) as exc:
         raise _error(p, f"cannot read the blood-sample file ({exc.__class__.__name__})") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
+    if table is None:
+        raise _error(p, "cannot read the blood-sample file: its text is neither UTF-8, UTF-16 nor Windows-1252")
+    rows = table.rows
     if not rows:
         raise _error(p, "the blood-sample file is empty")
     header = [h.strip() for h in rows[0]]
-    time_col = next((i for i, h in enumerate(header) if h.lower().replace(" ", "_") in _TIME_NAMES), None)
+    time_col = next((i for i, h in enumerate(header) if _column_key(h) in _TIME_NAMES), None)
     conc = [(i, _concentration_scale(h)) for i, h in enumerate(header) if i != time_col]
     conc = [(i, s) for i, s in conc if s is not None]
     if time_col is None:
@@ -84,9 +94,10 @@ def read_blood_samples(path, injection_time: Optional[datetime] = None) -> Blood
     times: List[float] = []
     values: List[float] = []
     for n, row in enumerate(rows[1:], start=2):
-        if len(row) <= max(time_col, col):
-            raise _error(p, f"row {n}: {len(row)} columns, the header has {len(header)}")
-        t_text, c_text = row[time_col].strip(), row[col].strip()
+        if len(row) <= max(time_col, col) or table.overlong(row):
+            hint = " (decimal commas in a comma-separated file?)" if table.overlong(row) else ""
+            raise _error(p, f"row {n}: {len(row)} columns, the header has {len(header)}{hint}")
+        t_text, c_text = table.number_text(row[time_col].strip()), table.number_text(row[col].strip())
         times.append(_hours(p, n, t_text, injection_time))
         try:
             c = float(c_text)
