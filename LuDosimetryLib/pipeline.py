@@ -1280,10 +1280,46 @@ def _earlier_cycle_half_lives(ctx: _RunContext, patient_id: str) -> Dict[str, fl
     vois, patient = data["vois"], str(data.get("patient_id", ""))
     if patient_id and patient and patient != patient_id:
         raise StudyError(f"the earlier cycle is patient {patient!r}, this study patient {patient_id!r}", path)
-    half_lives = {name: float(v["effective_half_life_h"]) for name, v in vois.items()
-                  if isinstance(v, dict) and v.get("effective_half_life_h")}
+    recorded = data.get("options") if isinstance(data.get("options"), dict) else {}
+    nuclide = recorded.get("nuclide")
+    if nuclide is not None and str(nuclide) != ctx.nuclide.name:
+        raise StudyError(f"the earlier cycle's radionuclide is {nuclide}, this run's {ctx.nuclide.name}: an effective "
+                         "half-life holds the radionuclide's physical decay", path)
+    _require_earlier_injection(data.get("injection_time"), ctx.inventory.injection_time, path, ctx.warnings)
+    half_lives = {}
+    for name, v in vois.items():
+        value = v.get("effective_half_life_h") if isinstance(v, dict) else None
+        if value is None:
+            continue  # a VOI fitted without one (trapezoids): refused only when this run needs it
+        try:
+            t_eff_h = float(value)
+        except (TypeError, ValueError):
+            t_eff_h = float("nan")
+        if not (0.0 < t_eff_h < float("inf")):
+            raise StudyError(f"VOI {name!r}: effective_half_life_h {value!r} is not a positive number of hours", path)
+        half_lives[name] = t_eff_h
     ctx.earlier_half_lives_h = half_lives
     return half_lives
+
+
+def _require_earlier_injection(recorded, injection_time: datetime, path, warnings_out: List[str]) -> None:
+    """Refuse an "earlier" cycle injected after this study (a later cycle's file given by mistake), or one whose
+    injection time is not a date; a file of this same injection is used and named in the warnings (the
+    patient's multi-time-point kinetics of this cycle: a check of the single-time-point method)."""
+    if recorded is None:
+        return
+    try:
+        earlier = datetime.fromisoformat(str(recorded))
+    except ValueError:
+        raise StudyError(f"injection_time {recorded!r} is not an ISO 8601 date and time", path) from None
+    if (earlier.tzinfo is None) != (injection_time.tzinfo is None):
+        earlier = earlier.replace(tzinfo=injection_time.tzinfo)
+    if earlier > injection_time:
+        raise StudyError(f"is not an earlier cycle: injected {earlier.isoformat()}, after this study's injection "
+                         f"({injection_time.isoformat()})", path)
+    if earlier == injection_time:
+        warnings_out.append(f"{path}: the earlier cycle's results are of this study's own injection "
+                            f"({injection_time.isoformat()}); its kinetics are this cycle's multi-time-point fit")
 
 
 def _fit_with_earlier_cycle(ctx: _RunContext, t_h: np.ndarray, a_bq: np.ndarray, name: str, label: str,
@@ -1296,8 +1332,7 @@ def _fit_with_earlier_cycle(ctx: _RunContext, t_h: np.ndarray, a_bq: np.ndarray,
 
     half_lives = _earlier_cycle_half_lives(ctx, patient_id)
     if name not in half_lives:
-        raise FitError(f"VOI {label!r}: no effective half-life for it in the earlier cycle's results "
-                       f"({ctx.options.kinetics_from})")
+        raise FitError(f"no effective half-life for it in the earlier cycle's results ({ctx.options.kinetics_from})")
     t_eff_h = half_lives[name]
     assume(f"effective half-life of VOI {name!r} equal to the patient's earlier cycle", f"{t_eff_h:.4g} h",
            "earlier cycle's results.json", ctx.options.kinetics_from)

@@ -126,3 +126,21 @@ def test_a_single_time_point_cycle_uses_the_patients_own_earlier_kinetics(synthe
     assert "SOMEONE-ELSE" in err[-1] and str(tmp_path / "other.json") in err[-1]
     assert cli.main(["run", str(synthetic_study), "--out", str(tmp_path / "y"), "--kinetics-from",
                      str(first / "results.json")]) == 2  # needs one time point
+    capsys.readouterr()
+    # the same injection's results (this check): used, and said in the warnings
+    assert any("this study's own injection" in w for w in res["warnings"])
+    # an "earlier" file that cannot be this patient's earlier cycle: one line naming it, nothing written
+    later_cycle = dict(full, injection_time="2100-01-01T10:00:00")
+    other_nuclide = dict(full, options=dict(full["options"], nuclide="Y-90"))
+    negative = dict(full, vois={n: dict(v, effective_half_life_h=-50.0) for n, v in full["vois"].items()})
+    text = dict(full, vois={n: dict(v, effective_half_life_h="long") for n, v in full["vois"].items()})
+    for name, doc, said in (("later.json", later_cycle, "is not an earlier cycle"),
+                            ("yttrium.json", other_nuclide, "radionuclide is Y-90"),
+                            ("negative.json", negative, "-50.0 is not a positive number of hours"),
+                            ("text.json", text, "'long' is not a positive number of hours")):
+        (tmp_path / name).write_text(json.dumps(doc))
+        out = tmp_path / f"out_{name}"
+        assert cli.main(argv[:3] + [str(out)] + argv[4:-1] + [str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0] and str(tmp_path / name) in err[0], err
+        assert not out.exists()
