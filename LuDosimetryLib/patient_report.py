@@ -51,6 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import OutputError, StudyError
+from .io.results_json import read_results_json
 from .output_layout import (DOSE_FILE, DVH_FILE, REPORT_HTML_FILE, REPORT_PDF_FILE, RESULTS_FILE,
                             time_point_masks_file, time_point_spect_file)
 
@@ -190,16 +191,11 @@ def read_run_folder(folder) -> RunFolder:
     if not folder.is_dir():
         raise OutputError("is not a folder", folder)
     path = folder / RESULTS_FILE
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StudyError(f"is not the output folder of a LuDosimetry run (no {RESULTS_FILE})", folder) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise StudyError(f"cannot be read ({type(exc).__name__}: {exc})", path) from None
-    if not (isinstance(results, dict) and isinstance(results.get("vois"), dict)
-            and isinstance(results.get("time_points"), list) and "injected_activity_bq" in results):
-        raise StudyError("is not the results.json of a LuDosimetry run (no time points, VOIs or injected "
-                         "activity)", path)
+    if not path.is_file():
+        raise StudyError(f"is not the output folder of a LuDosimetry run (no {RESULTS_FILE})", folder)
+    results = read_results_json(path, "the results.json")
+    if not (isinstance(results.get("time_points"), list) and "injected_activity_bq" in results):
+        raise StudyError("is not the results.json of a LuDosimetry run (no time points or injected activity)", path)
     run = RunFolder(folder, results, dvhs=_read_dvh_csv(folder / DVH_FILE), dose=_read_volume(folder / DOSE_FILE))
     for tp in results["time_points"]:
         number = int(tp.get("index", 0)) + 1

@@ -41,7 +41,31 @@ def read_results_json(path: PathLike, what: str = "a results.json") -> Dict[str,
         raise StudyError(f"cannot read {what} ({type(exc).__name__}: {exc})", path) from None
     if not isinstance(data, dict) or not isinstance(data.get("vois"), dict):
         raise StudyError(f"is not {what} of a LuDosimetry run (no object with per-VOI results)", path)
+    problem = shape_problem(data)
+    if problem:
+        raise StudyError(f"is not {what} of a LuDosimetry run ({problem})", path)
     return data
 
 
-__all__ = ["read_results_json"]
+#: Top-level entries that are lists of objects, and those that are objects, where present.
+_LISTS_OF_OBJECTS = ("time_points", "assumptions")
+_OBJECTS = ("vois", "options", "inputs", "software", "whole_body", "remainder_of_body", "red_marrow")
+
+
+def shape_problem(data: Dict[str, Any]) -> str:
+    """What in a results document does not have the shape a run writes (each VOI an object, the time points
+    a list of objects...), or "" — checked once here, so that its readers (the report, the cycles, a later
+    cycle's run, the panel) meet the values, not a list where an object was written."""
+    for key in _OBJECTS:
+        if key in data and data[key] is not None and not isinstance(data[key], dict):
+            return f"{key!r} is not an object"
+    for key in _LISTS_OF_OBJECTS:
+        if key in data and not (isinstance(data[key], list) and all(isinstance(x, dict) for x in data[key])):
+            return f"{key!r} is not a list of objects"
+    bad = [name for name, voi in data.get("vois", {}).items() if not isinstance(voi, dict)]
+    if bad:
+        return f"VOI {bad[0]!r} is not an object"
+    return ""
+
+
+__all__ = ["read_results_json", "shape_problem"]

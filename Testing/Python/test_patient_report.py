@@ -186,3 +186,31 @@ def test_report_refuses_a_folder_that_is_not_a_run_output(kind, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ludosimetry: error: ") and str(folder) in err[0], err
     assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == before
+
+
+#: A run's results.json with one entry of another shape (a hand edit, another tool's file): each ended in a
+#: traceback (AttributeError, TypeError) of ``report`` or ``cycles``.
+MISSHAPEN = {
+    "a VOI not an object": ("vois", lambda res: {**res["vois"], next(iter(res["vois"])): 5}, "is not an object"),
+    "time points not objects": ("time_points", lambda res: [1, 2], "'time_points' is not a list of objects"),
+    "time points a number": ("time_points", lambda res: 3, "'time_points' is not a list of objects"),
+    "options a list": ("options", lambda res: [], "'options' is not an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISSHAPEN))
+def test_a_misshapen_results_json_is_one_line_for_report_and_cycles(case, run_out, tmp_path, capsys):
+    key, value, said = MISSHAPEN[case]
+    out = _copy(run_out, tmp_path)
+    res = json.loads((out / "results.json").read_text())
+    res[key] = value(res)
+    (out / "results.json").write_text(json.dumps(res), encoding="utf-8")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    for argv in (["report", str(out)],
+                 ["cycles", str(run_out / "results.json"), str(out / "results.json"), "--out", str(tmp_path / "c")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0] and str(out / "results.json") in err[0], err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert not (tmp_path / "c").exists()
