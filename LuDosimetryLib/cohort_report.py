@@ -35,6 +35,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .cohort import CSV_FILE, FAILURES_FILE, SUMMARY_FILE, CohortError, output_folder
+from .errors import StudyError
+from .io.results_json import read_results_json
 from .output_layout import REPORT_HTML_FILE, RESULTS_FILE
 from .patient_report import finite_number
 
@@ -96,14 +98,22 @@ def read_cohort_folder(folder) -> CohortFolder:
         raise CohortError(f"cannot be read ({type(exc).__name__}: {exc})", folder) from None
     if not isinstance(summary, dict) or not isinstance(summary.get("tasks"), list):
         raise CohortError("is not the summary of a batch (no tasks)", folder / SUMMARY_FILE)
+    for i, task in enumerate(summary["tasks"], start=1):
+        if not (isinstance(task, dict) and all(isinstance(task.get(k), str) for k in ("study", "status"))):
+            raise CohortError(f"task {i} is not a batch task (an object with its study and status)",
+                              folder / SUMMARY_FILE)
+        if task["status"] in ("ran", "skipped") and not all(isinstance(task.get(k), str)
+                                                            for k in ("patient_id", "cycle")):
+            raise CohortError(f"task {i} ({task['study']}) {task['status']} without its patient and cycle",
+                              folder / SUMMARY_FILE)
     cohort = CohortFolder(folder, rows, summary)
     for task in summary["tasks"]:
         if task.get("status") in ("ran", "skipped"):
             path = output_folder(folder, task["patient_id"], task["cycle"]) / RESULTS_FILE
             try:
-                cohort.results[(task["patient_id"], task["cycle"])] = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                pass  # a run's folder removed or moved: its assumptions are not counted (the page says so)
+                cohort.results[(task["patient_id"], task["cycle"])] = read_results_json(path)
+            except StudyError:
+                pass  # a run's folder removed, moved or edited: its assumptions are not counted (the page says so)
     return cohort
 
 

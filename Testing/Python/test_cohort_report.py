@@ -174,6 +174,21 @@ def test_cohort_report_refuses_a_folder_that_is_not_a_batch_output(synthetic_stu
     assert sorted(p.name for p in folder.iterdir()) == ["cohort.csv"]
 
 
+@pytest.mark.parametrize("tasks, said", [([1, 2], "task 1 is not a batch task"),
+                                          ([{"study": "/a", "status": "ran"}], "ran without its patient and cycle")])
+def test_cohort_report_refuses_a_summary_whose_tasks_are_misshapen(cohort_out, tmp_path, capsys, tasks, said):
+    """Tasks of another shape in cohort_summary.json ended in an AttributeError or KeyError traceback."""
+    out = Path(shutil.copytree(str(cohort_out), str(tmp_path / "edited")))
+    summary = json.loads((out / "cohort_summary.json").read_text())
+    (out / "cohort_summary.json").write_text(json.dumps(dict(summary, tasks=tasks)))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["cohort-report", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0] and "cohort_summary.json" in err[0], err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
 def test_a_batch_where_every_study_failed_still_gets_its_page(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
