@@ -32,12 +32,12 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
 from .errors import LuDosimetryError
+from .io.dicom_time import parse_local_datetime
 
 TASK_FILE = "cohort_task.json"
 CSV_FILE = "cohort.csv"
@@ -102,9 +102,10 @@ def _manifest_entry(row: Dict[str, str], base: Path, where: str) -> CohortEntry:
     when = (row.get("injection_time") or "").strip()
     if when:
         try:
-            datetime.fromisoformat(when)
-        except ValueError:
-            raise CohortError(f"injection_time {when!r} is not an ISO 8601 date and time", where) from None
+            parse_local_datetime(when)
+        except ValueError as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            raise CohortError(f"injection_time {when!r} is not an ISO 8601 date and time{detail}", where) from None
     cycle = (row.get("cycle") or "").strip()
     return CohortEntry(study=str(path), injected_activity_mbq=float(mbq) if mbq else None,
                        injection_time=when or None, cycle=cycle_label(cycle, where) if cycle else None)
@@ -174,7 +175,7 @@ def study_options(options, entry: CohortEntry):
     if entry.injected_activity_mbq is not None:
         changes["injected_activity_bq"] = entry.injected_activity_mbq * 1e6
     if entry.injection_time is not None:
-        changes["injection_time"] = datetime.fromisoformat(entry.injection_time)
+        changes["injection_time"] = parse_local_datetime(entry.injection_time)
     return replace_options(options, **changes) if changes else options
 
 

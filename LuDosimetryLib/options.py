@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import OptionError
+from .io.dicom_time import parse_local_datetime
 
 # ------------------------------------------------------------------------------------------ choices
 
@@ -92,14 +93,6 @@ def _parse_time_points(text) -> Optional[Tuple[int, ...]]:
 
 def _format_time_points(value) -> str:
     return ",".join(str(int(v)) for v in value) if value else ""
-
-
-def _parse_datetime(text) -> Optional[datetime]:
-    """ISO 8601 text → datetime; "" → None. Raises ValueError."""
-    if isinstance(text, datetime):
-        return text
-    text = str(text or "").strip()
-    return datetime.fromisoformat(text) if text else None
 
 
 def _format_datetime(value) -> str:
@@ -342,7 +335,7 @@ class Option:
             return self._parse(value)
         except (TypeError, ValueError) as exc:
             # our own parsers' messages say what is wrong; Python's (float(), fromisoformat) are left out
-            detail = f" ({exc})" if self.kind in ("voi_models", "percentages") and str(exc) else ""
+            detail = f" ({exc})" if self.kind in ("voi_models", "percentages", "datetime") and str(exc) else ""
             raise OptionError(f"{value!r} is not {self._expected()}{detail}", option=self.name) from None
 
     def _parse(self, value) -> Any:
@@ -364,7 +357,7 @@ class Option:
                 raise ValueError("")
             return bool(value)
         if kind == "datetime":
-            return _parse_datetime(value)
+            return parse_local_datetime(value)
         if kind == "time_points":
             return _parse_time_points(value)
         if kind == "voi_models":

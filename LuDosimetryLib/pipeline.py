@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from .assumptions import Assumption, recording
 from .errors import DicomFileError, FitError, OptionError, StudyError, StructureError
+from .io.dicom_time import parse_local_datetime
 from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
 from .io.inventory import (Inventory, SeriesEntry, require_one_acquisition, require_one_patient,
                            require_plausible_times, scan_study)
@@ -1309,11 +1310,10 @@ def _require_earlier_injection(recorded, injection_time: datetime, path, warning
     if recorded is None:
         return
     try:
-        earlier = datetime.fromisoformat(str(recorded))
-    except ValueError:
-        raise StudyError(f"injection_time {recorded!r} is not an ISO 8601 date and time", path) from None
-    if (earlier.tzinfo is None) != (injection_time.tzinfo is None):
-        earlier = earlier.replace(tzinfo=injection_time.tzinfo)
+        earlier = parse_local_datetime(str(recorded))
+    except ValueError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        raise StudyError(f"injection_time {recorded!r} is not an ISO 8601 date and time{detail}", path) from None
     if earlier > injection_time:
         raise StudyError(f"is not an earlier cycle: injected {earlier.isoformat()}, after this study's injection "
                          f"({injection_time.isoformat()})", path)

@@ -26,6 +26,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import OptionError
+from .dicom_time import parse_local_datetime
 from .spreadsheet_csv import csv_rows
 
 _TIME_NAMES = ("time", "time_h", "hours", "datetime", "hours_post_injection", "time_hours", "t_h")
@@ -120,14 +121,13 @@ def _hours(path: Path, row: int, text: str, injection_time: Optional[datetime]) 
         hours = float(text)
     except ValueError:
         try:
-            when = datetime.fromisoformat(text)
-        except ValueError:
+            when = parse_local_datetime(text)
+        except ValueError as exc:
+            detail = f": {exc}" if str(exc) else ""
             raise _error(path, f"row {row}: time {text!r} is neither hours after the injection nor an ISO 8601 "
-                               "date/time") from None
+                               f"date/time{detail}") from None
         if injection_time is None:
             raise _error(path, f"row {row}: an ISO date/time needs the injection time (give --injection-time)")
-        if (when.tzinfo is None) != (injection_time.tzinfo is None):
-            when = when.replace(tzinfo=injection_time.tzinfo)
         hours = (when - injection_time).total_seconds() / 3600.0
     if not math.isfinite(hours) or hours <= 0:
         raise _error(path, f"row {row}: time {text!r} is not after the injection")

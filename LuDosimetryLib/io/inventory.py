@@ -485,7 +485,7 @@ def _assign_injection(inv: Inventory, activity_bq: Optional[float], when: Option
 
     A header time stated with its date wins over one stated as a time alone, whose date is guessed (the
     latest such time not after that series' acquisition) and so taken as a named assumption. A header that
-    disagrees with the time used by more than :data:`INJECTION_TOLERANCE_S` is warned, naming both.
+    disagrees with the time used by more than :data:`INJECTION_TOLERANCE_S` is a named assumption.
     """
     candidates = [s for s in inv.series if s.role in ("spect_recon", "spect_projections", "planar_whole_body",
                                                       "tia_map")]
@@ -506,14 +506,15 @@ def _assign_injection(inv: Inventory, activity_bq: Optional[float], when: Option
     inv.injected_activity_bq = activity_bq if activity_bq is not None else header_activity
     inv.injection_time = when if when is not None else header_time
     if inv.injection_time is not None:
-        _warn_injection_disagreements(inv, timed, "the command line" if when is not None else "the headers")
+        _name_injection_disagreements(inv, timed, "the command line" if when is not None else "the headers")
     inv.injection_source = ("command line" if activity_bq is not None or when is not None else
                             "RadiopharmaceuticalInformationSequence" if header_activity else "")
 
 
-def _warn_injection_disagreements(inv: Inventory, timed: List[SeriesEntry], origin: str) -> None:
-    """One warning per injection time stated in headers that is not the one used, naming both and the first
-    file that states it (a time alone is compared as a time of day)."""
+def _name_injection_disagreements(inv: Inventory, timed: List[SeriesEntry], origin: str) -> None:
+    """One named assumption per injection time stated in headers that is not the one used (a header that
+    disagrees with the command line, or with the header used), naming both and the first file that states it
+    (a time alone is compared as a time of day); ``--strict`` refuses it."""
     used = inv.injection_time
     stated: Dict[str, List[SeriesEntry]] = {}
     for s in timed:
@@ -524,8 +525,8 @@ def _warn_injection_disagreements(inv: Inventory, timed: List[SeriesEntry], orig
                     f"RadiopharmaceuticalStartDateTime {format_time(s.injection_time)}")
             stated.setdefault(text, []).append(s)
     for text, entries in stated.items():
-        inv.warnings.append(f"the header's {text} ({len(entries)} series, e.g. {entries[0].files[0]}) disagrees "
-                            f"with the injection time used, {format_time(used)} (from {origin})")
+        assume(f"injection time used over the header's {text} ({len(entries)} series), which disagrees with it",
+               format_time(used), origin, entries[0].files[0])
 
 
 def _assign_time_points(inv: Inventory, cluster_hours: float) -> None:

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 
 from LuDosimetryLib import cli
-from LuDosimetryLib.assumptions import StrictRefusal, recording
+from LuDosimetryLib.assumptions import AssumptionWarning, StrictRefusal, recording
 from LuDosimetryLib.errors import DicomFileError, LuDosimetryError, StudyError
 from LuDosimetryLib.io.images import read_spect
 from LuDosimetryLib.io.inventory import scan_study
@@ -109,21 +109,31 @@ def test_command_line_injection_wins_in_admin_correction_and_the_header_is_named
     assert sp.factor_applied / header.factor_applied == pytest.approx(2.718281828 ** (lam_per_h * 2.0), rel=1e-4)
 
 
-def test_a_run_lists_the_header_that_disagrees_with_the_command_line(analytic, tmp_path, capsys):
+def test_a_header_that_disagrees_with_the_command_line_is_a_named_assumption(analytic, tmp_path, capsys):
+    """The brief's trust rule: a header that disagrees with the command line is named in results.json's
+    assumptions (it was a warning only), and --strict refuses the run."""
+    argv = ["run", str(analytic.root), "--quiet", "--dose-method", "ldm", "--injection-time", "2018-11-15T09:40"]
     out = tmp_path / "o"
-    rc, _out, err = _cli(["run", str(analytic.root), "--out", str(out), "--quiet", "--dose-method", "ldm",
-                          "--injection-time", "2018-11-15T09:40"], capsys)
+    rc, _out, err = _cli(argv + ["--out", str(out)], capsys)
     assert rc == 0, err
-    warned = json.loads((out / "results.json").read_text())["warnings"]
-    assert any("2018-11-15 09:22" in w and "2018-11-15 09:40" in w for w in warned), warned
+    res = json.loads((out / "results.json").read_text())
+    named = [a for a in res["assumptions"] if "RadiopharmaceuticalStartDateTime 2018-11-15 09:22" in a["what"]]
+    assert len(named) == 1 and named[0]["value"] == "2018-11-15 09:40" and named[0]["source"] == "the command line"
+    assert named[0]["path"] and named[0]["path"].endswith(".dcm")
+    assert not [w for w in res["warnings"] if "09:22" in w]  # named once, as an assumption
+    rc, _out, err = _cli(argv + ["--out", str(tmp_path / "strict"), "--strict"], capsys)
+    assert rc == 2 and "strict" in err and "09:22" in err, err
+    assert not (tmp_path / "strict").exists()
+    # the header's own time given on the command line: nothing to name
+    rc, _out, err = _cli(argv[:-1] + ["2018-11-15T09:22", "--out", str(tmp_path / "same"), "--strict"], capsys)
+    assert rc == 0, err
 
 
-def test_inventory_warns_when_a_header_disagrees_with_the_command_line(analytic):
+def test_inventory_names_a_header_that_disagrees_with_the_command_line(analytic):
     given = INJECTION + timedelta(minutes=30)
-    with pytest.warns(UserWarning, match="09:52"):
+    with pytest.warns(AssumptionWarning, match="09:52"):
         inv = scan_study(analytic.root, injection_time=given)
     assert inv.injection_time == given
-    assert any("09:22" in w and "09:52" in w for w in inv.warnings), inv.warnings
 
 
 # ------------------------------------------------------------- item 4: injection date from a time alone

@@ -322,6 +322,11 @@ REFUSED = [
     ("activity not a number", ["--injected-activity-mbq", "abc"], "injected_activity_bq", None),
     ("activity NaN", ["--injected-activity-mbq", "nan"], "injected_activity_bq", {"injectedActivityMBq": float("nan")}),
     ("injection time not ISO", ["--injection-time", "yesterday"], "injection_time", {"injectionTime": "yesterday"}),
+    # read as midnight, a date alone moved every time point; an offset ended in a traceback (DICOM times have none)
+    ("injection date without its time", ["--injection-time", "2018-11-15"], "injection_time",
+     {"injectionTime": "2018-11-15"}),
+    ("injection time with a UTC offset", ["--injection-time", "2018-11-15T09:22+01:00"], "injection_time",
+     {"injectionTime": "2018-11-15T09:22Z"}),
     ("time points not numbers", ["--time-points", "2,x"], "time_points", {"reducedTimePoints": "2,x"}),
     ("time point 0", ["--time-points", "0,2"], "time_points", {"reducedTimePoints": "0,2"}),
     ("time point not whole", ["--time-points", "2.5"], "time_points", {"reducedTimePoints": "2.5"}),
