@@ -485,7 +485,8 @@ def _assign_injection(inv: Inventory, activity_bq: Optional[float], when: Option
 
     A header time stated with its date wins over one stated as a time alone, whose date is guessed (the
     latest such time not after that series' acquisition) and so taken as a named assumption. A header that
-    disagrees with the time used by more than :data:`INJECTION_TOLERANCE_S` is a named assumption.
+    disagrees with the time used by more than :data:`INJECTION_TOLERANCE_S`, or with the activity used by more
+    than :data:`INJECTED_ACTIVITY_TOLERANCE`, and a header activity read as MBq are named assumptions.
     """
     candidates = [s for s in inv.series if s.role in ("spect_recon", "spect_projections", "planar_whole_body",
                                                       "tia_map")]
@@ -496,19 +497,40 @@ def _assign_injection(inv: Inventory, activity_bq: Optional[float], when: Option
         assume("injection date inferred from RadiopharmaceuticalStartTime alone (no "
                "RadiopharmaceuticalStartDateTime): the latest such time before the first scan",
                format_time(header_time), "RadiopharmaceuticalStartTime", timed[0].files[0])
-    values = {round(s.injected_activity_bq, -3) for s in candidates if s.injected_activity_bq}
-    if len(values) > 1:
-        inv.warnings.append(f"series disagree on the injected activity ({sorted(values)} Bq); using the earliest")
-    if header_activity is not None and header_activity < 1e5:
+    stated = [s for s in candidates if s.injected_activity_bq]
+    if header_activity is not None and header_activity < 1e5 and activity_bq is None:
         # Some writers put MBq in a Bq attribute; 0.1 MBq is far below any therapy activity.
-        inv.warnings.append(f"RadionuclideTotalDose {header_activity} looks like MBq, not Bq; scaled by 1e6")
+        assume(f"RadionuclideTotalDose {header_activity:g} read as MBq, not Bq (0.1 MBq is far below a therapy)",
+               f"{header_activity * 1e6:.6g} Bq", "RadionuclideTotalDose × 1e6", stated[0].files[0])
         header_activity *= 1e6
     inv.injected_activity_bq = activity_bq if activity_bq is not None else header_activity
+    _name_activity_disagreements(inv.injected_activity_bq, stated, "the command line" if activity_bq is not None
+                                 else "the first series stating it")
     inv.injection_time = when if when is not None else header_time
     if inv.injection_time is not None:
         _name_injection_disagreements(inv, timed, "the command line" if when is not None else "the headers")
     inv.injection_source = ("command line" if activity_bq is not None or when is not None else
                             "RadiopharmaceuticalInformationSequence" if header_activity else "")
+
+
+#: Relative difference of two injected activities (header and the one used) above which they disagree.
+INJECTED_ACTIVITY_TOLERANCE = 0.01
+
+
+def _name_activity_disagreements(used_bq: Optional[float], stated: List[SeriesEntry], origin: str) -> None:
+    """One named assumption per injected activity stated in headers that differs from the one used by more than
+    :data:`INJECTED_ACTIVITY_TOLERANCE` (a header in MBq counted as its Bq value is not a disagreement)."""
+    if not used_bq:
+        return
+    differing: Dict[float, List[SeriesEntry]] = {}
+    for s in stated:
+        value = s.injected_activity_bq * (1e6 if s.injected_activity_bq < 1e5 else 1.0)
+        if abs(value / used_bq - 1.0) > INJECTED_ACTIVITY_TOLERANCE:
+            differing.setdefault(round(s.injected_activity_bq, 6), []).append(s)
+    for value, entries in differing.items():
+        assume(f"injected activity used over the header's RadionuclideTotalDose {value:.6g} Bq "
+               f"({len(entries)} series), which disagrees with it", f"{used_bq / 1e6:.6g} MBq", origin,
+               entries[0].files[0])
 
 
 def _name_injection_disagreements(inv: Inventory, timed: List[SeriesEntry], origin: str) -> None:

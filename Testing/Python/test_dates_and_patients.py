@@ -136,6 +136,47 @@ def test_inventory_names_a_header_that_disagrees_with_the_command_line(analytic)
     assert inv.injection_time == given
 
 
+def _total_dose(value_bq: float):
+    def change(ds):
+        ds.RadiopharmaceuticalInformationSequence[0].RadionuclideTotalDose = f"{value_bq:g}"
+    return change
+
+
+def test_injected_activities_that_disagree_are_named_assumptions(analytic, tmp_path, capsys):
+    """The injected activity scales every Gy/GBq and a header in MBq every result: a header that disagrees with
+    the command line, series that disagree with each other, and a header read as MBq are named assumptions
+    (they were warnings, or, for the command line, nothing), and --strict refuses each."""
+    clean = json.loads(_run_cli_json(analytic.root, tmp_path / "clean", capsys))
+    assert not [a for a in clean["assumptions"] if "activity" in a["what"] or "RadionuclideTotalDose" in a["what"]]
+
+    given = _run_cli_json(analytic.root, tmp_path / "given", capsys, "--injected-activity-mbq", "7000")
+    named = [a for a in json.loads(given)["assumptions"] if "RadionuclideTotalDose" in a["what"]]
+    assert len(named) == 1 and "7.21e+09 Bq" in named[0]["what"] and named[0]["value"] == "7000 MBq", named
+    assert named[0]["source"] == "the command line"
+    # within 1 % of the header (a rounded value): nothing to name
+    assert not [a for a in json.loads(_run_cli_json(analytic.root, tmp_path / "near", capsys,
+                                                    "--injected-activity-mbq", "7200"))["assumptions"]
+                if "RadionuclideTotalDose" in a["what"]]
+
+    study = _copy(analytic, tmp_path)
+    _edit(_spect_files(study, 1), _total_dose(7210.0))  # the first series in MBq
+    _edit(_spect_files(study, 3), _total_dose(6.5e9))   # another series disagreeing
+    res = json.loads(_run_cli_json(study, tmp_path / "edited", capsys))
+    whats = [a["what"] for a in res["assumptions"]]
+    assert any("RadionuclideTotalDose 7210 read as MBq" in w for w in whats), whats
+    assert any("RadionuclideTotalDose 6.5e+09 Bq (1 series)" in w for w in whats), whats
+    assert res["injected_activity_bq"] == pytest.approx(7.21e9)
+    rc, _out, err = _cli(["run", str(study), "--out", str(tmp_path / "strict"), "--quiet", "--dose-method", "ldm",
+                          "--strict"], capsys)
+    assert rc == 2 and "strict" in err and "RadionuclideTotalDose" in err, err
+
+
+def _run_cli_json(study, out, capsys, *extra) -> str:
+    rc, _out, err = _cli(["run", str(study), "--out", str(out), "--quiet", "--dose-method", "ldm", *extra], capsys)
+    assert rc == 0, err
+    return (out / "results.json").read_text()
+
+
 # ------------------------------------------------------------- item 4: injection date from a time alone
 
 def test_injection_date_inferred_from_a_time_alone_is_an_assumption(analytic, tmp_path):
