@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from .assumptions import assume
 from .errors import StructureError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -344,10 +345,7 @@ def check_frame_of_reference(structure_set: "StructureSet", frame_of_reference_u
         Naming the file, when the structure set's frame of reference, or that of one of its ROIs (its
         Referenced Frame of Reference UID), matches none of them.
 
-    Warns
-    -----
-    UserWarning
-        When the RTSTRUCT names no frame of reference (it cannot be checked).
+    An RTSTRUCT that names no frame of reference (it cannot be checked) is a named assumption.
     """
     uids = {frame_of_reference_uid} if isinstance(frame_of_reference_uid, str) else set(frame_of_reference_uid)
     uids.discard("")
@@ -357,8 +355,9 @@ def check_frame_of_reference(structure_set: "StructureSet", frame_of_reference_u
                                  "(its Referenced Frame of Reference UID), which matches no image of the study ("
                                  + (", ".join(sorted(uids)) or "none") + ")", structure_set.path)
     if not structure_set.frame_of_reference_uid:
-        warnings.warn(f"{structure_set.path}: the RTSTRUCT names no frame of reference; "
-                      "it is assumed to match the images", stacklevel=2)
+        assume("the RTSTRUCT's frame of reference (it names none): its contours are placed by their patient "
+               "coordinates on the images", "that of the images", "no Referenced Frame of Reference UID",
+               structure_set.path)
         return
     if structure_set.frame_of_reference_uid not in uids:
         raise StructureError(f"RTSTRUCT frame of reference {structure_set.frame_of_reference_uid} matches no "

@@ -329,7 +329,13 @@ def read_image_series(files: Sequence[str], *, what: str = "image series") -> Im
     multi = [(ds, f) for ds, f in datasets if int(ds.get("NumberOfFrames", 1) or 1) > 1]
     if multi:
         if len(datasets) > 1:
-            warnings.warn(f"{what}: {len(datasets)} files with pixel data; using the multi-frame {multi[0][1]}")
+            chosen = multi[0][0].PixelData
+            other = next((f for ds, f in datasets if ds.PixelData != chosen), None)
+            if other is not None:  # another image in the series: which one is the volume cannot be told
+                raise DicomFileError(f"{what}: {len(datasets)} files with pixel data in a series of the multi-frame "
+                                     f"{multi[0][1]}, and this one holds other pixels; keep one image per series",
+                                     other)
+            warnings.warn(f"{what}: {len(datasets)} copies of the multi-frame image; using {multi[0][1]}")
         return _read_multiframe(*multi[0], what=what)
     return _read_slices(datasets, what=what)
 

@@ -82,6 +82,27 @@ def test_nm_multiframe_and_decay_none(tmp_path):
         assert res.vois[s.name].tia_bq_s == pytest.approx(s.tia_bq_s(), rel=0.05)
 
 
+def test_a_second_image_in_a_multiframe_series_is_refused_a_copy_is_not(tmp_path, capsys):
+    """A copy of the multi-frame file is the same image (used, with a warning); a second multi-frame file with
+    other pixels in the series was passed over with a warning, the first one taken by file order."""
+    built = build_study(tmp_path / "nm", spect_format="nm_multiframe", decay_correction="NONE", with_ct=True)
+    clean = run_study(built.root, RunOptions(dose_method="ldm"))
+    folder = built.root / "scan2" / "spect"
+    original = folder / "spect.dcm"
+    shutil.copy2(str(original), str(folder / "spect_copy.dcm"))
+    with pytest.warns(UserWarning, match="2 copies of the multi-frame image"):
+        copied = run_study(built.root, RunOptions(dose_method="ldm"))
+    assert {n: v.tia_bq_s for n, v in copied.vois.items()} == {n: v.tia_bq_s for n, v in clean.vois.items()}
+    other = pydicom.dcmread(str(original))
+    pixels = other.pixel_array.copy()
+    pixels[0, 0, 0] += 1
+    other.PixelData = pixels.tobytes()
+    other.SOPInstanceUID = other.SOPInstanceUID + ".1"
+    other.save_as(str(folder / "spect_copy.dcm"), enforce_file_format=False)
+    _fails(["run", str(built.root), "--out", str(tmp_path / "o")], capsys, "spect_copy.dcm", "other pixels")
+    assert not (tmp_path / "o").exists()
+
+
 def _fails(args, capsys, *needles):
     rc = main(args)
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from pydicom.uid import CTImageStorage
 
 from conftest import in_plane_coverage, voxel_centres_mm
+from LuDosimetryLib.assumptions import AssumptionWarning
 from LuDosimetryLib import vois
 from LuDosimetryLib.errors import StructureError
 from LuDosimetryLib.io.dicom_common import PatientInfo, StudyInfo, new_uid
@@ -216,7 +217,7 @@ def test_frame_of_reference_mismatch(tmp_path):
     with pytest.raises(StructureError, match="for.dcm"):
         vois.check_frame_of_reference(ss, [])
     unnamed = StructureSet("x.dcm", "", None, [], "", "", "")
-    with pytest.warns(UserWarning, match="x.dcm.*names no frame of reference"):
+    with pytest.warns(AssumptionWarning, match="x.dcm.*names none"):
         vois.check_frame_of_reference(unnamed, "1.2.3")
 
 
