@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
 from .errors import LuDosimetryError
-from .io.dicom_time import parse_local_datetime
+from .options import parse_local_datetime
 
 TASK_FILE = "cohort_task.json"
 CSV_FILE = "cohort.csv"

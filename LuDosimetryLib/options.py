@@ -31,12 +31,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import OptionError
-from .io.dicom_time import parse_local_datetime
 
 # ------------------------------------------------------------------------------------------ choices
 
@@ -93,6 +93,34 @@ def _parse_time_points(text) -> Optional[Tuple[int, ...]]:
 
 def _format_time_points(value) -> str:
     return ",".join(str(int(v)) for v in value) if value else ""
+
+
+def parse_local_datetime(text) -> Optional[datetime]:
+    """ISO 8601 text of a date and time of day, local time without a UTC offset → datetime; "" → None.
+
+    Raises
+    ------
+    ValueError
+        Not ISO 8601 (empty message); a date alone (read as midnight, it would move every time point by the
+        hours since midnight); a UTC offset (the DICOM times it is compared with are the scanner's local time,
+        without one).
+    """
+    if isinstance(text, datetime):
+        value = text
+    else:
+        text = str(text or "").strip()
+        if not text:
+            return None
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError("") from None
+        if re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", text):
+            raise ValueError("a date without its time of day; give both, e.g. 2018-11-15T09:22")
+    if value.tzinfo is not None:
+        raise ValueError("a UTC offset: the DICOM times are the scanner's local time, without one; give the local "
+                         "time, e.g. 2018-11-15T09:22")
+    return value
 
 
 def _format_datetime(value) -> str:

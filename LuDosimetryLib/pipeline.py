@@ -25,11 +25,10 @@ import SimpleITK as sitk
 
 from .assumptions import Assumption, recording
 from .errors import DicomFileError, FitError, OptionError, StudyError, StructureError
-from .io.dicom_time import parse_local_datetime
 from .io.images import SpectVolume, mean_over_grid, read_ct, read_spect, resample_to
 from .io.inventory import (Inventory, SeriesEntry, require_one_acquisition, require_one_patient,
                            require_plausible_times, scan_study)
-from .options import RunOptions, validate
+from .options import RunOptions, parse_local_datetime, validate
 from .progress import Progress, as_progress
 from .radionuclides import Radionuclide, radionuclide
 

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import OptionError
-from .dicom_time import parse_local_datetime
+from ..options import parse_local_datetime
 from .spreadsheet_csv import csv_rows
 
 _TIME_NAMES = ("time", "time_h", "hours", "datetime", "hours_post_injection", "time_hours", "t_h")

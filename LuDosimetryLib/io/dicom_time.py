@@ -194,34 +194,6 @@ def disagreement_with_header(ds: Dataset, injection: datetime, tolerance_s: floa
             f"time used, {format_time(injection)}")
 
 
-def parse_local_datetime(text) -> Optional[datetime]:
-    """ISO 8601 text of a date and time of day, local time without a UTC offset → datetime; "" → None.
-
-    Raises
-    ------
-    ValueError
-        Not ISO 8601 (empty message); a date alone (read as midnight, it would move every time point by the
-        hours since midnight); a UTC offset (the DICOM times it is compared with are the scanner's local time,
-        without one).
-    """
-    if isinstance(text, datetime):
-        value, text = text, text.isoformat()
-    else:
-        text = str(text or "").strip()
-        if not text:
-            return None
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError("") from None
-        if re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", text):
-            raise ValueError("a date without its time of day; give both, e.g. 2018-11-15T09:22")
-    if value.tzinfo is not None:
-        raise ValueError("a UTC offset: the DICOM times are the scanner's local time, without one; give the local "
-                         "time, e.g. 2018-11-15T09:22")
-    return value
-
-
 def format_time(when: datetime) -> str:
     """``YYYY-MM-DD HH:MM[:SS]`` for messages."""
     return when.isoformat(sep=" ", timespec="seconds" if when.second or when.microsecond else "minutes")
