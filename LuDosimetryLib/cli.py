@@ -151,8 +151,11 @@ def _run(study, out, args, overwrite: bool) -> int:
     finally:
         bar.close()
     if not args.quiet:
-        _print_table(results)
+        _print_table(results)  # its assumptions and warnings included
         print(f"\nOutputs: {out}")
+    else:  # what the run assumed, once, whatever --quiet says (as reconstruct and cycles do)
+        for a in results.assumptions:
+            sys.stderr.write(f"assumption: {a.message()}\n")
     return 0
 
 

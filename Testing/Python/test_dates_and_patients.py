@@ -116,6 +116,8 @@ def test_a_header_that_disagrees_with_the_command_line_is_a_named_assumption(ana
     out = tmp_path / "o"
     rc, _out, err = _cli(argv + ["--out", str(out)], capsys)
     assert rc == 0, err
+    printed = [line for line in err.splitlines() if line.startswith("assumption: ")]
+    assert len(printed) == 1 and "09:22" in printed[0], err  # printed once, --quiet or not
     res = json.loads((out / "results.json").read_text())
     named = [a for a in res["assumptions"] if "RadiopharmaceuticalStartDateTime 2018-11-15 09:22" in a["what"]]
     assert len(named) == 1 and named[0]["value"] == "2018-11-15 09:40" and named[0]["source"] == "the command line"
