@@ -614,7 +614,8 @@ def read_spect(files: Sequence[str], *, injection_time: Optional[datetime] = Non
     nuclide : Radionuclide, optional
         Defaults to Lu-177.
     calibration_bq_per_ml_per_unit : float, optional
-        For images not in Bq/mL (counts): factor from stored units to Bq/mL at acquisition.
+        For images not in Bq/mL (counts): factor from stored units to Bq/mL at acquisition. Given for an image
+        in Bq/mL it is not applied, a named assumption.
     what : str
         Name used in messages.
 
@@ -639,6 +640,10 @@ def read_spect(files: Sequence[str], *, injection_time: Optional[datetime] = Non
             raise DicomFileError(f"{what}: values are in {units or 'unknown units'}, not Bq/mL, and no calibration "
                                  "was given (--spect-calibration BQML_PER_UNIT)", series.files[0])
         image = image * float(calibration_bq_per_ml_per_unit)
+    elif calibration_bq_per_ml_per_unit is not None:  # the header and the command line disagree: say which wins
+        assume(f"{what}: the SPECT calibration given ({float(calibration_bq_per_ml_per_unit):g} Bq/mL per unit) "
+               f"not applied, its values being in Bq/mL already", f"Units {units}", "the header",
+               series.files[0])
     correction = str(ds.get("DecayCorrection", "") or "").upper()
     lam = nuclide.decay_constant_per_s
     disagreement = ""

@@ -150,6 +150,13 @@ def test_spect_without_bqml_needs_calibration(study, tmp_path, capsys):
         ds.Units = "CNTS"
     _edit(sorted((d / "scan1" / "spect").iterdir()), counts)
     _fails(["run", str(d), "--out", str(tmp_path / "o")], capsys, "not Bq/mL", "--spect-calibration")
+    # given, it scales the series in counts; the series already in Bq/mL keep their values, which is named
+    # (the option was ignored for them without a word), and --strict refuses it
+    res = run_study(d, RunOptions(dose_method="ldm", spect_calibration_bq_per_ml_per_unit=1.0))
+    kept = [a for a in res.assumptions if "calibration given (1 Bq/mL per unit) not applied" in a.what]
+    assert len(kept) == len(res.time_points) - 1 and all(a.value == "Units BQML" for a in kept), kept
+    _fails(["run", str(d), "--out", str(tmp_path / "o"), "--spect-calibration", "1", "--strict"], capsys,
+           "strict", "not applied")
 
 
 def test_no_injection_information(study, tmp_path, capsys):
