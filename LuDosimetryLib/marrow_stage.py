@@ -85,13 +85,18 @@ def red_marrow_stage(ctx, tps, kinetics, vois, fit_activities: Callable, voi_act
 # ------------------------------------------------------------------------------------------- inputs
 
 def _sex(ctx, tps):
-    given = ctx.options.patient_sex
-    if given in ("M", "F"):
-        return given, "--patient-sex"
+    """The sex for the reference red-marrow mass: ``--patient-sex`` (a header that says otherwise is a named
+    assumption), else the header's PatientSex, else male (a named assumption)."""
     from .io.dicom_common import read_dicom
+    given = ctx.options.patient_sex
     entry = tps[ctx.ref].entry
     header = read_dicom(entry.files[0], stop_before_pixels=True)
     value = str(header.get("PatientSex", "") or "").strip().upper()
+    if given in ("M", "F"):
+        if value in ("M", "F") and value != given:
+            assume(f"patient sex for the ICRP 89 reference red-marrow mass over the header's PatientSex {value}",
+                   given, "the command line", entry.files[0])
+        return given, "--patient-sex"
     if value in ("M", "F"):
         return value, "DICOM PatientSex"
     assume("patient sex for the ICRP 89 reference red-marrow mass", "M (1170 g)",

@@ -741,9 +741,27 @@ def _check_run_combinations(options) -> None:
     if options.marrow_method == "blood" and options.blood_samples is None:
         raise OptionError("the blood-based red-marrow method needs the blood samples: give {option}",
                           option="blood_samples")
+    _refuse_unused_inputs(options)
     if options.time_points is not None and options.reference_time_point + 1 not in options.time_points:
         raise OptionError(f"the reference time point {options.reference_time_point + 1} must be one of "
                           f"{list(options.time_points)}", option="time_points")
+
+
+def _refuse_unused_inputs(options) -> None:
+    """Refuse an input given for a method the other options leave out: the run would go without it, and a user
+    who gave it would take the result as made with it."""
+    if options.marrow_method in ("none", "image"):
+        for name, what in (("blood_samples", "blood samples"), ("rmblr", "a red-marrow-to-blood ratio")):
+            if getattr(options, name) is not None:
+                raise OptionError(f"{what} given for the blood-based red marrow, which the red-marrow method "
+                                  f"{options.marrow_method!r} does not compute (choose 'blood' or 'auto'), or "
+                                  "leave out {option}", option=name)
+    if options.population is not None and options.reduced_method != "nlmm":
+        raise OptionError(f"population kinetics given for the reduced-time-point method 'nlmm', but the method is "
+                          f"{options.reduced_method!r}: leave out {{option}} or choose 'nlmm'", option="population")
+    if options.planar_calibration_cps_per_mbq is not None and not options.planar:
+        raise OptionError("a planar calibration given, but the planar images are left out: leave out {option} "
+                          "or use the planar images", option="planar_calibration_cps_per_mbq")
 
 
 # -------------------------------------------------------------------------------- command line

@@ -193,9 +193,10 @@ SAME_OPTIONS = [
      {"kineticsFrom": "/data/c1/results.json", "reducedTimePoints": "3", "referenceTimePoint": 3},
      {"kinetics_from": "/data/c1/results.json", "time_points": (3,), "reference_time_point": 2}),
     # #14 whole body and red marrow
-    ("planar and hybrid", ["--no-planar", "--planar-calibration-cps-per-mbq", "9.5", "--hybrid", "2"],
-     {"usePlanar": False, "planarCalibrationCpsPerMBq": 9.5, "hybridTimePoint": 2},
-     {"planar": False, "planar_calibration_cps_per_mbq": 9.5, "hybrid_time_point": 1}),
+    ("planar left out", ["--no-planar"], {"usePlanar": False}, {"planar": False}),
+    ("planar calibration and hybrid", ["--planar-calibration-cps-per-mbq", "9.5", "--hybrid", "2"],
+     {"planarCalibrationCpsPerMBq": 9.5, "hybridTimePoint": 2},
+     {"planar_calibration_cps_per_mbq": 9.5, "hybrid_time_point": 1}),
     ("red marrow", ["--marrow-method", "blood", "--blood-samples", "/data/blood.csv", "--rmblr", "0.8",
                     "--patient-sex", "F"],
      {"marrowMethod": "blood", "bloodSamples": "/data/blood.csv", "rmblr": 0.8, "patientSex": "F"},
@@ -349,6 +350,14 @@ REFUSED = [
     ("unknown fit error model", [], "fit_weighting", {"fitWeighting": "poisson"}),  # argparse knows the choices
     ("radiobiology not TYPE=AB:TREP", ["--radiobiology", "kidney=2.6"], "radiobiology",
      {"radiobiologyTissues": "liver=2.5:1.5, kidney=2.6"}),
+    # inputs for a method the other options leave out: the run went without them, without a word
+    ("blood samples without the blood-based marrow", ["--blood-samples", "b.csv"], "blood_samples",
+     {"bloodSamples": "b.csv"}),
+    ("RMBLR with the image-based marrow", ["--rmblr", "0.8", "--marrow-method", "image"], "rmblr",
+     {"rmblr": 0.8, "marrowMethod": "image"}),
+    ("population kinetics without nlmm", ["--population", "p.json"], "population", {"populationFile": "p.json"}),
+    ("planar calibration with the planar images left out", ["--planar-calibration-cps-per-mbq", "9", "--no-planar"],
+     "planar_calibration_cps_per_mbq", {"planarCalibrationCpsPerMBq": 9.0, "usePlanar": False}),
     ("radiobiology alpha/beta zero", ["--radiobiology", "kidney=0:2.8"], "radiobiology",
      {"radiobiologyTissues": "kidney=0:2.8"}),
     ("an earlier cycle's kinetics on all time points", ["--kinetics-from", "c1.json"], "time_points",

@@ -186,6 +186,9 @@ def test_run_has_red_marrow(synthetic_study, tmp_path, capsys):
                  "--blood-samples", str(csv), "--patient-sex", "F", "--rmblr", "0.8"]) == 0
     rm = json.loads((out / "results.json").read_text())["red_marrow"]
     assert rm["method"] == "blood-based" and rm["sex"] == "F" and rm["mass_g"] == 900.0
+    # the header says M: the command line wins, and that is named (it was silent)
+    sexes = [a for a in json.loads((out / "results.json").read_text())["assumptions"] if "PatientSex M" in a["what"]]
+    assert len(sexes) == 1 and sexes[0]["value"] == "F" and sexes[0]["source"] == "the command line", sexes
     assert rm["tia_bq_s"] == pytest.approx(30e3 / k * 3600.0 / 1.06 * 0.8 * 900.0, rel=1e-4)
     assert rm["image_based"]["method"] == "image-based L2-L4 (automatic CT segmentation)"
     assert rm["image_based"]["tia_bq_s"] > 0 and "image_vs_blood_pct" in rm
