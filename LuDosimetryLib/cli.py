@@ -139,11 +139,12 @@ def _print_table(results) -> None:
 
 
 def _run(study, out, args, overwrite: bool) -> int:
-    from .io.export import check_output_dir
+    from .io.export import check_output_dir, check_output_outside_inputs
     from .pipeline import run_study, write_outputs
 
     opts = options.options_from_arguments(args, "run")
     check_output_dir(out, overwrite)
+    check_output_outside_inputs(out, [study, *opts.extra_study_dirs])
     bar = TerminalProgress(quiet=args.quiet)
     try:
         results = run_study(study, opts, progress=bar)
@@ -274,10 +275,14 @@ def cmd_cycles(args) -> int:
 def cmd_batch(args) -> int:
     from .cohort import dashboard_link, open_client, read_cohort, require_dask, run_cohort
     from .cohort_report import write_cohort_report
+    from .io.export import check_output_outside_inputs
 
     require_dask()
     opts = options.options_from_arguments(args, "run")
     entries = read_cohort(args.cohort)
+    # a folder of studies: an output inside it would be taken as a study by the next batch over the folder
+    check_output_outside_inputs(args.out, [args.cohort if Path(args.cohort).is_dir() else None,
+                                           *(e.study for e in entries), *opts.extra_study_dirs])
     client, cluster = open_client(args.workers, args.scheduler, args.memory_limit)
     try:
         if not args.quiet:

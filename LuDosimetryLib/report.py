@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .io.export import atomic_output_dir, write_json
+from .io.export import atomic_output_dir, check_output_outside_inputs, write_json
 from .output_layout import (DOSE_FILE, DVH_FILE, REPORT_HTML_FILE, REPORT_PDF_FILE, RESULTS_FILE, RTDOSE_FILE,
                             TIA_FILE, VOI_RESULTS_FILE, time_point_masks_file, time_point_spect_file)
 from .result_tables import voi_results_csv_text
@@ -67,6 +67,8 @@ def write_outputs(results, out_dir, overwrite: bool = False) -> Path:
     from .io.rtdose import write_rtdose
     from .patient_report import report_files
 
+    check_output_outside_inputs(out_dir, [(results.inputs or {}).get("root"),
+                                          *(getattr(results.options, "extra_study_dirs", None) or ())])
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         write_json(tmp / RESULTS_FILE, results.to_json())
         (tmp / VOI_RESULTS_FILE).write_text(voi_results_csv_text(results.vois), encoding="utf-8")

@@ -293,6 +293,22 @@ def clean_stale_siblings(parent) -> List[Path]:
 
 # ------------------------------------------------------------------------------- output folders
 
+def check_output_outside_inputs(out, inputs) -> None:
+    """Refuse an output folder that is, or lies inside, one of the ``inputs`` folders (OutputError naming it).
+
+    A run never writes into its inputs: its files would change the study folder, and the study, scanned again,
+    would hold them (a second RT Dose, a second reconstructed SPECT).
+    """
+    target = Path(out).resolve()
+    for folder in inputs:
+        if not folder:
+            continue
+        source = Path(folder).resolve()
+        if target == source or source in target.parents:
+            raise OutputError(f"lies inside the input folder {source}; LuDosimetry never writes into its inputs: "
+                              "choose an output folder outside it", out)
+
+
 def check_output_dir(out, overwrite: bool) -> Path:
     """Refuse an unusable output folder before any work starts (OutputError naming it)."""
     out = Path(out)

@@ -178,13 +178,14 @@ class DosimetrySession:
         LuDosimetryError
             A problem with the inputs or the options (one line naming the file or option).
         """
-        from ..io.export import check_output_dir
+        from ..io.export import check_output_dir, check_output_outside_inputs
         from ..pipeline import run_study, write_outputs
 
         study_dir = _required(study_dir, "study folder")
         out_dir = _required(out_dir, "output folder", OutputError)
         options = replace_options(options or RunOptions(), **option_values)
         check_output_dir(out_dir, overwrite)  # refused before the long computation
+        check_output_outside_inputs(out_dir, [study_dir, *options.extra_study_dirs])
         report = progress or _quiet
 
         self.last_nodes = {}

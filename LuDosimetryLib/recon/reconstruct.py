@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import DicomFileError, OutputError, StudyError
 from ..io.dicom_common import PatientInfo, SeriesInfo, StudyInfo, write_dataset
-from ..io.export import atomic_output_dir
+from ..io.export import atomic_output_dir, check_output_outside_inputs
 from ..io.images import read_ct, resample_to
 from ..io.inventory import Inventory, SeriesEntry, scan_study
 from ..io.nm_writer import derived_uid, write_nm_multiframe
@@ -235,6 +235,7 @@ def reconstruct_study(study_dir, out_dir, options: ReconOptions, progress=None, 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError("exists and is not a folder", out_dir)
+    check_output_outside_inputs(out_dir, [study_dir])  # its series would join the study's own
     inv = scan_study(study_dir, injected_activity_bq=injected_activity_bq, injection_time=injection_time,
                      progress=progress.sub(0.0, 0.05))
     entries = inv.by_role("spect_projections")

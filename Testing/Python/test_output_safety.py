@@ -303,3 +303,36 @@ def test_kill_9_while_writing_leaves_old_or_new_output_complete(tmp_path):
     assert _complete(out) == 0
     left = {name: sorted(q.name for q in (tmp_path / name).iterdir()) for name in _hidden(tmp_path)}
     assert left == {}
+
+
+# ---------------------------------------------------------------------------- outputs inside the inputs
+
+def test_an_output_folder_inside_the_study_is_refused_before_any_work(synthetic_study_copy, tmp_path, capsys):
+    """Inputs are never modified: an output inside the study folder wrote into it (and a second RT Dose joined
+    the study's series when it was scanned again). Refused by run, batch and reconstruct, and by the writer
+    itself (the panel and a batch's tasks write through it), through a symbolic link too."""
+    from LuDosimetryLib import cli
+    from LuDosimetryLib.pipeline import RunOptions, run_study, write_outputs
+    from LuDosimetryLib.recon.reconstruct import ReconOptions, reconstruct_study
+
+    study = synthetic_study_copy
+    link = tmp_path / "link_to_study"
+    link.symlink_to(study, target_is_directory=True)
+    before = sorted(p.relative_to(study).as_posix() for p in study.rglob("*"))
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    (cohort / "pat1").symlink_to(study, target_is_directory=True)
+    for argv in (["run", str(study), "--out", str(study / "results")],
+                 ["run", str(link), "--out", str(study / "results")],
+                 ["batch", str(cohort), "--out", str(cohort / "results"), "--workers", "1"]):
+        capsys.readouterr()
+        assert cli.main(argv + ["--quiet"]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "lies inside the input folder" in err[0] and "Traceback" not in err[0], err
+    assert not (cohort / "results").exists()
+    with pytest.raises(OutputError, match="lies inside the input folder"):
+        reconstruct_study(study, study / "recon", ReconOptions())
+    results = run_study(study, RunOptions(dose_method="ldm"))
+    with pytest.raises(OutputError, match="lies inside the input folder"):
+        write_outputs(results, study / "VOIs" / "out")
+    assert sorted(p.relative_to(study).as_posix() for p in study.rglob("*")) == before
