@@ -1272,6 +1272,7 @@ def _earlier_cycle_half_lives(ctx: _RunContext, patient_id: str) -> Dict[str, fl
     """``{VOI: effective half-life h}`` of the earlier cycle's results.json (``options.kinetics_from``),
     checked to be this patient's (StudyError naming the file otherwise)."""
     from .io.results_json import read_results_json
+    from .patient_report import finite_number
 
     path = ctx.options.kinetics_from
     if ctx.earlier_half_lives_h is not None:
@@ -1291,11 +1292,8 @@ def _earlier_cycle_half_lives(ctx: _RunContext, patient_id: str) -> Dict[str, fl
         value = v.get("effective_half_life_h") if isinstance(v, dict) else None
         if value is None:
             continue  # a VOI fitted without one (trapezoids): refused only when this run needs it
-        try:
-            t_eff_h = float(value)
-        except (TypeError, ValueError):
-            t_eff_h = float("nan")
-        if not (0.0 < t_eff_h < float("inf")):
+        t_eff_h = finite_number(value)
+        if t_eff_h is None or t_eff_h <= 0.0:
             raise StudyError(f"VOI {name!r}: effective_half_life_h {value!r} is not a positive number of hours", path)
         half_lives[name] = t_eff_h
     ctx.earlier_half_lives_h = half_lives

@@ -498,11 +498,11 @@ def _assign_injection(inv: Inventory, activity_bq: Optional[float], when: Option
                "RadiopharmaceuticalStartDateTime): the latest such time before the first scan",
                format_time(header_time), "RadiopharmaceuticalStartTime", timed[0].files[0])
     stated = [s for s in candidates if s.injected_activity_bq]
-    if header_activity is not None and header_activity < 1e5 and activity_bq is None:
-        # Some writers put MBq in a Bq attribute; 0.1 MBq is far below any therapy activity.
-        assume(f"RadionuclideTotalDose {header_activity:g} read as MBq, not Bq (0.1 MBq is far below a therapy)",
-               f"{header_activity * 1e6:.6g} Bq", "RadionuclideTotalDose × 1e6", stated[0].files[0])
-        header_activity *= 1e6
+    if header_activity is not None:
+        if header_activity < MBQ_WRITTEN_AS_BQ_BELOW and activity_bq is None:
+            assume(f"RadionuclideTotalDose {header_activity:g} read as MBq, not Bq (0.1 MBq is far below a therapy)",
+                   f"{_stated_activity_bq(header_activity):.6g} Bq", "RadionuclideTotalDose × 1e6", stated[0].files[0])
+        header_activity = _stated_activity_bq(header_activity)
     inv.injected_activity_bq = activity_bq if activity_bq is not None else header_activity
     _name_activity_disagreements(inv.injected_activity_bq, stated, "the command line" if activity_bq is not None
                                  else "the first series stating it")
@@ -515,6 +515,14 @@ def _assign_injection(inv: Inventory, activity_bq: Optional[float], when: Option
 
 #: Relative difference of two injected activities (header and the one used) above which they disagree.
 INJECTED_ACTIVITY_TOLERANCE = 0.01
+#: A RadionuclideTotalDose below this (Bq) is MBq written in the Bq attribute (some writers do): 0.1 MBq is far
+#: below any therapy activity.
+MBQ_WRITTEN_AS_BQ_BELOW = 1e5
+
+
+def _stated_activity_bq(value: float) -> float:
+    """A header's RadionuclideTotalDose in Bq (a value below :data:`MBQ_WRITTEN_AS_BQ_BELOW` is in MBq)."""
+    return value * 1e6 if value < MBQ_WRITTEN_AS_BQ_BELOW else value
 
 
 def _name_activity_disagreements(used_bq: Optional[float], stated: List[SeriesEntry], origin: str) -> None:
@@ -524,8 +532,7 @@ def _name_activity_disagreements(used_bq: Optional[float], stated: List[SeriesEn
         return
     differing: Dict[float, List[SeriesEntry]] = {}
     for s in stated:
-        value = s.injected_activity_bq * (1e6 if s.injected_activity_bq < 1e5 else 1.0)
-        if abs(value / used_bq - 1.0) > INJECTED_ACTIVITY_TOLERANCE:
+        if abs(_stated_activity_bq(s.injected_activity_bq) / used_bq - 1.0) > INJECTED_ACTIVITY_TOLERANCE:
             differing.setdefault(round(s.injected_activity_bq, 6), []).append(s)
     for value, entries in differing.items():
         assume(f"injected activity used over the header's RadionuclideTotalDose {value:.6g} Bq "
